@@ -1,0 +1,140 @@
+package ipvs
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// Memory is an in-memory Table for tests of packages that manage IPVS
+// without a kernel. It applies the same plan the kernel implementation does
+// and counts the operations, so tests can assert that nothing was re-created.
+type Memory struct {
+	mu       sync.Mutex
+	services map[netip.AddrPort]*State
+	// Ops counts every kernel-like operation performed, by kind of change
+	// ("add virtual server", "update real server", ...).
+	ops map[string]int
+	// FailNext, when set, makes the next Apply or Delete return this error
+	// without changing anything.
+	failNext error
+}
+
+// NewMemory returns an empty in-memory table.
+func NewMemory() *Memory {
+	return &Memory{services: map[netip.AddrPort]*State{}, ops: map[string]int{}}
+}
+
+// FailNext makes the next mutating call fail with err and change nothing.
+func (m *Memory) FailNext(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failNext = err
+}
+
+// Ops returns how many operations of a kind ("add real server", ...) ran.
+func (m *Memory) Ops(kind string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ops[kind]
+}
+
+// Flush removes every service, like `ipvsadm -C` or kube-proxy's start-up.
+func (m *Memory) Flush() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.services)
+}
+
+// SetConns sets the connection counters the table reports for a real server.
+func (m *Memory) SetConns(vip, rs netip.AddrPort, active, inactive int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.services[vip]
+	if s == nil {
+		return
+	}
+	for i := range s.RealServers {
+		if s.RealServers[i].Addr == rs {
+			s.RealServers[i].ActiveConns = active
+			s.RealServers[i].InactiveConns = inactive
+		}
+	}
+}
+
+// Apply implements Table.
+func (m *Memory) Apply(_ context.Context, d Desired) ([]Change, error) {
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.failNext; err != nil {
+		m.failNext = nil
+		return nil, fmt.Errorf("virtual server %s: %w", d.Service, err)
+	}
+	cur := m.services[d.Service.VIP]
+	var curCopy *State
+	if cur != nil {
+		c := cloneState(*cur)
+		curCopy = &c
+	}
+	p := MakePlan(curCopy, d)
+	changes := p.Changes(curCopy, d)
+	if cur == nil {
+		cur = &State{Service: d.Service}
+		m.services[d.Service.VIP] = cur
+	}
+	cur.Service = d.Service
+	for _, rs := range p.Delete {
+		cur.RealServers = slices.DeleteFunc(cur.RealServers, func(x RealServerStatus) bool { return x.Addr == rs.Addr })
+	}
+	for _, rs := range p.Update {
+		for i := range cur.RealServers {
+			if cur.RealServers[i].Addr == rs.Addr {
+				cur.RealServers[i].Weight = rs.Weight
+			}
+		}
+	}
+	for _, rs := range p.Add {
+		cur.RealServers = append(cur.RealServers, RealServerStatus{RealServer: rs})
+	}
+	for _, c := range changes {
+		m.ops[string(c.Op)+" "+c.Kind]++
+	}
+	return changes, nil
+}
+
+// Get implements Table.
+func (m *Memory) Get(_ context.Context, vip netip.AddrPort) (State, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.services[vip]
+	if s == nil {
+		return State{}, fmt.Errorf("virtual server %s: %w", vip, ErrNotFound)
+	}
+	return cloneState(*s), nil
+}
+
+// Delete implements Table.
+func (m *Memory) Delete(_ context.Context, vip netip.AddrPort) ([]Change, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.failNext; err != nil {
+		m.failNext = nil
+		return nil, fmt.Errorf("virtual server %s: %w", vip, err)
+	}
+	if m.services[vip] == nil {
+		return nil, nil
+	}
+	delete(m.services, vip)
+	m.ops["delete virtual server"]++
+	return []Change{{Op: OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
+}
+
+func cloneState(s State) State {
+	s.RealServers = slices.Clone(s.RealServers)
+	return s
+}
