@@ -138,3 +138,87 @@ func cloneState(s State) State {
 	s.RealServers = slices.Clone(s.RealServers)
 	return s
 }
+
+// MemoryPlumbing is an in-memory Plumbing and ConnCloser for tests. It
+// records the VIPs in place and the connection resets asked for.
+type MemoryPlumbing struct {
+	mu     sync.Mutex
+	vips   map[netip.Addr]VIPConfig
+	closed map[netip.AddrPort]int
+	calls  map[netip.AddrPort]int
+	// Conns, when set, tells CloseConnections how many sockets a real
+	// server has to reset.
+	Conns func(vip, rs netip.AddrPort) int
+}
+
+// NewMemoryPlumbing returns a MemoryPlumbing with no VIP in place.
+func NewMemoryPlumbing() *MemoryPlumbing {
+	return &MemoryPlumbing{vips: map[netip.Addr]VIPConfig{}, closed: map[netip.AddrPort]int{}, calls: map[netip.AddrPort]int{}}
+}
+
+// EnsureVIP implements Plumbing.
+func (m *MemoryPlumbing) EnsureVIP(_ context.Context, c VIPConfig) ([]Change, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.vips[c.VIP]; ok && cur == c {
+		return nil, nil
+	}
+	m.vips[c.VIP] = c
+	return []Change{{Op: OpAdd, Kind: "interface", Target: c.Interface, Detail: string(c.Mode)}}, nil
+}
+
+// RemoveVIP implements Plumbing.
+func (m *MemoryPlumbing) RemoveVIP(_ context.Context, c VIPConfig) ([]Change, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.vips[c.VIP]; !ok {
+		return nil, nil
+	}
+	delete(m.vips, c.VIP)
+	return []Change{{Op: OpDelete, Kind: "interface", Target: c.Interface}}, nil
+}
+
+// Has reports whether the VIP is in place as c describes.
+func (m *MemoryPlumbing) Has(c VIPConfig) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, ok := m.vips[c.VIP]
+	return ok && cur == c
+}
+
+// Drop forgets a VIP, as if someone deleted the interface behind vipctl's back.
+func (m *MemoryPlumbing) Drop(vip netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.vips, vip)
+}
+
+// CloseConnections implements ConnCloser.
+func (m *MemoryPlumbing) CloseConnections(_ context.Context, vip, rs netip.AddrPort) (int, error) {
+	n := 0
+	if m.Conns != nil {
+		n = m.Conns(vip, rs)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed[rs] += n
+	m.calls[rs]++
+	return n, nil
+}
+
+// CloseCalls reports how many times CloseConnections was called for rs.
+func (m *MemoryPlumbing) CloseCalls(rs netip.AddrPort) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.calls[rs]
+}
+
+// Closed reports how many connections to rs were reset so far.
+func (m *MemoryPlumbing) Closed(rs netip.AddrPort) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed[rs]
+}

@@ -1,7 +1,283 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"github.com/vipctl/vipctl/ipvs"
+	"go.uber.org/zap"
+)
+
+// DefaultVIP is the virtual IP sealos/lvscare made the convention.
+const DefaultVIP = "10.103.97.2"
+
+// DefaultAPIPort is the kube-apiserver's port.
+const DefaultAPIPort = 6443
+
+// serviceFlags are the flags that describe the virtual service and the VIP
+// plumbing, shared by `ipvs apply`, `care` and `join`.
+type serviceFlags struct {
+	vip       string
+	masters   []string
+	mode      string
+	iface     string
+	nodeIP    string
+	scheduler string
+}
+
+func (f *serviceFlags) register(cmd *cobra.Command, withMasters bool) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT] (port defaults to 6443)")
+	if withMasters {
+		fs.StringArrayVar(&f.masters, "master", nil, "a master's apiserver address, IP[:PORT]; repeat for each master")
+	}
+	fs.StringVar(&f.mode, "mode", string(ipvs.ModeLink), "how the VIP is reachable locally: link (dummy interface) or route (VIP/32 route)")
+	fs.StringVar(&f.iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
+	fs.StringVar(&f.nodeIP, "node-ip", "", "this node's IP, the source of connections to the masters (default: detected from the route to the first master)")
+	fs.StringVar(&f.scheduler, "scheduler", ipvs.DefaultScheduler, "IPVS scheduler: "+strings.Join(ipvs.Schedulers, ", "))
+}
+
+// parsedService is serviceFlags validated.
+type parsedService struct {
+	desired ipvs.Desired
+	vip     ipvs.VIPConfig
+}
+
+// parseVIP validates --vip.
+func parseVIP(s string) (netip.AddrPort, error) {
+	v, err := ipvs.ParseEndpoint(s, DefaultAPIPort)
+	if err != nil {
+		return v, fmt.Errorf("--vip %q: %w", s, err)
+	}
+	return v, nil
+}
+
+// parse validates every flag before anything is touched; errors name the
+// flag and the value. The node IP is detected only when all else is valid.
+func (f *serviceFlags) parse(cmd *cobra.Command, needMasters bool) (parsedService, error) {
+	var p parsedService
+	vip, err := ipvs.ParseEndpoint(f.vip, DefaultAPIPort)
+	if err != nil {
+		return p, fmt.Errorf("--vip %q: %v", f.vip, err)
+	}
+	if !slices.Contains(ipvs.Schedulers, f.scheduler) {
+		return p, fmt.Errorf("--scheduler %q: want one of %s", f.scheduler, strings.Join(ipvs.Schedulers, ", "))
+	}
+	if f.mode != string(ipvs.ModeLink) && f.mode != string(ipvs.ModeRoute) {
+		return p, fmt.Errorf("--mode %q: want link or route", f.mode)
+	}
+	if needMasters && len(f.masters) == 0 {
+		return p, errors.New("--master: at least one master is required")
+	}
+	p.desired.Service = ipvs.Service{VIP: vip, Protocol: ipvs.ProtocolTCP, Scheduler: f.scheduler}
+	seen := map[netip.AddrPort]string{}
+	for _, m := range f.masters {
+		a, err := ipvs.ParseEndpoint(m, DefaultAPIPort)
+		if err != nil {
+			return p, fmt.Errorf("--master %q: %v", m, err)
+		}
+		if a.Addr() == vip.Addr() {
+			return p, fmt.Errorf("--master %q: same address as --vip %s", m, vip.Addr())
+		}
+		if prev, dup := seen[a]; dup {
+			return p, fmt.Errorf("--master %q: duplicate of --master %q", m, prev)
+		}
+		seen[a] = m
+		p.desired.RealServers = append(p.desired.RealServers, ipvs.RealServer{Addr: a, Weight: ipvs.DefaultWeight})
+	}
+	if err := p.desired.Validate(); err != nil {
+		return p, err
+	}
+	p.vip = ipvs.VIPConfig{Mode: ipvs.Mode(f.mode), Interface: f.iface, VIP: vip.Addr()}
+	if f.nodeIP != "" {
+		a, err := netip.ParseAddr(f.nodeIP)
+		if err != nil {
+			return p, fmt.Errorf("--node-ip %q: not an IP address", f.nodeIP)
+		}
+		p.vip.NodeIP = a.Unmap()
+	} else if len(p.desired.RealServers) > 0 {
+		a, err := ipvs.DetectNodeIP(cmd.Context(), p.desired.RealServers[0].Addr.Addr())
+		if err != nil {
+			return p, fmt.Errorf("--node-ip: %w", err)
+		}
+		p.vip.NodeIP = a
+	}
+	if p.vip.NodeIP.IsValid() {
+		if err := p.vip.Validate(); err != nil {
+			return p, fmt.Errorf("--node-ip/--interface: %w", err)
+		}
+	}
+	return p, nil
+}
 
 func newIPVSCmd(a *app) *cobra.Command {
-	return &cobra.Command{Use: "ipvs", Short: "Manage the IPVS virtual server directly (plumbing)"}
+	cmd := &cobra.Command{
+		Use:   "ipvs",
+		Short: "Manage the IPVS virtual server directly (plumbing for tests, join and debugging)",
+	}
+	cmd.AddCommand(newIPVSApplyCmd(a), newIPVSShowCmd(a), newIPVSDeleteCmd(a))
+	return cmd
+}
+
+func newIPVSApplyCmd(a *app) *cobra.Command {
+	var f serviceFlags
+	var output string
+	cmd := &cobra.Command{
+		Use:   "apply --vip VIP[:PORT] --master IP[:PORT] [--master ...]",
+		Short: "Create or converge the virtual server, its real servers and the VIP plumbing",
+		Example: `  vipctl ipvs apply --vip 10.103.97.2:6443 --master 192.0.2.11:6443 --master 192.0.2.12:6443
+  vipctl ipvs apply --vip 10.103.97.2 --master 192.0.2.11 --mode route --node-ip 192.0.2.20`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: want text or json", output)
+			}
+			p, err := f.parse(cmd, true)
+			if err != nil {
+				return err
+			}
+			k, err := ipvs.NewKernel(a.log)
+			if err != nil {
+				return err
+			}
+			defer k.Close()
+			changes, err := ipvs.Converge(cmd.Context(), k, k, p.vip, p.desired)
+			if err != nil {
+				return err
+			}
+			for _, c := range changes {
+				a.log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", c.Kind), zap.String("target", c.Target), zap.String("detail", c.Detail))
+			}
+			return printChanges(cmd.OutOrStdout(), output, changes)
+		},
+	}
+	f.register(cmd, true)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
+}
+
+func printChanges(w io.Writer, output string, changes []ipvs.Change) error {
+	if output == "json" {
+		if changes == nil {
+			changes = []ipvs.Change{}
+		}
+		return writeJSON(w, map[string]any{"changes": changes})
+	}
+	if len(changes) == 0 {
+		_, err := fmt.Fprintln(w, "no changes: the kernel already matches")
+		return err
+	}
+	for _, c := range changes {
+		if _, err := fmt.Fprintln(w, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newIPVSShowCmd(a *app) *cobra.Command {
+	var vip, output string
+	cmd := &cobra.Command{
+		Use:   "show [--vip VIP[:PORT]] [-o table|json]",
+		Short: "Show the virtual server, its real servers, weights and connection counts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := parseVIP(vip)
+			if err != nil {
+				return err
+			}
+			if output != "table" && output != "json" {
+				return fmt.Errorf("--output %q: want table or json", output)
+			}
+			k, err := ipvs.NewKernel(a.log)
+			if err != nil {
+				return err
+			}
+			defer k.Close()
+			st, err := k.Get(cmd.Context(), v)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(cmd.OutOrStdout(), st)
+			}
+			return printState(cmd.OutOrStdout(), st)
+		},
+	}
+	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+// printState prints a virtual service like ipvsadm -Ln does.
+func printState(w io.Writer, st ipvs.State) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "TCP  %s  %s\n", st.Service.VIP, st.Service.Scheduler)
+	fmt.Fprintln(tw, "  REAL SERVER\tFORWARD\tWEIGHT\tACTIVE\tINACTIVE")
+	for _, rs := range st.RealServers {
+		fmt.Fprintf(tw, "  -> %s\tMasq\t%d\t%d\t%d\n", rs.Addr, rs.Weight, rs.ActiveConns, rs.InactiveConns)
+	}
+	return tw.Flush()
+}
+
+func newIPVSDeleteCmd(a *app) *cobra.Command {
+	var vip, mode, iface, output string
+	cmd := &cobra.Command{
+		Use:   "delete [--vip VIP[:PORT]]",
+		Short: "Delete the virtual server and the VIP plumbing vipctl created (interface, address, route)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := parseVIP(vip)
+			if err != nil {
+				return err
+			}
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: want text or json", output)
+			}
+			var modes []ipvs.Mode
+			switch mode {
+			case "":
+				modes = []ipvs.Mode{ipvs.ModeLink, ipvs.ModeRoute}
+			case string(ipvs.ModeLink), string(ipvs.ModeRoute):
+				modes = []ipvs.Mode{ipvs.Mode(mode)}
+			default:
+				return fmt.Errorf("--mode %q: want link, route or empty for both", mode)
+			}
+			k, err := ipvs.NewKernel(a.log)
+			if err != nil {
+				return err
+			}
+			defer k.Close()
+			changes, err := k.Delete(cmd.Context(), v)
+			if err != nil {
+				return err
+			}
+			for _, m := range modes {
+				c, err := k.RemoveVIP(cmd.Context(), ipvs.VIPConfig{Mode: m, Interface: iface, VIP: v.Addr()})
+				changes = append(changes, c...)
+				if err != nil {
+					return err
+				}
+			}
+			return printChanges(cmd.OutOrStdout(), output, changes)
+		},
+	}
+	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
+	cmd.Flags().StringVar(&mode, "mode", "", "remove only this mode's plumbing: link or route (default both)")
+	cmd.Flags().StringVar(&iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
+	return cmd
 }

@@ -40,6 +40,9 @@ with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
 	root.AddCommand(
 		newVersionCmd(),
 		newIPVSCmd(a),
+		newManifestCmd(a),
+		newKubeadmCmd(a),
+		newHostsCmd(a),
 	)
 	return root
 }

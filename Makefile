@@ -1,0 +1,51 @@
+# vipctl — see README.md. Every target installs what it needs on a fresh
+# Debian 12 machine (as root); nothing has to be installed by hand.
+SHELL := /bin/bash
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
+COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X github.com/vipctl/vipctl/internal/version.Version=$(VERSION) -X github.com/vipctl/vipctl/internal/version.Commit=$(COMMIT)
+GOARCH  ?= amd64
+
+.PHONY: all build test unit e2e demo bench offline fmt vet lint fuzz clean
+
+all: build
+
+## build: static vipctl binary in bin/ (CGO_ENABLED=0)
+build:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) go build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipctl ./cmd/vipctl
+
+## test: every test — unit tests, the real kubeadm check, containerd import, and the VM e2e on a real kernel
+test:
+	scripts/test.sh
+
+## unit: the tests that need no root, VM or built Kubernetes
+unit:
+	go test -short ./...
+
+## e2e: only the VM end-to-end scenarios (VIPCTL_E2E_RUN=Pattern narrows them)
+e2e:
+	go test -count=1 -timeout 40m -v -run TestVM ./e2e/
+
+## demo: boot the VM lab, run vipctl against three in-VM masters and show the IPVS table
+demo:
+	go run ./e2e/cmd/vmlab demo
+
+## bench: benchmarks (results and method in docs/benchmarks.md)
+bench:
+	go test -run '^$$' -bench . -benchmem ./...
+
+## offline: air-gapped bundles in dist/ (see docs/offline.md)
+offline:
+	VERSION=$(VERSION) COMMIT=$(COMMIT) scripts/offline.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	go vet ./...
+
+fuzz:
+	go test ./hosts -run '^$$' -fuzz FuzzEdit -fuzztime 1m
+
+clean:
+	rm -rf bin dist

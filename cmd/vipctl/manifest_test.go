@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/vipctl/vipctl/image"
+	"github.com/vipctl/vipctl/manifests"
+)
+
+// runAppCmd runs a command built by newCmd with args and returns its stdout.
+func runAppCmd(t *testing.T, newCmd func(*app) *cobra.Command, args ...string) (string, error) {
+	t.Helper()
+	cmd := newCmd(&app{log: zap.NewNop()})
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestManifestCmdPrints(t *testing.T) {
+	out, err := runAppCmd(t, newManifestCmd, "--master", "192.168.0.2", "--master", "192.168.0.3:6443",
+		"--mode", "route", "--interval", "2s", "--rise", "3", "--image", "registry.local/vipctl:v1", "--", "--hold-down=5s")
+	require.NoError(t, err)
+	var pod corev1.Pod
+	require.NoError(t, yaml.UnmarshalStrict([]byte(out), &pod))
+	c := pod.Spec.Containers[0]
+	assert.Equal(t, "registry.local/vipctl:v1", c.Image)
+	assert.Equal(t, []string{"/vipctl", "care", "--vip=10.103.97.2:6443", "--master=192.168.0.2", "--master=192.168.0.3:6443",
+		"--mode=route", "--ca-file=/etc/kubernetes/pki/ca.crt", "--interval=2s", "--rise=3",
+		"--metrics-addr=127.0.0.1:9282", "--hold-down=5s", "--log-format=json"}, c.Command, "only the flags given, plus the ones the pod depends on")
+}
+
+func TestManifestCmdWritesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "manifests", "vipctl-care.yaml")
+	out, err := runAppCmd(t, newManifestCmd, "--output-file", path, "--master", "192.168.0.2,192.168.0.3")
+	require.NoError(t, err)
+	assert.Empty(t, out)
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	want, err := manifests.Render(manifests.Options{Care: manifests.Care{
+		VIP: "10.103.97.2:6443", Masters: []string{"192.168.0.2", "192.168.0.3"}}})
+	require.NoError(t, err)
+	assert.Equal(t, string(want), string(data))
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+}
+
+func TestManifestCmdErrors(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "vipctl-care.yaml")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--output-file", path}, "master"},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--mode", "tunnel"}, `--mode "tunnel"`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--vip", "vip:6443"}, `--vip "vip:6443"`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "stray"}, `"stray"`},
+	} {
+		_, err := runAppCmd(t, newManifestCmd, tc.args...)
+		require.Error(t, err, "%v", tc.args)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+	assert.NoFileExists(t, path, "nothing is written on error")
+}
+
+func TestManifestStartsTheImagesBinary(t *testing.T) {
+	assert.Equal(t, image.BinaryPath, manifests.BinaryPath)
+	assert.Equal(t, image.DefaultRepository, manifests.DefaultImageRepository)
+}

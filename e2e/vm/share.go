@@ -1,0 +1,69 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// BuildShare fills dir with what the VM runs: the static vipctl binary, the
+// static e2e/vmtests test binary and a run.sh that starts it with the given
+// extra test flags and environment. root is the module root.
+func BuildShare(ctx context.Context, root, dir string, testArgs []string, env map[string]string) error {
+	if err := buildStatic(ctx, root, filepath.Join(dir, "vipctl"), "./cmd/vipctl", false); err != nil {
+		return err
+	}
+	if err := buildStatic(ctx, root, filepath.Join(dir, "vmtests.test"), "./e2e/vmtests", true); err != nil {
+		return err
+	}
+	var b strings.Builder
+	b.WriteString("#!/bin/sh\nexport VIPCTL_E2E_VM=1 VIPCTL_BIN=/mnt/share/vipctl PATH=/mnt/share:$PATH HOME=/tmp")
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%s", k, shellQuote(env[k]))
+	}
+	b.WriteString("\ncd /tmp\n/mnt/share/vmtests.test -test.v -test.timeout=30m")
+	for _, a := range testArgs {
+		b.WriteString(" " + shellQuote(a))
+	}
+	b.WriteString(" 2>&1\n")
+	return os.WriteFile(filepath.Join(dir, "run.sh"), []byte(b.String()), 0o755)
+}
+
+// buildStatic builds pkg as a static linux/amd64 binary (its test binary
+// when test is set) into out.
+func buildStatic(ctx context.Context, root, out, pkg string, test bool) error {
+	args := []string{"build", "-trimpath", "-o", out, pkg}
+	if test {
+		args = []string{"test", "-c", "-trimpath", "-o", out, pkg}
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// ModuleRoot walks up from dir to the directory holding go.mod.
+func ModuleRoot(dir string) (string, error) {
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod above %s", dir)
+		}
+	}
+}

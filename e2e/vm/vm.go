@@ -1,0 +1,154 @@
+// Package vm boots the vipctl VM lab: Debian's kernel (which has IPVS) in
+// qemu with no network device to the outside, a busybox initramfs, and a
+// read-only 9p share from the host holding the binaries under test and the
+// run.sh that /init executes. The serial console is the only channel back.
+package vm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Assets are the kernel and initramfs prepare.sh produced.
+type Assets struct {
+	Kernel string // uncompressed vmlinux (PVH boot)
+	Initrd string
+	KVer   string
+}
+
+// Prepare runs prepare.sh (packages, kernel download, initramfs; cached) and
+// returns the assets. log receives the script's progress lines.
+func Prepare(ctx context.Context, log io.Writer) (Assets, error) {
+	script := filepath.Join(sourceDir(), "prepare.sh")
+	cmd := exec.CommandContext(ctx, "bash", script)
+	cmd.Stderr = log
+	out, err := cmd.Output()
+	if err != nil {
+		return Assets{}, fmt.Errorf("%s: %w", script, err)
+	}
+	var a Assets
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		switch k {
+		case "KERNEL":
+			a.Kernel = v
+		case "INITRD":
+			a.Initrd = v
+		case "KVER":
+			a.KVer = v
+		}
+	}
+	if a.Kernel == "" || a.Initrd == "" {
+		return a, fmt.Errorf("%s printed no KERNEL/INITRD: %q", script, out)
+	}
+	return a, nil
+}
+
+// sourceDir is this package's directory, where prepare.sh and init.sh live.
+func sourceDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(file)
+}
+
+// Config is one boot.
+type Config struct {
+	Assets Assets
+	// Share is the host directory exported read-only at /mnt/share; it
+	// must hold run.sh.
+	Share string
+	// Memory and CPUs of the VM; defaults 1G and 2.
+	Memory string
+	CPUs   int
+	// Console receives every line the VM prints.
+	Console io.Writer
+}
+
+// ErrNoExit means the VM ended without /init reporting run.sh's exit code.
+var ErrNoExit = errors.New("VM ended without a LAB EXIT line")
+
+// Run boots the VM, streams its console to cfg.Console and returns run.sh's
+// exit code as /init reported it ("LAB EXIT n"). The VM has no network
+// device (-nic none): the lab's networks live in namespaces inside it.
+func Run(ctx context.Context, cfg Config) (int, error) {
+	if _, err := os.Stat(filepath.Join(cfg.Share, "run.sh")); err != nil {
+		return -1, fmt.Errorf("share %s: %w", cfg.Share, err)
+	}
+	mem, cpus := cfg.Memory, cfg.CPUs
+	if mem == "" {
+		mem = "1G"
+	}
+	if cpus == 0 {
+		cpus = 2
+	}
+	args := []string{
+		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+		"-m", mem, "-smp", fmt.Sprint(cpus), "-nic", "none",
+		"-accel", accel(), "-cpu", "max",
+		"-kernel", cfg.Assets.Kernel, "-initrd", cfg.Assets.Initrd,
+		"-append", "console=ttyS0 panic=-1 loglevel=3 quiet",
+		"-virtfs", "local,path=" + cfg.Share + ",mount_tag=share,security_model=none,readonly=on",
+	}
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	cmd.Stdin = nil
+	cmd.WaitDelay = 5 * time.Second
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return -1, fmt.Errorf("start qemu: %w", err)
+	}
+	code := -1
+	scanDone := make(chan struct{})
+	go func() {
+		defer close(scanDone)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			if rest, ok := strings.CutPrefix(line, "LAB EXIT "); ok {
+				fmt.Sscan(rest, &code)
+			}
+			if cfg.Console != nil {
+				fmt.Fprintln(cfg.Console, line)
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	werr := cmd.Wait()
+	pw.Close()
+	<-scanDone
+	if ctx.Err() != nil {
+		return code, fmt.Errorf("VM: %w", ctx.Err())
+	}
+	if werr != nil {
+		return code, fmt.Errorf("qemu: %w", werr)
+	}
+	if code < 0 {
+		return code, ErrNoExit
+	}
+	return code, nil
+}
+
+// accel picks KVM only where it can run a stock kernel. Sandboxes often
+// expose a /dev/kvm backed by kvm_pvm (no VMX/SVM), which cannot: use TCG.
+func accel() string {
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		if _, err := os.Stat("/sys/module/kvm_pvm"); err != nil {
+			if b, err := os.ReadFile("/proc/cpuinfo"); err == nil && (bytes.Contains(b, []byte(" vmx")) || bytes.Contains(b, []byte(" svm"))) {
+				return "kvm"
+			}
+		}
+	}
+	return "tcg"
+}

@@ -1,0 +1,55 @@
+package vmtests
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/lab"
+)
+
+// say prints a demo line; the host's vmlab shows only these.
+func say(format string, a ...any) {
+	for _, l := range strings.Split(strings.TrimRight(fmt.Sprintf(format, a...), "\n"), "\n") {
+		fmt.Println("demo| " + l)
+	}
+}
+
+func sayRun(t *testing.T, l *lab.Lab, args ...string) string {
+	t.Helper()
+	say("$ vipctl %s", strings.Join(args, " "))
+	out, err := l.Run(args...)
+	require.NoError(t, err)
+	say("%s", out)
+	return out
+}
+
+// TestDemo is `make demo`: a node and three masters in the VM, vipctl
+// pointing the VIP at them, the IPVS table, and traffic through the VIP.
+func TestDemo(t *testing.T) {
+	if os.Getenv("VIPCTL_DEMO") != "1" {
+		t.Skip("the demo runs only from `make demo` (VIPCTL_DEMO=1)")
+	}
+	l := lab.New(t, 3)
+	say("Lab: node %s (root namespace); masters %s, %s, %s each in a network namespace with an HTTPS server on :6443",
+		lab.NodeIP, l.Masters[0].Addr, l.Masters[1].Addr, l.Masters[2].Addr)
+	args := []string{"ipvs", "apply", "--vip", lab.VIPPort.String()}
+	for _, m := range l.Masters {
+		args = append(args, "--master", m.Addr.String())
+	}
+	sayRun(t, l, args...)
+	sayRun(t, l, "ipvs", "show", "--vip", lab.VIPPort.String())
+	say("Six new TLS connections to https://%s/ from the node:", lab.VIPPort)
+	for _, h := range l.HitVIP(6, 3*time.Second) {
+		if h.Err != nil {
+			say("  error: %v", h.Err)
+			continue
+		}
+		say("  answered by %s, which saw the client as %s", h.Master, h.Src)
+	}
+	sayRun(t, l, "ipvs", "show", "--vip", lab.VIPPort.String())
+	sayRun(t, l, "ipvs", "delete", "--vip", lab.VIPPort.String())
+}
