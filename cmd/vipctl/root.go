@@ -43,6 +43,7 @@ with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
 		newManifestCmd(a),
 		newKubeadmCmd(a),
 		newHostsCmd(a),
+		newImageCmd(a),
 	)
 	return root
 }
