@@ -104,6 +104,10 @@ func (k *Kernel) CloseConnections(ctx context.Context, vip, realServer netip.Add
 	if err != nil {
 		return 0, err
 	}
+	local, err := localAddrs()
+	if err != nil {
+		return 0, fmt.Errorf("real server %s: %w", realServer, err)
+	}
 	closed := 0
 	var errs []error
 	for _, c := range conns {
@@ -113,16 +117,20 @@ func (k *Kernel) CloseConnections(ctx context.Context, vip, realServer netip.Add
 		if c.To != vip || c.Dest != realServer || !closable(c.State) {
 			continue
 		}
-		local := &net.TCPAddr{IP: net.IP(c.From.Addr().AsSlice()), Port: int(c.From.Port())}
-		remote := &net.TCPAddr{IP: net.IP(c.To.Addr().AsSlice()), Port: int(c.To.Port())}
-		err := netlink.SocketDestroy(local, remote)
+		src := &net.TCPAddr{IP: net.IP(c.From.Addr().AsSlice()), Port: int(c.From.Port())}
+		dst := &net.TCPAddr{IP: net.IP(c.To.Addr().AsSlice()), Port: int(c.To.Port())}
+		err := netlink.SocketDestroy(src, dst)
 		switch {
 		case err == nil:
 			closed++
-		case errors.Is(err, unix.ENOENT):
+		case errors.Is(err, unix.ENOENT) && !local[c.From.Addr()]:
 			// Not a local socket (a pod or another host): nothing to reset.
+		case errors.Is(err, unix.ENOENT):
+			// A local client whose socket the kernel cannot find: either it
+			// closed meanwhile, or sock_diag (tcp_diag) is not available.
+			errs = append(errs, fmt.Errorf("reset %s -> %s: socket not found (is the tcp_diag module available?): %w", src, dst, err))
 		default:
-			errs = append(errs, fmt.Errorf("reset %s -> %s: %w", local, remote, err))
+			errs = append(errs, fmt.Errorf("reset %s -> %s: %w", src, dst, err))
 		}
 	}
 	if len(errs) > 0 {
@@ -130,4 +138,19 @@ func (k *Kernel) CloseConnections(ctx context.Context, vip, realServer netip.Add
 		return closed, fmt.Errorf("real server %s: %w", realServer, errors.Join(errs...))
 	}
 	return closed, nil
+}
+
+// localAddrs is the set of addresses assigned on this node.
+func localAddrs() (map[netip.Addr]bool, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list local addresses: %w", err)
+	}
+	out := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		if x, ok := netip.AddrFromSlice(a.IP); ok {
+			out[x.Unmap()] = true
+		}
+	}
+	return out, nil
 }

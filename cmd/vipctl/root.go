@@ -44,6 +44,8 @@ with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
 		newKubeadmCmd(a),
 		newHostsCmd(a),
 		newImageCmd(a),
+		newCareCmd(a),
+		newStatusCmd(a),
 	)
 	return root
 }

@@ -18,6 +18,9 @@ while read -r ko; do
   # crc32c-intel fails with ENODEV on CPUs without SSE4.2: harmless.
   insmod "/lib/modules/$kver/$ko" $opts 2>/tmp/insmod.err || echo "LAB: insmod $ko: $(cat /tmp/insmod.err)"
 done < /etc/modules.order
+# Let the kernel load modules on demand, as on a real node (busybox modprobe
+# reads the modules.dep and modules.alias depmod wrote).
+echo /bin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
 echo "LAB: modules loaded at $(cut -d' ' -f1 /proc/uptime)s"
 rc=0

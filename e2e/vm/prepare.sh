@@ -79,11 +79,15 @@ if [ ! -s "$VMLINUX" ]; then
 fi
 
 # ---------------------------------------------------------------- initramfs
+# inet_diag/tcp_diag are not loaded up front: the kernel loads them on
+# demand (through /proc/sys/kernel/modprobe) when the watchdog resets
+# connections, as on a real node.
 MODS=(ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh dummy veth bridge
       virtio_pci 9pnet_virtio 9p)
+ONDEMAND=(inet_diag tcp_diag)
 # The initramfs depends on the kernel, the module list and /init: rebuild
 # when any of them changes.
-key=$( { echo "$KVER ${MODS[*]}"; cat "$HERE/init.sh" "$0"; } | sha256sum | cut -c1-16)
+key=$( { echo "$KVER ${MODS[*]} ${ONDEMAND[*]}"; cat "$HERE/init.sh" "$0"; } | sha256sum | cut -c1-16)
 INITRD=$CACHE/initramfs-$KVER-$key.gz
 if [ ! -s "$INITRD" ]; then
   log "building initramfs"
@@ -101,6 +105,13 @@ if [ ! -s "$INITRD" ]; then
     mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
     cp "$path" "$root/lib/modules/$KVER/$rel"
     echo "$rel" >> "$root/etc/modules.order"
+  done
+  for m in "${ONDEMAND[@]}"; do
+    modprobe -C /dev/null -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
+  done | while read -r path; do
+    rel=${path#"$KROOT"/lib/modules/"$KVER"/}
+    mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
+    cp -n "$path" "$root/lib/modules/$KVER/$rel"
   done
   cp "$KROOT/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$KVER/"
   depmod -b "$root" "$KVER"   # so modprobe (moby/ipvs runs it) finds the modules

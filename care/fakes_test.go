@@ -1,0 +1,148 @@
+package care
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/vipctl/vipctl/care/probe"
+)
+
+// fakeProber answers each master with a settable result and counts calls.
+type fakeProber struct {
+	mu      sync.Mutex
+	results map[netip.AddrPort]probe.Result
+	calls   map[netip.AddrPort]int
+}
+
+func newFakeProber() *fakeProber {
+	return &fakeProber{results: map[netip.AddrPort]probe.Result{}, calls: map[netip.AddrPort]int{}}
+}
+
+func (f *fakeProber) set(m netip.AddrPort, r probe.Result) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.results[m] = r
+}
+
+func (f *fakeProber) count(m netip.AddrPort) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[m]
+}
+
+func (f *fakeProber) Probe(_ context.Context, m netip.AddrPort) probe.Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[m]++
+	r, ok := f.results[m]
+	if !ok {
+		return healthy()
+	}
+	return r
+}
+
+func healthy() probe.Result { return probe.Result{OK: true, Status: 200, Reason: "HTTP 200"} }
+func refused() probe.Result {
+	return probe.Result{Fast: true, Reason: "connection refused"}
+}
+
+// fakeEvents is an EventSource the test fires by hand.
+type fakeEvents struct{ ch chan struct{} }
+
+func (f *fakeEvents) Watch(ctx context.Context) (<-chan struct{}, error) { return f.ch, nil }
+
+// fakeSentinel holds until released, then reports an established session.
+type fakeSentinel struct {
+	mu      sync.Mutex
+	holding map[netip.AddrPort]chan struct{}
+	started chan netip.AddrPort
+}
+
+func newFakeSentinel() *fakeSentinel {
+	return &fakeSentinel{holding: map[netip.AddrPort]chan struct{}{}, started: make(chan netip.AddrPort, 16)}
+}
+
+func (f *fakeSentinel) Hold(ctx context.Context, m netip.AddrPort) (bool, error) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.holding[m] = ch
+	f.mu.Unlock()
+	f.started <- m
+	select {
+	case <-ch:
+		return true, context.Canceled
+	case <-ctx.Done():
+		return true, ctx.Err()
+	}
+}
+
+// drop ends the held connection to m, as a dying apiserver would.
+func (f *fakeSentinel) drop(m netip.AddrPort) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.holding[m])
+}
+
+// manualClock is a Clock whose time moves only when told.
+type manualClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*manualTimer
+}
+
+type manualTimer struct {
+	c  *manualClock
+	ch chan time.Time
+	at time.Time
+	on bool
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) NewTimer(d time.Duration) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &manualTimer{c: c, ch: make(chan time.Time, 1), at: c.now.Add(d), on: true}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+// Advance moves time forward and fires the timers that are due.
+func (c *manualClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for _, t := range c.timers {
+		if t.on && !t.at.After(c.now) {
+			t.on = false
+			select {
+			case t.ch <- c.now:
+			default:
+			}
+		}
+	}
+}
+
+func (t *manualTimer) C() <-chan time.Time { return t.ch }
+
+func (t *manualTimer) Reset(d time.Duration) {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	select {
+	case <-t.ch:
+	default:
+	}
+	t.at, t.on = t.c.now.Add(d), true
+}
+
+func (t *manualTimer) Stop() {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	t.on = false
+}

@@ -1,0 +1,57 @@
+package care
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the watchdog's Prometheus metrics, in a registry of its own
+// (never the global default registry).
+type metrics struct {
+	reg           *prometheus.Registry
+	up            *prometheus.GaugeVec
+	membership    *prometheus.GaugeVec
+	probeDuration *prometheus.HistogramVec
+	transitions   *prometheus.CounterVec
+	actions       *prometheus.CounterVec
+	errors        *prometheus.CounterVec
+	reconciles    *prometheus.CounterVec
+	connsReset    *prometheus.CounterVec
+	sentinel      *prometheus.CounterVec
+	failOpen      prometheus.Gauge
+	lastReconcile prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	const ns, sub = "vipctl", "care"
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "master_up",
+			Help: "1 when the master is healthy (state up), 0 otherwise."}, []string{"master"}),
+		membership: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "master_membership",
+			Help: "1 for the master's current membership in the IPVS service (in-service, draining, removed)."}, []string{"master", "membership"}),
+		probeDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "probe_duration_seconds",
+			Help:    "Duration of health probes, by master and result (success, failure).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"master", "result"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "state_transitions_total",
+			Help: "Health state transitions of masters."}, []string{"master", "from", "to"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconcile_actions_total",
+			Help: "Changes made to the kernel, by operation and kind (virtual server, real server, interface, address, route)."}, []string{"op", "kind"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconcile_errors_total",
+			Help: "Failed reconcile steps, by stage (get, apply, vip, close, watch)."}, []string{"stage"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconciles_total",
+			Help: "Reconcile passes, by trigger (start, probe, resync, interval, event)."}, []string{"trigger"}),
+		connsReset: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_reset_total",
+			Help: "Established connections reset when their real server was taken out of service."}, []string{"master"}),
+		sentinel: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "sentinel_closed_total",
+			Help: "Idle sentinel connections the master closed (each triggers an immediate probe)."}, []string{"master"}),
+		failOpen: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "fail_open",
+			Help: "1 while every master is down and all are kept in service."}),
+		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "last_reconcile_timestamp_seconds",
+			Help: "Unix time of the last successful reconcile."}),
+	}
+	m.reg.MustRegister(m.up, m.membership, m.probeDuration, m.transitions, m.actions, m.errors, m.reconciles,
+		m.connsReset, m.sentinel, m.failOpen, m.lastReconcile,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,338 @@
+// Package probe checks a kube-apiserver's health: an HTTPS (or HTTP) GET of
+// a health path on a fresh connection, with the server's certificate
+// verified against the cluster CA, or a bare TCP connect. It also holds an
+// idle keep-alive connection to a master (Hold) so that the watchdog learns
+// within milliseconds when the apiserver process dies and closes it.
+package probe
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Scheme is how a master is probed.
+type Scheme string
+
+// The probe schemes.
+const (
+	HTTPS Scheme = "https"
+	HTTP  Scheme = "http"
+	TCP   Scheme = "tcp"
+)
+
+// Config describes the probe.
+type Config struct {
+	Scheme Scheme
+	// Path is the HTTP path, such as /readyz.
+	Path string
+	// Statuses are the HTTP statuses that mean healthy; every other status
+	// is a failure.
+	Statuses []int
+	// Timeout bounds a whole probe: connect, TLS handshake, request and
+	// response headers.
+	Timeout time.Duration
+	// TLS is the client configuration for HTTPS (see LoadTLS). Its
+	// ServerName is set per master to the master's IP.
+	TLS *tls.Config
+	// UserAgent is sent with each request.
+	UserAgent string
+}
+
+// Validate checks c. Errors name the field and the value.
+func (c Config) Validate() error {
+	switch c.Scheme {
+	case HTTPS:
+		if c.TLS == nil {
+			return errors.New("scheme https: no TLS configuration")
+		}
+	case HTTP, TCP:
+	default:
+		return fmt.Errorf("scheme %q: want https, http or tcp", c.Scheme)
+	}
+	if c.Scheme != TCP {
+		if !strings.HasPrefix(c.Path, "/") {
+			return fmt.Errorf("path %q: must start with /", c.Path)
+		}
+		if len(c.Statuses) == 0 {
+			return errors.New("statuses: at least one healthy HTTP status is required")
+		}
+		for _, s := range c.Statuses {
+			if s < 100 || s > 599 {
+				return fmt.Errorf("status %d: want 100 to 599", s)
+			}
+		}
+	}
+	if c.Timeout <= 0 {
+		return fmt.Errorf("timeout %s: want a positive duration", c.Timeout)
+	}
+	return nil
+}
+
+// Result is the outcome of one probe.
+type Result struct {
+	// OK is true when the master answered as a healthy one.
+	OK bool
+	// Fast is true for a definitive negative answer: connection refused or
+	// reset, the server closing the connection, an unreachable host, an
+	// unhealthy status. A timeout or a TLS verification failure is not.
+	Fast bool
+	// Status is the HTTP status; 0 when no response was read.
+	Status int
+	// Reason describes the outcome: "HTTP 200", "HTTP 500 (want 200):
+	// [-]etcd failed", "connection refused", "timeout after 1s", ...
+	Reason string
+	// Latency is how long the probe took.
+	Latency time.Duration
+	// Err is the underlying error of a failed probe, nil for a response
+	// with an unhealthy status.
+	Err error
+}
+
+// Prober probes masters. It is safe for concurrent use; every probe opens
+// its own connection and closes it, so no pooled connection can hide a dead
+// server.
+type Prober struct {
+	cfg Config
+}
+
+// New returns a prober for cfg.
+func New(cfg Config) (*Prober, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Statuses = slices.Clone(cfg.Statuses)
+	if cfg.UserAgent == "" {
+		cfg.UserAgent = "vipctl-care"
+	}
+	return &Prober{cfg: cfg}, nil
+}
+
+// Scheme returns the probe's scheme.
+func (p *Prober) Scheme() Scheme { return p.cfg.Scheme }
+
+// Probe checks target once, within the configured timeout and ctx.
+func (p *Prober) Probe(ctx context.Context, target netip.AddrPort) Result {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	r := p.probe(ctx, target)
+	r.Latency = time.Since(start)
+	if r.Err != nil {
+		r.Reason, r.Fast = p.classify(ctx, r.Err)
+	}
+	return r
+}
+
+func (p *Prober) probe(ctx context.Context, target netip.AddrPort) Result {
+	conn, err := p.connect(ctx, target, false)
+	if err != nil {
+		return Result{Err: err}
+	}
+	defer conn.Close()
+	if p.cfg.Scheme == TCP {
+		return Result{OK: true, Reason: "TCP connect"}
+	}
+	resp, body, _, err := p.exchange(ctx, conn, target, true)
+	if err != nil {
+		return Result{Err: err}
+	}
+	r := Result{Status: resp.StatusCode}
+	if slices.Contains(p.cfg.Statuses, resp.StatusCode) {
+		r.OK, r.Reason = true, "HTTP "+strconv.Itoa(resp.StatusCode)
+		return r
+	}
+	r.Fast = true
+	r.Reason = fmt.Sprintf("HTTP %d (want %s)", resp.StatusCode, joinInts(p.cfg.Statuses))
+	if f := failedChecks(body); f != "" {
+		r.Reason += ": " + f
+	}
+	return r
+}
+
+// connect dials target and, for HTTPS, completes a verified TLS handshake
+// with the master's IP as the name to verify. The connection's deadline
+// follows ctx, and it is unblocked when ctx ends.
+func (p *Prober) connect(ctx context.Context, target netip.AddrPort, keepAlive bool) (net.Conn, error) {
+	d := net.Dialer{Timeout: p.cfg.Timeout, KeepAlive: -1}
+	if keepAlive {
+		d.KeepAlive = 0 // Go's default TCP keep-alive for held connections
+	}
+	raw, err := d.DialContext(ctx, "tcp", target.String())
+	if err != nil {
+		return nil, err
+	}
+	if p.cfg.Scheme != HTTPS {
+		return raw, nil
+	}
+	cfg := p.cfg.TLS.Clone()
+	cfg.ServerName = target.Addr().String()
+	cfg.NextProtos = []string{"http/1.1"}
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// exchange sends one GET of the health path and reads the response and up
+// to 4 KiB of its body. With closeAfter the request asks the server to close
+// the connection afterwards; without, the whole body is consumed so that the
+// returned reader is positioned after the response.
+func (p *Prober) exchange(ctx context.Context, conn net.Conn, target netip.AddrPort, closeAfter bool) (*http.Response, []byte, *bufio.Reader, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	u := string(p.cfg.Scheme) + "://" + target.String() + p.cfg.Path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	req.Close = closeAfter
+	req.Header.Set("User-Agent", p.cfg.UserAgent)
+	req.Header.Set("Accept", "*/*")
+	if err := req.Write(conn); err != nil {
+		return nil, nil, nil, err
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer resp.Body.Close()
+	if !closeAfter && resp.Close {
+		return nil, nil, nil, errors.New("the server closes the connection after each request")
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if closeAfter {
+		// The status is what counts; a body cut short does not matter.
+		return resp, body, br, nil
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)); err != nil {
+		return nil, nil, nil, err
+	}
+	return resp, body, br, nil
+}
+
+// classify turns a probe error into a reason and tells whether it is a
+// definitive answer worth a quick re-probe.
+func (p *Prober) classify(ctx context.Context, err error) (string, bool) {
+	var (
+		netErr   net.Error
+		unknown  x509.UnknownAuthorityError
+		hostErr  x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		verifyEr *tls.CertificateVerificationError
+		recErr   tls.RecordHeaderError
+	)
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", true
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset", true
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return "host unreachable", true
+	case errors.Is(err, syscall.ENETUNREACH):
+		return "network unreachable", true
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed by the server", true
+	case errors.As(err, &unknown), errors.As(err, &hostErr), errors.As(err, &invalid), errors.As(err, &verifyEr):
+		return "TLS verification failed: " + err.Error(), false
+	case errors.As(err, &recErr):
+		return "TLS handshake failed (is the scheme right?): " + err.Error(), false
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &netErr) && netErr.Timeout():
+		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return "cancelled", false
+		}
+		return "timeout after " + p.cfg.Timeout.String(), false
+	case errors.Is(err, context.Canceled):
+		return "cancelled", false
+	}
+	return err.Error(), false
+}
+
+// failedChecks extracts kube-apiserver's failed checks ("[-]etcd failed:
+// reason withheld") from a /readyz or /healthz body.
+func failedChecks(body []byte) string {
+	var out []string
+	for line := range strings.Lines(string(body)) {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[-]") {
+			out = append(out, line)
+		}
+	}
+	s := strings.Join(out, "; ")
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
+
+// ErrHoldUnsupported is returned by Hold in TCP mode: an idle connection
+// to an unknown TCP server proves nothing and may upset it.
+var ErrHoldUnsupported = errors.New("holding a connection needs the http or https scheme")
+
+// Hold opens a keep-alive connection to target, sends one request on it and
+// then waits, idle, until the server closes it or ctx ends. established
+// tells whether the idle phase was reached: only then does the end of Hold
+// mean something happened to the server (it died, restarted, or closed an
+// idle connection, which kube-apiserver does after ~90 s). The request
+// counts for nothing; only Probe judges health.
+func (p *Prober) Hold(ctx context.Context, target netip.AddrPort) (established bool, err error) {
+	if p.cfg.Scheme == TCP {
+		return false, ErrHoldUnsupported
+	}
+	setup, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	conn, err := p.connect(setup, target, true)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	_, _, br, err := p.exchange(setup, conn, target, false)
+	if err != nil {
+		return false, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	_, err = br.Peek(1)
+	if ctx.Err() != nil {
+		return true, ctx.Err()
+	}
+	if err == nil {
+		return true, errors.New("the server sent data on an idle connection")
+	}
+	if errors.Is(err, io.EOF) {
+		return true, errors.New("connection closed by the server")
+	}
+	return true, err
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/vipctl/vipctl/care"
+	"github.com/vipctl/vipctl/ipvs"
+)
+
+// statusGetter reads the kernel's virtual service; *ipvs.Kernel.
+type statusGetter interface {
+	Get(ctx context.Context, vip netip.AddrPort) (ipvs.State, error)
+}
+
+// statusEnv is the outside world of `vipctl status`, replaceable in tests.
+type statusEnv struct {
+	fetch    func(ctx context.Context, addr string) (care.Status, error)
+	openIPVS func(*zap.Logger) (statusGetter, func() error, error)
+	now      func() time.Time
+}
+
+func defaultStatusEnv() statusEnv {
+	return statusEnv{
+		fetch: care.FetchStatus,
+		openIPVS: func(l *zap.Logger) (statusGetter, func() error, error) {
+			k, err := ipvs.NewKernel(l)
+			if err != nil {
+				return nil, nil, err
+			}
+			return k, k.Close, nil
+		},
+		now: time.Now,
+	}
+}
+
+// statusReport is what `vipctl status -o json` prints.
+type statusReport struct {
+	VIP           netip.AddrPort `json:"vip"`
+	MetricsAddr   string         `json:"metricsAddr"`
+	Watchdog      *care.Status   `json:"watchdog,omitempty"`
+	WatchdogError string         `json:"watchdogError,omitempty"`
+	Kernel        *ipvs.State    `json:"kernel,omitempty"`
+	KernelError   string         `json:"kernelError,omitempty"`
+	Masters       []statusRow    `json:"masters"`
+}
+
+// statusRow is one real server: the watchdog's verdict and the kernel's
+// counters side by side.
+type statusRow struct {
+	Address    netip.AddrPort `json:"address"`
+	Health     string         `json:"health,omitempty"`
+	Since      time.Time      `json:"since,omitzero"`
+	Membership string         `json:"membership,omitempty"`
+	LastProbe  string         `json:"lastProbe,omitempty"`
+	InKernel   bool           `json:"inKernel"`
+	Weight     int            `json:"weight"`
+	Active     int            `json:"activeConns"`
+	Inactive   int            `json:"inactiveConns"`
+}
+
+func newStatusCmd(a *app) *cobra.Command { return newStatusCmdWith(a, defaultStatusEnv()) }
+
+func newStatusCmdWith(a *app, env statusEnv) *cobra.Command {
+	var metricsAddr, vip, output string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "status [--metrics-addr HOST:PORT] [-o table|json]",
+		Short: "Show each master's health (from the running watchdog), weight and connections (from the kernel)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("--output %q: want table or json", output)
+			}
+			if timeout <= 0 {
+				return fmt.Errorf("--timeout %s: want a positive duration", timeout)
+			}
+			var v netip.AddrPort
+			if cmd.Flags().Changed("vip") {
+				p, err := parseVIP(vip)
+				if err != nil {
+					return err
+				}
+				v = p
+			}
+			r, err := collectStatus(cmd.Context(), a.log, env, metricsAddr, v, timeout)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(cmd.OutOrStdout(), r)
+			}
+			return printStatus(cmd.OutOrStdout(), r, env.now())
+		},
+	}
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", care.DefaultMetricsAddr, "where the watchdog serves /status")
+	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server to show (default: the watchdog's, else "+DefaultVIP+":6443)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the watchdog")
+	return cmd
+}
+
+// collectStatus asks the watchdog and the kernel. It fails only when
+// neither answers.
+func collectStatus(ctx context.Context, log *zap.Logger, env statusEnv, metricsAddr string, vip netip.AddrPort, timeout time.Duration) (statusReport, error) {
+	r := statusReport{MetricsAddr: metricsAddr}
+	fctx, cancel := context.WithTimeout(ctx, timeout)
+	st, err := env.fetch(fctx, metricsAddr)
+	cancel()
+	if err != nil {
+		r.WatchdogError = err.Error()
+	} else {
+		r.Watchdog = &st
+	}
+	switch {
+	case vip.IsValid():
+		r.VIP = vip
+	case r.Watchdog != nil:
+		r.VIP = r.Watchdog.VIP
+	default:
+		p, err := parseVIP(DefaultVIP + ":6443")
+		if err != nil {
+			return r, err
+		}
+		r.VIP = p
+	}
+	var kerr error
+	if g, closeFn, err := env.openIPVS(log); err != nil {
+		kerr = err
+	} else {
+		ks, err := g.Get(ctx, r.VIP)
+		_ = closeFn()
+		if err == nil {
+			r.Kernel = &ks
+		}
+		kerr = err
+	}
+	if kerr != nil {
+		r.KernelError = kerr.Error()
+	}
+	if r.Watchdog == nil && r.Kernel == nil && !errors.Is(kerr, ipvs.ErrNotFound) {
+		return r, fmt.Errorf("neither the watchdog (%s) nor the kernel (%s) could be read", r.WatchdogError, r.KernelError)
+	}
+	r.Masters = mergeStatus(r.Watchdog, r.Kernel)
+	return r, nil
+}
+
+// mergeStatus lists the watchdog's masters in its order, then the kernel's
+// other real servers.
+func mergeStatus(w *care.Status, k *ipvs.State) []statusRow {
+	rows := []statusRow{}
+	idx := map[netip.AddrPort]int{}
+	if w != nil {
+		for _, m := range w.Masters {
+			row := statusRow{Address: m.Address, Health: string(m.Phase), Since: m.Since, Membership: string(m.Membership)}
+			if p := m.LastProbe; p != nil {
+				row.LastProbe = fmt.Sprintf("%s (%s)", p.Reason, time.Duration(p.Latency*float64(time.Second)).Round(100*time.Microsecond))
+			}
+			idx[m.Address] = len(rows)
+			rows = append(rows, row)
+		}
+	}
+	if k != nil {
+		for _, rs := range k.RealServers {
+			i, ok := idx[rs.Addr]
+			if !ok {
+				i = len(rows)
+				rows = append(rows, statusRow{Address: rs.Addr})
+			}
+			rows[i].InKernel, rows[i].Weight = true, rs.Weight
+			rows[i].Active, rows[i].Inactive = rs.ActiveConns, rs.InactiveConns
+		}
+	}
+	return rows
+}
+
+func printStatus(out io.Writer, r statusReport, now time.Time) error {
+	var head []string
+	if k := r.Kernel; k != nil {
+		head = append(head, fmt.Sprintf("VIP %s  scheduler %s", r.VIP, k.Service.Scheduler))
+	} else {
+		head = append(head, fmt.Sprintf("VIP %s", r.VIP))
+	}
+	if w := r.Watchdog; w != nil {
+		state := "ready"
+		if !w.Ready {
+			state = "starting (first reconcile not done)"
+		}
+		line := fmt.Sprintf("watchdog: %s at %s, mode %s, node IP %s", state, r.MetricsAddr, w.Mode, w.NodeIP)
+		if w.FailOpen {
+			line += ", FAIL-OPEN: every master is down, all kept in service"
+		}
+		head = append(head, line)
+		if w.LastError != "" {
+			head = append(head, "watchdog's last error: "+w.LastError)
+		}
+	} else {
+		head = append(head, fmt.Sprintf("watchdog: not running or unreachable (%s): showing the kernel's table only", r.WatchdogError))
+	}
+	switch {
+	case r.Kernel == nil && r.KernelError != "":
+		head = append(head, "kernel: "+r.KernelError)
+	case r.Kernel != nil && len(r.Kernel.RealServers) == 0:
+		head = append(head, "kernel: the virtual server has no real servers")
+	}
+	for _, h := range head {
+		if _, err := fmt.Fprintln(out, h); err != nil {
+			return err
+		}
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MASTER\tHEALTH\tFOR\tMEMBERSHIP\tWEIGHT\tACTIVE\tINACTIVE\tLAST PROBE")
+	for _, row := range r.Masters {
+		dash := func(s string) string {
+			if s == "" {
+				return "-"
+			}
+			return s
+		}
+		since := ""
+		if !row.Since.IsZero() {
+			since = now.Sub(row.Since).Round(time.Second).String()
+		}
+		weight, active, inactive := "-", "-", "-"
+		if row.InKernel {
+			weight, active, inactive = strconv.Itoa(row.Weight), strconv.Itoa(row.Active), strconv.Itoa(row.Inactive)
+		} else if r.Kernel != nil {
+			weight = "absent"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Address, dash(row.Health), dash(since), dash(row.Membership),
+			weight, active, inactive, dash(row.LastProbe))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,231 @@
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	mobyipvs "github.com/moby/ipvs"
+)
+
+// MetricsAddr is where the lab's watchdog serves /metrics, /readyz, /status.
+const MetricsAddr = "127.0.0.1:9282"
+
+// Care is a running `vipctl care` process.
+type Care struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	exited chan struct{}
+	Args   []string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// CareArgs are the watchdog's arguments for this lab: every master, the lab
+// CA, JSON logs, plus extra.
+func (l *Lab) CareArgs(extra ...string) []string {
+	args := []string{"care", "--vip", VIPPort.String(), "--ca-file", l.CAFile, "--log-format", "json", "--metrics-addr", MetricsAddr}
+	for _, m := range l.Masters {
+		args = append(args, "--master", m.Addr.String())
+	}
+	return append(args, extra...)
+}
+
+// StartCare starts `vipctl care` with CareArgs(extra...) and waits until it
+// is ready (/readyz answers 200). It is stopped when the test ends.
+func (l *Lab) StartCare(extra ...string) *Care {
+	l.t.Helper()
+	return l.StartCareArgs(l.CareArgs(extra...)...)
+}
+
+// StartCareArgs starts vipctl with exactly args and waits for /readyz.
+func (l *Lab) StartCareArgs(args ...string) *Care {
+	t := l.t
+	t.Helper()
+	c := &Care{t: t, log: &syncBuffer{}, exited: make(chan struct{}), Args: args}
+	c.cmd = exec.Command(l.Vipctl, args...)
+	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
+	must(t, c.cmd.Start(), "start vipctl care")
+	go func() { c.cmd.Wait(); close(c.exited) }()
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			t.Logf("vipctl care log:\n%s", c.Log())
+		}
+	})
+	err := Poll(20*time.Second, func() bool {
+		select {
+		case <-c.exited:
+			return true
+		default:
+		}
+		resp, err := http.Get("http://" + MetricsAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	select {
+	case <-c.exited:
+		t.Fatalf("vipctl care exited at start: %v\n%s", c.cmd.ProcessState, c.Log())
+	default:
+	}
+	must(t, err, "vipctl care ready")
+	return c
+}
+
+// Log is everything the watchdog printed so far.
+func (c *Care) Log() string { return c.log.String() }
+
+// Stop sends SIGTERM and waits for the process to exit.
+func (c *Care) Stop() {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(15 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.exited
+	}
+}
+
+// Exited reports whether the process has ended.
+func (c *Care) Exited() bool {
+	select {
+	case <-c.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// Pid is the watchdog's process id.
+func (c *Care) Pid() int { return c.cmd.Process.Pid }
+
+// RSS is the watchdog's resident set size in bytes.
+func (c *Care) RSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(rest)
+			n, err := strconv.ParseInt(f[0], 10, 64)
+			return n * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS")
+}
+
+// CPUTime is the user+system CPU time the watchdog used so far.
+func (c *Care) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// fields after "(comm) ": state is f[0]; utime is field 14 => f[11], stime f[12]
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100
+}
+
+// RealServers reads the VIP's real servers and weights from the kernel; nil
+// when the service does not exist.
+func RealServers(t testing.TB) map[netip.AddrPort]int {
+	t.Helper()
+	h, err := mobyipvs.New("")
+	must(t, err, "ipvs handle")
+	defer h.Close()
+	svc, err := h.GetService(&mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff})
+	if err != nil {
+		return nil
+	}
+	dests, err := h.GetDestinations(svc)
+	if err != nil {
+		return nil
+	}
+	out := map[netip.AddrPort]int{}
+	for _, d := range dests {
+		out[netip.AddrPortFrom(addr(d.Address), d.Port)] = d.Weight
+	}
+	return out
+}
+
+// Serving reports whether the kernel sends new connections to m: it is a
+// real server of the VIP with a weight above 0.
+func Serving(rs map[netip.AddrPort]int, m *Master) bool { return rs[m.Addr] > 0 }
+
+// WaitFor polls the kernel every 2 ms until cond holds for the VIP's real
+// servers and returns how long that took.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func(map[netip.AddrPort]int) bool) time.Duration {
+	t.Helper()
+	h, err := mobyipvs.New("")
+	must(t, err, "ipvs handle")
+	defer h.Close()
+	svcKey := &mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for {
+		rs := map[netip.AddrPort]int{}
+		present := false
+		if svc, err := h.GetService(svcKey); err == nil {
+			present = true
+			if dests, err := h.GetDestinations(svc); err == nil {
+				for _, d := range dests {
+					rs[netip.AddrPortFrom(addr(d.Address), d.Port)] = d.Weight
+				}
+			}
+		}
+		if !present {
+			rs = nil
+		}
+		if cond(rs) {
+			return time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s; real servers now %v", what, timeout, rs)
+		}
+		time.Sleep(2 * time.Millisecond) // polling interval of the kernel state, not a synchronisation stand-in
+	}
+}
+
+// Record prints a measurement on the console in a form the host's benchmark
+// runner collects: "MEASURE name value-in-ms". Tests never assert on it.
+func Record(t testing.TB, name string, d time.Duration) {
+	t.Helper()
+	fmt.Printf("MEASURE %s %.3f\n", name, float64(d.Microseconds())/1000)
+	t.Logf("%s: %s", name, d)
+}

@@ -1,0 +1,323 @@
+package vmtests
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vishvananda/netlink"
+)
+
+func allServing(l *lab.Lab) func(map[netip.AddrPort]int) bool {
+	return func(rs map[netip.AddrPort]int) bool {
+		for _, m := range l.Masters {
+			if !lab.Serving(rs, m) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func out(m *lab.Master) func(map[netip.AddrPort]int) bool {
+	return func(rs map[netip.AddrPort]int) bool { return rs != nil && !lab.Serving(rs, m) }
+}
+
+func in(m *lab.Master) func(map[netip.AddrPort]int) bool {
+	return func(rs map[netip.AddrPort]int) bool { return lab.Serving(rs, m) }
+}
+
+// openWatch opens a long-lived streaming request through the VIP and
+// returns which master serves it and a channel that yields the error that
+// ends it.
+func openWatch(t *testing.T, l *lab.Lab) (string, <-chan error, func()) {
+	t.Helper()
+	c := l.Client(0)
+	req, err := http.NewRequest("GET", "https://"+lab.VIPPort.String()+"/watch", nil)
+	require.NoError(t, err)
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	r := bufio.NewReader(resp.Body)
+	line, err := r.ReadString('\n')
+	require.NoError(t, err)
+	master := strings.Fields(line)[0]
+	done := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := r.ReadString('\n'); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	return master, done, func() { resp.Body.Close() }
+}
+
+func master(l *lab.Lab, name string) *lab.Master {
+	for _, m := range l.Masters {
+		if m.Name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+func TestCareKillAndRestartMaster(t *testing.T) {
+	l := lab.New(t, 3)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
+	m := l.Masters[1]
+	killed := time.Now()
+	m.Kill()
+	d := lab.WaitFor(t, 10*time.Second, m.Name+" out", out(m))
+	lab.Record(t, "kill_to_out", time.Since(killed))
+	_ = d
+	for _, h := range l.HitVIP(12, 3*time.Second) {
+		assert.NoError(t, h.Err)
+		assert.NotEqual(t, m.Name, h.Master)
+	}
+	m.Start()
+	lab.WaitFor(t, 15*time.Second, m.Name+" back in", in(m))
+	assert.Equal(t, 3, len(lab.Count(l.HitVIP(9, 3*time.Second))), "all three masters answer again")
+}
+
+func TestCareStartupSequence403Then500Then200(t *testing.T) {
+	l := lab.New(t, 2)
+	m := l.Masters[1]
+	m.SetStatus(403)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "master1 in", in(l.Masters[0]))
+	// A master answering 403 (RBAC not ready) or 500 (etcd not ready) is
+	// not healthy: it must not get traffic while it says so.
+	assertStaysOut(t, m, 3*time.Second)
+	m.SetStatus(500)
+	assertStaysOut(t, m, 3*time.Second)
+	m.SetStatus(200)
+	lab.WaitFor(t, 10*time.Second, m.Name+" in after 200", in(m))
+}
+
+// assertStaysOut checks, polling the kernel, that m gets no weight for d.
+func assertStaysOut(t *testing.T, m *lab.Master, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		require.False(t, lab.Serving(lab.RealServers(t), m), "%s must stay out", m.Name)
+		time.Sleep(20 * time.Millisecond) // sampling the kernel state over a period
+	}
+}
+
+func TestCareEtcdDown500(t *testing.T) {
+	l := lab.New(t, 2)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	m := l.Masters[0]
+	t0 := time.Now()
+	m.SetStatus(500)
+	lab.WaitFor(t, 10*time.Second, m.Name+" out on 500", out(m))
+	lab.Record(t, "status500_to_out", time.Since(t0))
+	m.SetStatus(200)
+	lab.WaitFor(t, 10*time.Second, m.Name+" back", in(m))
+}
+
+func TestCareLinkDownResetsEstablishedConnections(t *testing.T) {
+	l := lab.New(t, 2)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	name, done, closeWatch := openWatch(t, l)
+	defer closeWatch()
+	m := master(l, name)
+	require.NotNil(t, m)
+	t0 := time.Now()
+	m.LinkDown()
+	lab.WaitFor(t, 15*time.Second, m.Name+" out after link down", out(m))
+	outAt := time.Now()
+	lab.Record(t, "blackhole_to_out", outAt.Sub(t0))
+	select {
+	case err := <-done:
+		lab.Record(t, "established_reset_after_out", time.Since(outAt))
+		assert.Error(t, err, "the client sees its connection end")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the established connection to the dead master was not reset")
+	}
+	// New requests go to the healthy master.
+	for _, h := range l.HitVIP(6, 3*time.Second) {
+		assert.NoError(t, h.Err)
+		assert.NotEqual(t, m.Name, h.Master)
+	}
+	m.LinkUp()
+	lab.WaitFor(t, 15*time.Second, m.Name+" back after link up", in(m))
+}
+
+func TestCareFlappingMasterDoesNotFlapTheKernel(t *testing.T) {
+	l := lab.New(t, 2)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	m := l.Masters[1]
+	// 2 Hz for 30 s: healthy 250 ms, unhealthy 250 ms.
+	stop := make(chan struct{})
+	flapDone := make(chan struct{})
+	go func() {
+		defer close(flapDone)
+		tk := time.NewTicker(250 * time.Millisecond)
+		defer tk.Stop()
+		code := 500
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				m.SetStatus(code)
+				code = 700 - code // 500 <-> 200
+			}
+		}
+	}()
+	transitions, last := 0, lab.Serving(lab.RealServers(t), m)
+	end := time.Now().Add(30 * time.Second)
+	for time.Now().Before(end) {
+		cur := lab.Serving(lab.RealServers(t), m)
+		if cur != last {
+			transitions++
+			last = cur
+		}
+		assert.True(t, lab.Serving(lab.RealServers(t), l.Masters[0]), "the steady master stays in")
+		time.Sleep(10 * time.Millisecond) // sampling the kernel state over a period
+	}
+	close(stop)
+	<-flapDone
+	t.Logf("%s's weight changed %d times in 30 s of 2 Hz flapping (60 health changes)", m.Name, transitions)
+	assert.LessOrEqual(t, transitions, 4, "hysteresis and hold-down keep the kernel from flapping")
+	m.SetStatus(200)
+}
+
+func TestCareAllMastersDownFailsOpen(t *testing.T) {
+	l := lab.New(t, 3)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	for _, m := range l.Masters {
+		m.Kill()
+	}
+	// Never an empty service: with no healthy master every master stays
+	// (fail open), so clients retry rather than get nothing.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		rs := lab.RealServers(t)
+		require.NotNil(t, rs, "the service exists")
+		serving := 0
+		for _, m := range l.Masters {
+			if lab.Serving(rs, m) {
+				serving++
+			}
+		}
+		require.Greater(t, serving, 0, "the service never has no serving real server: %v", rs)
+		time.Sleep(20 * time.Millisecond) // sampling the kernel state over a period
+	}
+	assert.Equal(t, true, careStatus(t)["failOpen"], "the watchdog reports fail-open")
+	back := l.Masters[2]
+	back.Start()
+	lab.WaitFor(t, 15*time.Second, "only the recovered master serves", func(rs map[netip.AddrPort]int) bool {
+		return lab.Serving(rs, back) && !lab.Serving(rs, l.Masters[0]) && !lab.Serving(rs, l.Masters[1])
+	})
+	for _, h := range l.HitVIP(6, 3*time.Second) {
+		require.NoError(t, h.Err)
+		assert.Equal(t, back.Name, h.Master)
+	}
+}
+
+// careStatus is the watchdog's /status document.
+func careStatus(t *testing.T) map[string]any {
+	t.Helper()
+	resp, err := http.Get("http://" + lab.MetricsAddr + "/status")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var v map[string]any
+	require.NoError(t, json.Unmarshal(b, &v), string(b))
+	return v
+}
+
+func TestCareRepairsFlushedRules(t *testing.T) {
+	l := lab.New(t, 2)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	for range 5 {
+		t0 := time.Now()
+		lab.FlushIPVS(t)
+		lab.WaitFor(t, 5*time.Second, "restored after flush", allServing(l))
+		lab.Record(t, "flush_to_restored", time.Since(t0))
+	}
+	for _, h := range l.HitVIP(4, 3*time.Second) {
+		assert.NoError(t, h.Err)
+	}
+}
+
+func TestCareRepairsDeletedInterface(t *testing.T) {
+	l := lab.New(t, 2)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	lk, err := netlink.LinkByName("vipctl0")
+	require.NoError(t, err)
+	t0 := time.Now()
+	require.NoError(t, netlink.LinkDel(lk))
+	require.NoError(t, lab.Poll(5*time.Second, func() bool {
+		o := lab.Observe(t)
+		return o.Link && o.LinkUp && o.VIPOnLink && o.LocalSrc == lab.NodeIP.String()
+	}), "vipctl0, the VIP and its src route come back")
+	lab.Record(t, "interface_deleted_to_restored", time.Since(t0))
+	for _, h := range l.HitVIP(4, 3*time.Second) {
+		assert.NoError(t, h.Err)
+		assert.Equal(t, lab.NodeIP, h.Src)
+	}
+}
+
+func TestCareRestartKeepsStateAndConnections(t *testing.T) {
+	l := lab.New(t, 3)
+	c := l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	before := lab.Observe(t)
+	_, done, closeWatch := openWatch(t, l)
+	defer closeWatch()
+	c.Stop()
+	assert.Equal(t, before, lab.Observe(t), "SIGTERM leaves the rules in place")
+	c2 := l.StartCare()
+	// Give the new watchdog a few probe rounds; nothing may change.
+	require.NoError(t, lab.Poll(15*time.Second, func() bool { return probesDone(t) >= 3*len(l.Masters) }))
+	assert.Equal(t, before, lab.Observe(t), "the restarted watchdog changed nothing")
+	select {
+	case err := <-done:
+		t.Fatalf("the established connection broke during the restart: %v", err)
+	default:
+	}
+	assert.NotContains(t, c2.Log(), `"op":"delete"`)
+	assert.NotContains(t, c2.Log(), `"op":"add"`)
+}
+
+// probesDone reads the probe counter from the watchdog's metrics.
+func probesDone(t *testing.T) int {
+	resp, err := http.Get("http://" + lab.MetricsAddr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "vipctl_care_probe_duration_seconds_count") {
+			f := strings.Fields(line)
+			var v float64
+			if len(f) == 2 {
+				_, _ = fmtSscan(f[1], &v)
+				n += int(v)
+			}
+		}
+	}
+	return n
+}
