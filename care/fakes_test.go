@@ -14,10 +14,30 @@ type fakeProber struct {
 	mu      sync.Mutex
 	results map[netip.AddrPort]probe.Result
 	calls   map[netip.AddrPort]int
+	// silent masters answer nothing: a probe runs for the given duration
+	// (its timeout) and then fails, like one to a blackholed host.
+	silent   map[netip.AddrPort]time.Duration
+	running  map[netip.AddrPort]int
+	parallel map[netip.AddrPort]int // the most probes of a master running at once
 }
 
 func newFakeProber() *fakeProber {
-	return &fakeProber{results: map[netip.AddrPort]probe.Result{}, calls: map[netip.AddrPort]int{}}
+	return &fakeProber{results: map[netip.AddrPort]probe.Result{}, calls: map[netip.AddrPort]int{},
+		silent: map[netip.AddrPort]time.Duration{}, running: map[netip.AddrPort]int{}, parallel: map[netip.AddrPort]int{}}
+}
+
+// silence makes every probe of m run for timeout and fail.
+func (f *fakeProber) silence(m netip.AddrPort, timeout time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.silent[m] = timeout
+}
+
+// maxParallel is the most probes of m that ran at the same time.
+func (f *fakeProber) maxParallel(m netip.AddrPort) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.parallel[m]
 }
 
 func (f *fakeProber) set(m netip.AddrPort, r probe.Result) {
@@ -32,10 +52,27 @@ func (f *fakeProber) count(m netip.AddrPort) int {
 	return f.calls[m]
 }
 
-func (f *fakeProber) Probe(_ context.Context, m netip.AddrPort) probe.Result {
+func (f *fakeProber) Probe(ctx context.Context, m netip.AddrPort) probe.Result {
+	f.mu.Lock()
+	f.calls[m]++
+	f.running[m]++
+	f.parallel[m] = max(f.parallel[m], f.running[m])
+	d, silent := f.silent[m]
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.running[m]--
+		f.mu.Unlock()
+	}()
+	if silent {
+		select { // the probe's own duration: a silent host answers nothing
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+		return probe.Result{Reason: "timeout after " + d.String()}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls[m]++
 	r, ok := f.results[m]
 	if !ok {
 		return healthy()

@@ -56,7 +56,9 @@ type Watchdog struct {
 	results  chan probeResult
 	triggers chan netip.AddrPort
 	kicks    map[netip.AddrPort]chan struct{}
-	inFlight map[netip.AddrPort]bool
+	inFlight map[netip.AddrPort]int       // probes running: 0, 1, or 2 with a hedge
+	started  map[netip.AddrPort]time.Time // when the running probe started
+	hedged   map[netip.AddrPort]bool      // a hedge probe was sent for it
 	due      map[netip.AddrPort]time.Time
 }
 
@@ -78,10 +80,12 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 		return nil, err
 	}
 	w := &Watchdog{cfg: cfg, d: d, log: d.Log, clock: d.Clock, rnd: d.Rand, tracker: t, met: newMetrics(),
-		results:  make(chan probeResult, len(cfg.Masters)),
+		results:  make(chan probeResult, 2*len(cfg.Masters)),
 		triggers: make(chan netip.AddrPort, len(cfg.Masters)),
 		kicks:    map[netip.AddrPort]chan struct{}{},
-		inFlight: map[netip.AddrPort]bool{},
+		inFlight: map[netip.AddrPort]int{},
+		started:  map[netip.AddrPort]time.Time{},
+		hedged:   map[netip.AddrPort]bool{},
 		due:      map[netip.AddrPort]time.Time{},
 	}
 	if w.log == nil {
@@ -162,19 +166,25 @@ func (w *Watchdog) Run(ctx context.Context) error {
 			w.log.Info("watchdog stopping; kernel rules stay in place")
 			return nil
 		case pr := <-w.results:
-			w.inFlight[pr.addr] = false
+			if w.inFlight[pr.addr]--; w.inFlight[pr.addr] <= 0 {
+				w.inFlight[pr.addr], w.hedged[pr.addr] = 0, false
+			}
 			if w.observe(pr.addr, pr.r) {
 				_ = w.reconcile(ctx, "probe", false)
 			}
 			probeTimer.Reset(w.untilDue())
 		case addr := <-w.triggers:
-			if !w.inFlight[addr] {
+			if w.inFlight[addr] == 0 {
 				w.launch(ctx, addr)
 			}
 		case <-probeTimer.C():
 			now := w.clock.Now()
 			for _, m := range w.cfg.Masters {
-				if !w.inFlight[m] && !now.Before(w.due[m]) {
+				switch {
+				case w.inFlight[m] == 0 && !now.Before(w.due[m]):
+					w.launch(ctx, m)
+				case w.hedgeDue(m, now):
+					w.hedged[m] = true
 					w.launch(ctx, m)
 				}
 			}
@@ -256,11 +266,29 @@ func (w *Watchdog) firstRound(ctx context.Context) {
 }
 
 func (w *Watchdog) launch(ctx context.Context, addr netip.AddrPort) {
-	w.inFlight[addr] = true
+	if w.inFlight[addr] == 0 {
+		w.started[addr] = w.clock.Now()
+	}
+	w.inFlight[addr]++
 	go func() {
 		r := w.d.Prober.Probe(ctx, addr)
-		w.results <- probeResult{addr: addr, r: r} // buffered: one in flight per master
+		w.results <- probeResult{addr: addr, r: r} // buffered: at most two in flight per master
 	}()
+}
+
+// hedgeAfter is how long a probe of a master in service may run before a
+// second, hedging probe is sent alongside it.
+func (w *Watchdog) hedgeAfter() time.Duration { return w.cfg.Timeout / 2 }
+
+// hedgeDue reports whether master m, in service, has had a single probe
+// running for hedgeAfter. An unreachable master answers nothing, so each
+// probe takes the whole timeout; with a hedge the --fall confirmations
+// overlap instead of following each other, and a silent master is out
+// after about 1.5 timeouts rather than 2 timeouts plus a re-probe delay.
+// A slow but healthy master costs one extra probe.
+func (w *Watchdog) hedgeDue(m netip.AddrPort, now time.Time) bool {
+	return w.inFlight[m] == 1 && !w.hedged[m] && w.tracker.InService(m) &&
+		now.Sub(w.started[m]) >= w.hedgeAfter()
 }
 
 // untilDue is the time until the earliest scheduled probe.
@@ -268,7 +296,13 @@ func (w *Watchdog) untilDue() time.Duration {
 	now := w.clock.Now()
 	next := time.Duration(-1)
 	for _, m := range w.cfg.Masters {
-		if w.inFlight[m] {
+		if w.inFlight[m] > 0 {
+			if w.inFlight[m] == 1 && !w.hedged[m] && w.tracker.InService(m) {
+				d := max(w.started[m].Add(w.hedgeAfter()).Sub(now), 0)
+				if next < 0 || d < next {
+					next = d
+				}
+			}
 			continue
 		}
 		d := max(w.due[m].Sub(now), 0)

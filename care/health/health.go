@@ -364,6 +364,13 @@ func (t *Tracker) anyUp() bool {
 	return slices.ContainsFunc(t.masters, func(m *master) bool { return m.phase == Up })
 }
 
+// InService reports whether addr is an up master with no failed probe
+// pending confirmation: one whose slow probe is worth hedging.
+func (t *Tracker) InService(addr netip.AddrPort) bool {
+	m := t.byAddr[addr]
+	return m != nil && m.phase == Up && m.failures == 0
+}
+
 // NextProbe returns how long to wait before probing addr again. rnd is a
 // random number in [0, 1) that spreads probes over the jitter.
 func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {

@@ -65,10 +65,16 @@ func (l *Lab) StartCare(extra ...string) *Care {
 
 // StartCareArgs starts vipctl with exactly args and waits for /readyz.
 func (l *Lab) StartCareArgs(args ...string) *Care {
-	t := l.t
+	l.t.Helper()
+	return startCare(l.t, l.Vipctl, args)
+}
+
+// startCare starts the vipctl binary with args (a `care` command line),
+// waits until its /readyz answers 200 and stops it when the test ends.
+func startCare(t testing.TB, vipctl string, args []string) *Care {
 	t.Helper()
 	c := &Care{t: t, log: &syncBuffer{}, exited: make(chan struct{}), Args: args}
-	c.cmd = exec.Command(l.Vipctl, args...)
+	c.cmd = exec.Command(vipctl, args...)
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	must(t, c.cmd.Start(), "start vipctl care")
 	go func() { c.cmd.Wait(); close(c.exited) }()
@@ -222,10 +228,17 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func(map[net
 	}
 }
 
-// Record prints a measurement on the console in a form the host's benchmark
-// runner collects: "MEASURE name value-in-ms". Tests never assert on it.
+// Record prints a duration measurement on the console in the form the
+// host's benchmark runner collects: "MEASURE name value ms". Tests never
+// assert on it.
 func Record(t testing.TB, name string, d time.Duration) {
 	t.Helper()
-	fmt.Printf("MEASURE %s %.3f\n", name, float64(d.Microseconds())/1000)
-	t.Logf("%s: %s", name, d)
+	RecordValue(t, name, float64(d.Microseconds())/1000, "ms")
+}
+
+// RecordValue prints any measurement: "MEASURE name value unit".
+func RecordValue(t testing.TB, name string, v float64, unit string) {
+	t.Helper()
+	fmt.Printf("MEASURE %s %.3f %s\n", name, v, unit)
+	t.Logf("%s: %.3f %s", name, v, unit)
 }

@@ -3,18 +3,24 @@
 //
 //	go run ./e2e/cmd/vmlab demo                # what `make demo` runs
 //	go run ./e2e/cmd/vmlab run 'TestCare.*'    # some scenarios, verbose
+//	go run ./e2e/cmd/vmlab bench [TRIALS]      # failover benchmarks -> docs/benchmarks.md
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/vipctl/vipctl/e2e/benchreport"
+	"github.com/vipctl/vipctl/e2e/lab"
 	"github.com/vipctl/vipctl/e2e/vm"
 )
 
@@ -26,8 +32,8 @@ func main() {
 }
 
 func run() error {
-	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run") {
-		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN]")
+	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench") {
+		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS]")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the VM lab needs root (it installs qemu and the kernel package with apt-get)")
@@ -54,13 +60,23 @@ func run() error {
 	defer os.RemoveAll(share)
 	args, env := []string{"-test.run=^TestDemo$"}, map[string]string{"VIPCTL_DEMO": "1"}
 	var console io.Writer = demoFilter{os.Stdout}
-	if os.Args[1] == "run" {
+	var captured bytes.Buffer
+	switch os.Args[1] {
+	case "run":
 		env = nil
 		args = nil
 		if len(os.Args) > 2 {
 			args = []string{"-test.run=" + os.Args[2]}
 		}
 		console = os.Stdout
+	case "bench":
+		trials := "20"
+		if len(os.Args) > 2 {
+			trials = os.Args[2]
+		}
+		args = []string{"-test.run=^TestBench"}
+		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trials}
+		console = io.MultiWriter(&captured, benchFilter{os.Stdout})
 	}
 	fmt.Fprintln(os.Stderr, "vmlab: building vipctl and the in-VM scenarios")
 	if err := vm.BuildShare(ctx, root, share, args, env); err != nil {
@@ -74,7 +90,73 @@ func run() error {
 	if code != 0 {
 		return fmt.Errorf("the VM's run ended with exit code %d", code)
 	}
+	if os.Args[1] == "bench" {
+		return writeBenchmarks(root, assets, &captured)
+	}
 	return nil
+}
+
+// writeBenchmarks splices the summary of the MEASURE lines into
+// docs/benchmarks.md.
+func writeBenchmarks(root string, assets vm.Assets, console io.Reader) error {
+	series, err := benchreport.Parse(console)
+	if err != nil {
+		return err
+	}
+	if len(series) == 0 {
+		return fmt.Errorf("the VM printed no MEASURE line")
+	}
+	// The same calibration workload natively: how much emulation inflates
+	// the VM's CPU figures.
+	host := &benchreport.Series{Name: "calibration_cpu_per_request_host", Unit: "ms"}
+	for range 5 {
+		d, err := lab.CalibrationCPU(100)
+		if err != nil {
+			return err
+		}
+		host.Values = append(host.Values, float64(d.Microseconds())/1000)
+	}
+	series = append(series, host)
+	series = append(series, benchreport.Derived(series)...)
+	body := fmt.Sprintf("Run %s on kernel %s (qemu %s), vipctl at %s:\n\n%s",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), assets.KVer, accelName(), gitRev(root), benchreport.Table(series))
+	path := filepath.Join(root, "docs", "benchmarks.md")
+	doc, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := os.WriteFile(path, benchreport.Splice(doc, "vm-failover", body), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "vmlab: wrote %s\n%s", path, benchreport.Table(series))
+	return nil
+}
+
+func gitRev(root string) string {
+	out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func accelName() string {
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		return "TCG, software emulation"
+	}
+	return "KVM or TCG"
+}
+
+// benchFilter shows progress: the MEASURE lines and failures.
+type benchFilter struct{ w io.Writer }
+
+func (b benchFilter) Write(p []byte) (int, error) {
+	for _, line := range strings.SplitAfter(string(p), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "MEASURE ") || strings.Contains(line, "FAIL") {
+			io.WriteString(b.w, line)
+		}
+	}
+	return len(p), nil
 }
 
 // demoFilter shows the demo's own lines (prefixed "demo| ") and failures.

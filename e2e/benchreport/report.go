@@ -1,0 +1,139 @@
+// Package benchreport turns the MEASURE lines the in-VM benchmark scenarios
+// print ("MEASURE name value unit") into a summary table (count, median,
+// p99, min, max) and splices it into a Markdown document between markers.
+package benchreport
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Series is the samples of one measurement.
+type Series struct {
+	Name   string
+	Unit   string
+	Values []float64
+}
+
+// Parse collects MEASURE lines from r (other lines are ignored), keeping
+// the order in which measurements first appear.
+func Parse(r io.Reader) ([]*Series, error) {
+	var out []*Series
+	byName := map[string]*Series{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		rest, ok := strings.CutPrefix(line, "MEASURE ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) < 3 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		s := byName[f[0]]
+		if s == nil {
+			s = &Series{Name: f[0], Unit: strings.Join(f[2:], " ")}
+			byName[f[0]] = s
+			out = append(out, s)
+		}
+		s.Values = append(s.Values, v)
+	}
+	return out, sc.Err()
+}
+
+// Quantile is the nearest-rank q-quantile (0 < q <= 1) of values: the
+// smallest sample at or above which lies a fraction q of the samples. With
+// 20 samples the p99 is the largest one.
+func Quantile(values []float64, q float64) float64 {
+	if len(values) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(values)
+	slices.Sort(s)
+	rank := int(math.Ceil(q * float64(len(s))))
+	rank = max(1, min(rank, len(s)))
+	return s[rank-1]
+}
+
+// Table renders the series as a Markdown table.
+func Table(series []*Series) string {
+	var b strings.Builder
+	b.WriteString("| measurement | unit | n | median | p99 | min | max |\n|---|---|---|---|---|---|---|\n")
+	for _, s := range series {
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s |\n", s.Name, s.Unit, len(s.Values),
+			num(Quantile(s.Values, 0.5)), num(Quantile(s.Values, 0.99)), num(slices.Min(s.Values)), num(slices.Max(s.Values)))
+	}
+	return b.String()
+}
+
+func num(v float64) string {
+	switch {
+	case math.Abs(v) >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case math.Abs(v) >= 1:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 3, 64)
+	}
+}
+
+// Splice replaces what stands between "<!-- BEGIN id -->" and
+// "<!-- END id -->" in doc with body; the markers are appended when doc has
+// none.
+func Splice(doc []byte, id, body string) []byte {
+	begin, end := "<!-- BEGIN "+id+" -->", "<!-- END "+id+" -->"
+	i, j := bytes.Index(doc, []byte(begin)), bytes.Index(doc, []byte(end))
+	block := begin + "\n" + strings.TrimRight(body, "\n") + "\n" + end
+	if i < 0 || j < i {
+		out := bytes.TrimRight(doc, "\n")
+		if len(out) > 0 {
+			out = append(out, "\n\n"...)
+		}
+		return append(out, block+"\n"...)
+	}
+	return append(append(slices.Clone(doc[:i]), block...), doc[j+len(end):]...)
+}
+
+// Derived computes what the raw series imply: the emulation factor (median
+// VM calibration CPU over median host calibration CPU) and the watchdog's
+// CPU scaled by it, an estimate of its cost on hardware.
+func Derived(series []*Series) []*Series {
+	get := func(name string) *Series {
+		for _, s := range series {
+			if s.Name == name && len(s.Values) > 0 {
+				return s
+			}
+		}
+		return nil
+	}
+	vm, host, cpu := get("calibration_cpu_per_request_vm"), get("calibration_cpu_per_request_host"), get("care_cpu")
+	if vm == nil || host == nil {
+		return nil
+	}
+	h := Quantile(host.Values, 0.5)
+	if h <= 0 {
+		return nil
+	}
+	factor := Quantile(vm.Values, 0.5) / h
+	out := []*Series{{Name: "emulation_cpu_factor", Unit: "x", Values: []float64{factor}}}
+	if cpu != nil {
+		est := &Series{Name: "care_cpu_estimated_on_hardware", Unit: cpu.Unit}
+		for _, v := range cpu.Values {
+			est.Values = append(est.Values, v/factor)
+		}
+		out = append(out, est)
+	}
+	return out
+}

@@ -1,0 +1,134 @@
+package vmtests
+
+import (
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/lab"
+)
+
+// The benchmarks run only from `make bench` (VIPCTL_BENCH=1): they repeat
+// each failure many times and print MEASURE lines that the host turns into
+// docs/benchmarks.md. They assert behaviour, never timings.
+
+func benchTrials(t *testing.T) int {
+	t.Helper()
+	if os.Getenv("VIPCTL_BENCH") != "1" {
+		t.Skip("benchmark scenario: runs from `make bench` (VIPCTL_BENCH=1)")
+	}
+	n, err := strconv.Atoi(os.Getenv("VIPCTL_BENCH_TRIALS"))
+	if err != nil || n < 1 {
+		n = 20
+	}
+	return n
+}
+
+// Kill a master's apiserver process, time until the kernel stops sending it
+// new connections; restart it and wait until it is back. The hold-down is
+// off so that every trial measures detection, not flap damping.
+func TestBenchKill(t *testing.T) {
+	n := benchTrials(t)
+	l := lab.New(t, 3)
+	l.StartCare("--hold-down=0")
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	for i := range n {
+		m := l.Masters[i%len(l.Masters)]
+		t0 := time.Now()
+		m.Kill()
+		lab.WaitFor(t, 10*time.Second, "out", out(m))
+		lab.Record(t, "kill_to_out", time.Since(t0))
+		t1 := time.Now()
+		m.Start()
+		lab.WaitFor(t, 15*time.Second, "back", in(m))
+		lab.Record(t, "restart_to_in", time.Since(t1))
+	}
+}
+
+// Cut a master's link (packets dropped, no RST): time until it is out, and
+// until a client's established connection to it through the VIP errors.
+func TestBenchBlackhole(t *testing.T) {
+	n := benchTrials(t)
+	l := lab.New(t, 2)
+	l.StartCare("--hold-down=0")
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	for range n {
+		name, done, closeWatch := openWatch(t, l)
+		m := master(l, name)
+		require.NotNil(t, m)
+		t0 := time.Now()
+		m.LinkDown()
+		lab.WaitFor(t, 15*time.Second, "out", out(m))
+		outAt := time.Now()
+		lab.Record(t, "blackhole_to_out", outAt.Sub(t0))
+		select {
+		case <-done:
+			now := time.Now()
+			lab.Record(t, "established_reset_after_out", now.Sub(outAt))
+			lab.Record(t, "blackhole_to_client_error", now.Sub(t0))
+		case <-time.After(10 * time.Second):
+			t.Fatal("the established connection was not reset")
+		}
+		closeWatch()
+		m.LinkUp()
+		lab.WaitFor(t, 15*time.Second, "back", in(m))
+	}
+}
+
+// Flush every IPVS rule (ipvsadm -C, kube-proxy in nftables mode starting)
+// and time until the service and all real servers are back.
+func TestBenchFlush(t *testing.T) {
+	n := benchTrials(t)
+	l := lab.New(t, 3)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	for range n {
+		t0 := time.Now()
+		lab.FlushIPVS(t)
+		lab.WaitFor(t, 5*time.Second, "restored", allServing(l))
+		lab.Record(t, "flush_to_restored", time.Since(t0))
+		// Let a flush land at a random point of the poll period.
+		time.Sleep(time.Duration(37+time.Now().UnixNano()%60) * time.Millisecond)
+	}
+}
+
+// The watchdog's footprint with 3 healthy masters over a minute: RSS, CPU
+// and probes per second per master.
+func TestBenchResources(t *testing.T) {
+	benchTrials(t)
+	l := lab.New(t, 3)
+	c := l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	p0, cpu0, t0 := probesDone(t), mustCPU(t, c), time.Now()
+	const window = 60 * time.Second
+	for time.Since(t0) < window {
+		rss, err := c.RSS()
+		require.NoError(t, err)
+		lab.RecordValue(t, "care_rss", float64(rss)/(1<<20), "MiB")
+		time.Sleep(5 * time.Second) // sampling period
+	}
+	el := time.Since(t0)
+	cpu := mustCPU(t, c) - cpu0
+	probes := probesDone(t) - p0
+	lab.RecordValue(t, "care_cpu", float64(cpu)/float64(el)*100, "% of a core")
+	lab.RecordValue(t, "care_probes_per_master", float64(probes)/el.Seconds()/3, "probes/s")
+}
+
+func mustCPU(t *testing.T, c *lab.Care) time.Duration {
+	d, err := c.CPUTime()
+	require.NoError(t, err)
+	return d
+}
+
+// The same probing-shaped workload the host runs natively: the ratio tells
+// how much TCG inflates the CPU figures above.
+func TestBenchCalibrate(t *testing.T) {
+	benchTrials(t)
+	for range 5 {
+		d, err := lab.CalibrationCPU(100)
+		require.NoError(t, err)
+		lab.Record(t, "calibration_cpu_per_request_vm", d)
+	}
+}
