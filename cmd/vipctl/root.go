@@ -46,6 +46,9 @@ with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
 		newImageCmd(a),
 		newCareCmd(a),
 		newStatusCmd(a),
+		newJoinCmd(a),
+		newResetCmd(a),
+		newKubeProxyCmd(a),
 	)
 	return root
 }

@@ -32,6 +32,9 @@ const (
 // MaybeServe turns this process into a fake apiserver when it was started
 // as one by Master.Start; it never returns then. Call it first in TestMain.
 func MaybeServe() {
+	if os.Getenv(envRole) == roleKubeadm {
+		os.Exit(runFakeKubeadm()) // the stand-in kubeadm: see fakekubeadm.go
+	}
 	if os.Getenv(envRole) != "apiserver" {
 		return
 	}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vipctl/vipctl/hosts"
+	"github.com/vipctl/vipctl/kubeadm"
+	"github.com/vipctl/vipctl/manifests"
+)
+
+// DefaultManifestDir is where the kubelet of a kubeadm node reads static pods.
+const DefaultManifestDir = "/etc/kubernetes/manifests"
+
+// joinFlags are `vipctl join`'s flags besides the service flags.
+type joinFlags struct {
+	svc            serviceFlags
+	controlPlane   bool
+	kubeadm        string
+	dryRun         bool
+	serviceSubnet  string
+	podSubnet      string
+	allowInService bool
+	image          string
+	caFile         string
+	metricsAddr    string
+	careFlags      []string
+	hostsFile      string
+	manifestDir    string
+	modulesFile    string
+	dialTimeout    time.Duration
+}
+
+func newJoinCmd(a *app) *cobra.Command {
+	return newJoinCmdWith(func(cmd *cobra.Command, o kubeadm.JoinOptions, hostsFile string) error {
+		k := &lazyKernel{log: a.log}
+		defer k.Close()
+		j := &kubeadm.Joiner{
+			Dataplane:     k.Dataplane,
+			Hosts:         hosts.File{Path: hostsFile},
+			Files:         kubeadm.OSFiles{},
+			Runner:        kubeadm.ExecRunner{},
+			Inspector:     kubeadm.System{},
+			Out:           cmd.OutOrStdout(),
+			KubeadmOutput: cmd.ErrOrStderr(),
+			Log:           a.log,
+		}
+		return j.Join(cmd.Context(), o)
+	})
+}
+
+// newJoinCmdWith builds `vipctl join` running join with the validated
+// options; tests replace join.
+func newJoinCmdWith(join func(cmd *cobra.Command, o kubeadm.JoinOptions, hostsFile string) error) *cobra.Command {
+	var f joinFlags
+	cmd := &cobra.Command{
+		Use:   "join --master IP[:PORT]... [--control-plane] [flags] -- KUBEADM-JOIN-FLAGS...",
+		Short: "Join this node with kubeadm through the VIP (worker) or as a master",
+		Long: `Join this node to the cluster: "kubeadm join" through apiserver.cluster.local, with
+vipctl's VIP in front of the masters.
+
+On a worker, in order: preflight checks (IPVS loadable, the VIP unused, outside
+the pod and service subnets when given, masters accepting connections), the
+hosts file maps ` + kubeadm.ControlPlaneHost + ` to the VIP, the IPVS virtual server and
+the VIP are set up once (the watchdog keeps them from then on), the watchdog's
+static pod and ` + kubeadm.DefaultModulesFile + ` are written, and finally
+"kubeadm join ` + kubeadm.ControlPlaneHost + `:PORT KUBEADM-JOIN-FLAGS...".
+
+With --control-plane (a master): the hosts file maps the name to the first
+--master, "kubeadm join ... --control-plane" runs, then the name maps to this
+node's own address (--node-ip). No IPVS and no watchdog on a master.
+
+When a step fails, what this run changed is undone and the error names the
+step, with kubeadm's output. Token and certificate key are never printed.
+"vipctl reset" undoes a successful join (kubeadm's part: "kubeadm reset").`,
+		Example: `  vipctl join --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 -- \
+    --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:...
+  vipctl join --control-plane --master 192.168.0.2 --master 192.168.0.3 --node-ip 192.168.0.4 -- \
+    --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:... --certificate-key ...
+  vipctl join --dry-run --master 192.168.0.2 -- --token ... --discovery-token-ca-cert-hash sha256:...`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := f.options(cmd, args)
+			if err != nil {
+				return err
+			}
+			return join(cmd, o, f.hostsFile)
+		},
+	}
+	f.svc.register(cmd, true)
+	fs := cmd.Flags()
+	fs.BoolVar(&f.controlPlane, "control-plane", false, "join a master: hosts file -> first --master, kubeadm join --control-plane, hosts file -> --node-ip; no IPVS")
+	fs.StringVar(&f.kubeadm, "kubeadm", "kubeadm", "the kubeadm command, a name in PATH or a path")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print every step and file the join would write, and change nothing")
+	fs.StringVar(&f.serviceSubnet, "service-subnet", "", "the cluster's service subnet, CIDR[,CIDR]: the VIP must be outside it (default: unknown, not checked)")
+	fs.StringVar(&f.podSubnet, "pod-subnet", "", "the cluster's pod subnet, CIDR[,CIDR]: the VIP must be outside it (default: unknown, not checked)")
+	fs.BoolVar(&f.allowInService, "allow-vip-in-service-subnet", false, "only warn when --service-subnet holds the VIP (e.g. kubeadm's default 10.96.0.0/12 with 10.103.97.2; see docs/join.md)")
+	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
+	fs.StringVar(&f.caFile, "ca-file", manifests.DefaultCAFile, "watchdog --ca-file: the cluster CA on the node (kubeadm join writes it)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", manifests.DefaultMetricsAddr, "watchdog --metrics-addr: IP:PORT of its /metrics, /healthz and /readyz")
+	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value (e.g. --care-flag=--hold-down=10s); repeat")
+	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
+	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
+	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", kubeadm.DefaultDialTimeout, "preflight: bound of the TCP connect to each master")
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%w (kubeadm's own flags go after --, e.g. vipctl join --master IP -- --token ...)", err)
+	})
+	return cmd
+}
+
+// options validates the flags and builds the join's options. Nothing is
+// changed; the node IP may be detected from the routing table.
+func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOptions, error) {
+	var o kubeadm.JoinOptions
+	if dash := cmd.ArgsLenAtDash(); dash != 0 && len(args) > 0 {
+		return o, fmt.Errorf("unexpected argument %q: kubeadm's arguments go after --", kubeadm.RedactArgs(args[:1])[0])
+	}
+	o.KubeadmArgs = args
+	if f.controlPlane && f.svc.nodeIP == "" {
+		// A master's own address: kubeadm's advertise address when given.
+		if v := flagValue(args, "--apiserver-advertise-address"); v != "" {
+			f.svc.nodeIP = v
+		}
+	}
+	p, err := f.svc.parse(cmd, true)
+	if err != nil {
+		return o, err
+	}
+	o.Service, o.VIP = p.desired, p.vip
+	o.ControlPlane = f.controlPlane || hasArg(args, "--control-plane")
+	o.Kubeadm = f.kubeadm
+	o.DryRun = f.dryRun
+	o.DialTimeout = f.dialTimeout
+	if f.dialTimeout <= 0 {
+		return o, fmt.Errorf("--dial-timeout %s: must be positive", f.dialTimeout)
+	}
+	if o.ServiceSubnets, err = parseSubnets("--service-subnet", f.serviceSubnet); err != nil {
+		return o, err
+	}
+	if o.PodSubnets, err = parseSubnets("--pod-subnet", f.podSubnet); err != nil {
+		return o, err
+	}
+	o.AllowVIPInServiceSubnet = f.allowInService
+	if o.ControlPlane {
+		return o, nil
+	}
+	if f.manifestDir == "" {
+		return o, errors.New("--manifest-dir: empty")
+	}
+	o.ManifestPath = filepath.Join(f.manifestDir, filepath.Base(manifests.DefaultPath))
+	o.ModulesFile = f.modulesFile
+	care := manifests.Care{
+		VIP:         p.desired.Service.VIP.String(),
+		Mode:        f.svc.mode,
+		Interface:   f.svc.iface,
+		NodeIP:      f.svc.nodeIP, // only when given: the watchdog detects it as the join did
+		Scheduler:   f.svc.scheduler,
+		CAFile:      f.caFile,
+		MetricsAddr: f.metricsAddr,
+		Extra:       f.careFlags,
+	}
+	for _, rs := range p.desired.RealServers {
+		care.Masters = append(care.Masters, rs.Addr.String())
+	}
+	if o.Manifest, err = manifests.Render(manifests.Options{Image: f.image, Care: care}); err != nil {
+		return o, fmt.Errorf("watchdog manifest: %w", err)
+	}
+	return o, nil
+}
+
+// flagValue returns the value of --flag VALUE or --flag=VALUE in args.
+func flagValue(args []string, flag string) string {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v
+		}
+		if a == flag && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+func hasArg(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || a == flag+"=true" {
+			return true
+		}
+	}
+	return false
+}
+
+// parseSubnets parses a comma-separated CIDR list; "" is none.
+func parseSubnets(flag, s string) ([]netip.Prefix, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []netip.Prefix
+	for _, part := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(part))
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %q is not a CIDR", flag, s, strings.TrimSpace(part))
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/kubeadm"
+)
+
+// runJoinFlags runs `vipctl join ARGS` and returns the options the join
+// would get; the join itself does not run.
+func runJoinFlags(t *testing.T, args ...string) (kubeadm.JoinOptions, string, error) {
+	t.Helper()
+	var got kubeadm.JoinOptions
+	var gotHosts string
+	ran := false
+	cmd := newJoinCmdWith(func(_ *cobra.Command, o kubeadm.JoinOptions, hostsFile string) error {
+		got, gotHosts, ran = o, hostsFile, true
+		return nil
+	})
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(t.Context())
+	if err == nil {
+		require.True(t, ran)
+	} else {
+		require.False(t, ran, "nothing runs after a flag error")
+	}
+	return got, gotHosts, err
+}
+
+const testJoinToken = "abcdef.0123456789abcdef"
+
+func TestJoinCmdWorkerOptions(t *testing.T) {
+	o, hostsFile, err := runJoinFlags(t,
+		"--master", "192.0.2.11", "--master", "192.0.2.12:6443", "--node-ip", "192.0.2.20", "--mode", "route",
+		"--service-subnet", "10.96.0.0/16,fd00:96::/108", "--pod-subnet", "10.244.0.0/16",
+		"--image", "registry.local/vipctl:v1", "--ca-file", "/srv/ca.crt", "--care-flag=--hold-down=10s",
+		"--hosts-file", "/tmp/h", "--manifest-dir", "/tmp/m", "--modules-file", "/tmp/mod.conf", "--kubeadm", "/opt/kubeadm",
+		"--", "--token", testJoinToken, "--discovery-token-ca-cert-hash", "sha256:abc")
+	require.NoError(t, err)
+	assert.Equal(t, "/tmp/h", hostsFile)
+	assert.False(t, o.ControlPlane)
+	assert.Equal(t, []string{"--token", testJoinToken, "--discovery-token-ca-cert-hash", "sha256:abc"}, o.KubeadmArgs)
+	assert.Equal(t, "/opt/kubeadm", o.Kubeadm)
+	assert.Equal(t, netip.MustParseAddrPort("10.103.97.2:6443"), o.Service.Service.VIP)
+	require.Len(t, o.Service.RealServers, 2)
+	assert.Equal(t, netip.MustParseAddrPort("192.0.2.11:6443"), o.Service.RealServers[0].Addr)
+	assert.Equal(t, ipvs.VIPConfig{Mode: ipvs.ModeRoute, Interface: "vipctl0", VIP: netip.MustParseAddr("10.103.97.2"), NodeIP: netip.MustParseAddr("192.0.2.20")}, o.VIP)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/108")}, o.ServiceSubnets)
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, o.PodSubnets)
+	assert.Equal(t, "/tmp/m/vipctl-care.yaml", o.ManifestPath)
+	assert.Equal(t, "/tmp/mod.conf", o.ModulesFile)
+	assert.NoError(t, o.Validate())
+
+	// The watchdog's flags come from the join's.
+	var pod corev1.Pod
+	require.NoError(t, yaml.UnmarshalStrict(o.Manifest, &pod))
+	c := pod.Spec.Containers[0]
+	assert.Equal(t, "registry.local/vipctl:v1", c.Image)
+	assert.Equal(t, []string{"/vipctl", "care", "--vip=10.103.97.2:6443", "--master=192.0.2.11:6443", "--master=192.0.2.12:6443",
+		"--mode=route", "--interface=vipctl0", "--node-ip=192.0.2.20", "--scheduler=rr", "--ca-file=/srv/ca.crt",
+		"--metrics-addr=127.0.0.1:9282", "--hold-down=10s", "--log-format=json"}, c.Command)
+}
+
+func TestJoinCmdMasterOptions(t *testing.T) {
+	o, _, err := runJoinFlags(t, "--control-plane", "--master", "192.0.2.11", "--master", "192.0.2.12",
+		"--", "--token", testJoinToken, "--apiserver-advertise-address", "192.0.2.12", "--certificate-key=00ff")
+	require.NoError(t, err)
+	assert.True(t, o.ControlPlane)
+	assert.Equal(t, netip.MustParseAddr("192.0.2.12"), o.VIP.NodeIP, "a master's own address is kubeadm's advertise address")
+	assert.Empty(t, o.Manifest, "no watchdog on a master")
+	assert.Equal(t, "apiserver.cluster.local:6443", o.Endpoint())
+	assert.Equal(t, "--control-plane", o.KubeadmCommand()[len(o.KubeadmCommand())-1])
+
+	// --control-plane given among kubeadm's flags means the same.
+	o, _, err = runJoinFlags(t, "--master", "192.0.2.11", "--node-ip", "192.0.2.13", "--", "--token", testJoinToken, "--control-plane")
+	require.NoError(t, err)
+	assert.True(t, o.ControlPlane)
+}
+
+func TestJoinCmdBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--node-ip", "192.0.2.20"}, "--master"},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "x"}, `--node-ip "x"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--service-subnet", "10.96.0.0"}, `--service-subnet "10.96.0.0"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--pod-subnet", "10.244.0.0/16,nope"}, `--pod-subnet "10.244.0.0/16,nope": "nope"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--dial-timeout", "0s"}, "--dial-timeout 0s"},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag", "hold-down"}, `extra care argument "hold-down"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--token", testJoinToken}, "kubeadm's own flags go after --"},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", testJoinToken}, `unexpected argument "<redacted>"`},
+	} {
+		_, _, err := runJoinFlags(t, tc.args...)
+		require.Error(t, err, "%v", tc.args)
+		assert.Contains(t, err.Error(), tc.want, "%v", tc.args)
+		assert.NotContains(t, err.Error(), "0123456789abcdef", "no token in errors")
+	}
+}
+
+func TestResetCmdBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--vip", "nope"}, `--vip "nope"`},
+		{[]string{"--mode", "bgp"}, `--mode "bgp"`},
+		{[]string{"--wait", "0s"}, "--wait 0s"},
+	} {
+		_, err := runAppCmd(t, newResetCmd, tc.args...)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+}

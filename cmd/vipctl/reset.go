@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vipctl/vipctl/hosts"
+	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/kubeadm"
+	"github.com/vipctl/vipctl/manifests"
+)
+
+func newResetCmd(a *app) *cobra.Command {
+	var (
+		vip, mode, iface                    string
+		hostsFile, manifestDir, modulesFile string
+		watchdogAddr                        string
+		wait                                time.Duration
+		dryRun                              bool
+	)
+	cmd := &cobra.Command{
+		Use:   "reset",
+		Short: "Undo what vipctl join did: watchdog manifest, IPVS rules, VIP, hosts line, modules file",
+		Long: `Undo vipctl's part of a join, in this order: remove the watchdog's static pod
+(and wait for the kubelet to stop it, so that it does not put the rules back),
+delete the IPVS virtual server, the VIP's interface, address or route that
+vipctl made, vipctl's line for ` + kubeadm.ControlPlaneHost + ` in the hosts file and
+` + kubeadm.DefaultModulesFile + `. Lines and interfaces vipctl did not make are left
+alone. Running it again changes nothing.
+
+kubeadm's part is undone by "kubeadm reset", which vipctl never runs. Either
+order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := parseVIP(vip)
+			if err != nil {
+				return err
+			}
+			var modes []ipvs.Mode
+			switch mode {
+			case "":
+			case string(ipvs.ModeLink), string(ipvs.ModeRoute):
+				modes = []ipvs.Mode{ipvs.Mode(mode)}
+			default:
+				return fmt.Errorf("--mode %q: want link, route or empty for both", mode)
+			}
+			if wait <= 0 {
+				return fmt.Errorf("--wait %s: must be positive", wait)
+			}
+			k := &lazyKernel{log: a.log}
+			defer k.Close()
+			r := &kubeadm.Resetter{
+				Dataplane: k.Dataplane,
+				Hosts:     hosts.File{Path: hostsFile},
+				Files:     kubeadm.OSFiles{},
+				Inspector: kubeadm.System{},
+				Out:       cmd.OutOrStdout(),
+				Log:       a.log,
+			}
+			return r.Reset(cmd.Context(), kubeadm.ResetOptions{
+				VIP:          v,
+				Modes:        modes,
+				Interface:    iface,
+				ManifestPath: filepath.Join(manifestDir, filepath.Base(manifests.DefaultPath)),
+				ModulesFile:  modulesFile,
+				WatchdogAddr: watchdogAddr,
+				WatchdogWait: wait,
+				DryRun:       dryRun,
+			})
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
+	fs.StringVar(&mode, "mode", "", "remove only this mode's plumbing: link or route (default both)")
+	fs.StringVar(&iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
+	fs.StringVar(&hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
+	fs.StringVar(&manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder")
+	fs.StringVar(&modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file written by vipctl join")
+	fs.StringVar(&watchdogAddr, "metrics-addr", manifests.DefaultMetricsAddr, "the watchdog's metrics address, when its manifest does not say; empty not to wait for it")
+	fs.DurationVar(&wait, "wait", kubeadm.DefaultWatchdogWait, "how long to wait for the kubelet to stop the watchdog")
+	fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and change nothing")
+	return cmd
+}

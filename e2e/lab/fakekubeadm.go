@@ -1,0 +1,171 @@
+package lab
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The stand-in kubeadm is this test binary re-executed by `vipctl join
+// --kubeadm PATH` with these variables in its environment (vipctl passes its
+// environment on to kubeadm).
+const (
+	roleKubeadm      = "kubeadm"
+	envKubeadmRecord = "VIPCTL_FAKE_KUBEADM_RECORD"
+	envKubeadmExit   = "VIPCTL_FAKE_KUBEADM_EXIT"
+	envKubeadmCA     = "VIPCTL_FAKE_KUBEADM_CA"
+)
+
+// KubeadmCall is what the stand-in kubeadm saw when it was run.
+type KubeadmCall struct {
+	// Args are its arguments: join, the endpoint, the user's flags.
+	Args []string `json:"args"`
+	// Resolved are the addresses the endpoint's name resolved to, with
+	// Go's resolver, which reads /etc/hosts.
+	Resolved []string `json:"resolved"`
+	// Answer is the body of https://ENDPOINT/ ("master1 saw 10.10.0.1:PORT"),
+	// verified against the lab CA; Err tells why there was none.
+	Answer string `json:"answer"`
+	Err    string `json:"err,omitempty"`
+}
+
+// FakeKubeadm is a stand-in for kubeadm: it records its arguments and
+// whether https://ENDPOINT/ reaches a master at the moment it runs, prints
+// some kubeadm-like output (including its arguments, so that the
+// redaction of vipctl's output is put to the test), and exits with the
+// code it was given.
+type FakeKubeadm struct {
+	// Path is what to pass as vipctl join --kubeadm.
+	Path string
+	// Env is the environment vipctl must run with.
+	Env    []string
+	record string
+}
+
+// FakeKubeadm returns a stand-in kubeadm exiting with exit.
+func (l *Lab) FakeKubeadm(exit int) *FakeKubeadm {
+	rec := filepath.Join(l.t.TempDir(), "kubeadm-calls.jsonl")
+	return &FakeKubeadm{
+		Path:   l.self,
+		record: rec,
+		Env: []string{envRole + "=" + roleKubeadm, envKubeadmRecord + "=" + rec,
+			envKubeadmExit + "=" + strconv.Itoa(exit), envKubeadmCA + "=" + l.CAFile},
+	}
+}
+
+// Calls returns the calls recorded so far.
+func (f *FakeKubeadm) Calls(t testing.TB) []KubeadmCall {
+	t.Helper()
+	b, err := os.ReadFile(f.record)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	must(t, err, "read the stand-in kubeadm's record")
+	var calls []KubeadmCall
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		var c KubeadmCall
+		must(t, json.Unmarshal(sc.Bytes(), &c), "parse the stand-in kubeadm's record")
+		calls = append(calls, c)
+	}
+	return calls
+}
+
+// RunWith runs vipctl with args and extra environment variables, and
+// returns its stdout and stderr.
+func (l *Lab) RunWith(env []string, args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(l.Vipctl, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("vipctl %s: %w", strings.Join(args, " "), err)
+	}
+	return out.String(), errb.String(), err
+}
+
+// runFakeKubeadm is the stand-in kubeadm's main.
+func runFakeKubeadm() int {
+	args := os.Args[1:]
+	call := KubeadmCall{Args: args}
+	if len(args) >= 2 && args[0] == "join" {
+		call.Resolved, call.Answer, call.Err = reach(args[1])
+	} else {
+		call.Err = "not called as kubeadm join ENDPOINT"
+	}
+	if err := record(call); err != nil {
+		fmt.Fprintln(os.Stderr, "stand-in kubeadm:", err)
+		return 2
+	}
+	fmt.Println("[preflight] Running pre-flight checks")
+	fmt.Printf("[preflight] called with: %s\n", strings.Join(args, " "))
+	if call.Answer != "" {
+		fmt.Printf("[discovery] reached %s: %s\n", args[1], call.Answer)
+	}
+	code, _ := strconv.Atoi(os.Getenv(envKubeadmExit))
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, "error execution phase preflight: couldn't validate the identity of the API Server (stand-in kubeadm told to fail)")
+	}
+	return code
+}
+
+// reach resolves endpoint's host and GETs https://endpoint/ with the lab CA.
+func reach(endpoint string) (resolved []string, answer, errText string) {
+	host, _, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return nil, "", err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resolved, err = net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, "", "resolve: " + err.Error()
+	}
+	pool := x509.NewCertPool()
+	if b, err := os.ReadFile(os.Getenv(envKubeadmCA)); err == nil {
+		pool.AppendCertsFromPEM(b)
+	}
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool}, DisableKeepAlives: true}}
+	resp, err := c.Get("https://" + endpoint + "/")
+	if err != nil {
+		return resolved, "", err.Error()
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resolved, "", err.Error()
+	}
+	return resolved, strings.TrimSpace(string(b)), ""
+}
+
+func record(c KubeadmCall) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(os.Getenv(envKubeadmRecord), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,144 @@
+package kubeadm
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func (w *world) resetter() *Resetter {
+	return &Resetter{
+		Dataplane: func() (Dataplane, error) {
+			w.dpOpens++
+			return w.dp, w.dpErr
+		},
+		Hosts:     w.hosts,
+		Files:     w.files,
+		Inspector: w.insp,
+		Out:       &w.out,
+	}
+}
+
+func (w *world) resetOpts() ResetOptions {
+	return ResetOptions{
+		VIP:          testVIP,
+		Interface:    "vipctl0",
+		ManifestPath: w.manifestPath(),
+		ModulesFile:  w.modulesPath(),
+		WatchdogAddr: "127.0.0.1:9282",
+	}
+}
+
+// join joins w's node as a worker.
+func (w *world) join() {
+	w.t.Helper()
+	require.NoError(w.t, w.joiner().Join(context.Background(), w.workerOpts()))
+}
+
+func TestResetUndoesAJoin(t *testing.T) {
+	w := newWorld(t)
+	before := w.state()
+	w.join()
+	require.NotEqual(t, before, w.state())
+
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	after := w.state()
+	assert.Equal(t, before.Hosts, after.Hosts, "hosts file byte-identical")
+	assert.Empty(t, after.Service, "no virtual server")
+	assert.False(t, after.Plumbing, "no VIP plumbing")
+	assert.NotContains(t, after.Files, "etc/kubernetes/manifests/vipctl-care.yaml")
+	assert.NotContains(t, after.Files, "etc/modules-load.d/vipctl.conf")
+	assert.Contains(t, w.out.String(), "kubeadm reset", "the user is told to run kubeadm reset")
+
+	// Idempotent: a second reset changes nothing and succeeds.
+	w.out.Reset()
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	assert.Equal(t, after, w.state())
+	for _, s := range []string{"absent", "nothing to remove", "no vipctl line"} {
+		assert.Contains(t, w.out.String(), s)
+	}
+}
+
+func TestResetAfterMasterJoin(t *testing.T) {
+	w := newWorld(t)
+	before := w.state()
+	require.NoError(t, w.joiner().Join(context.Background(), w.masterOpts()))
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	assert.Equal(t, before, w.state())
+}
+
+func TestResetWaitsForTheWatchdog(t *testing.T) {
+	w := newWorld(t)
+	w.join()
+	// The manifest names the metrics address the watchdog listens on; it
+	// answers three more times after the manifest is gone.
+	var dials atomic.Int32
+	var dialedAt netip.AddrPort
+	w.insp.watchdogUp = func(a netip.AddrPort) bool {
+		dialedAt = a
+		_, err := os.Stat(w.manifestPath())
+		assert.ErrorIs(t, err, os.ErrNotExist, "the manifest is removed before waiting")
+		return dials.Add(1) <= 3
+	}
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:9282"), dialedAt)
+	assert.Equal(t, int32(4), dials.Load(), "polled until the watchdog stopped answering")
+	assert.Contains(t, w.out.String(), "the watchdog stopped")
+	assert.Empty(t, w.state().Service)
+}
+
+func TestResetGivesUpWaitingForAWatchdogThatStaysUp(t *testing.T) {
+	w := newWorld(t)
+	w.join()
+	w.insp.watchdogUp = func(netip.AddrPort) bool { return true }
+	o := w.resetOpts()
+	o.WatchdogWait = 300 * time.Millisecond
+	start := time.Now()
+	require.NoError(t, w.resetter().Reset(context.Background(), o))
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Contains(t, w.out.String(), "still runs and may put the rules back")
+	assert.Empty(t, w.state().Service, "the rules are removed all the same")
+}
+
+func TestResetGoesOnAfterAFailedStep(t *testing.T) {
+	w := newWorld(t)
+	w.join()
+	w.hosts.removeErr = errors.New("read-only file system")
+	err := w.resetter().Reset(context.Background(), w.resetOpts())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "hosts: read-only file system")
+	s := w.state()
+	assert.Empty(t, s.Service, "the other steps ran")
+	assert.NotContains(t, s.Files, "etc/modules-load.d/vipctl.conf")
+}
+
+func TestResetWithoutIPVS(t *testing.T) {
+	w := newWorld(t)
+	w.insp.ipvsLoaded = false
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	assert.Equal(t, 0, w.dpOpens, "no IPVS handle is opened")
+	assert.Contains(t, w.out.String(), "IPVS is not loaded")
+}
+
+func TestResetDryRunChangesNothing(t *testing.T) {
+	w := newWorld(t)
+	w.join()
+	joined := w.state()
+	w.out.Reset()
+	o := w.resetOpts()
+	o.DryRun = true
+	require.NoError(t, w.resetter().Reset(context.Background(), o))
+	assert.Equal(t, joined, w.state())
+	out := w.out.String()
+	assert.Contains(t, out, "would remove "+w.manifestPath())
+	assert.Contains(t, out, "would delete the virtual server 10.103.97.2:6443")
+	assert.Contains(t, out, "would remove "+w.modulesPath())
+	assert.Contains(t, out, "would remove vipctl's line")
+}
