@@ -30,9 +30,11 @@ e2e:
 demo:
 	go run ./e2e/cmd/vmlab demo
 
-## bench: benchmarks (results and method in docs/benchmarks.md)
+## bench: micro-benchmarks and the VM failover benchmarks; rewrites docs/benchmarks.md (as root)
 bench:
-	go test -run '^$$' -bench . -benchmem ./...
+	go test -run '^$$' -bench . -benchmem ./... | tee bench.out
+	go run ./e2e/cmd/vmlab gobench bench.out && rm -f bench.out
+	go run ./e2e/cmd/vmlab bench $(or $(TRIALS),20)
 
 ## offline: air-gapped bundles in dist/ (see docs/offline.md)
 offline:

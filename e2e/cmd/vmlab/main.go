@@ -32,8 +32,11 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) == 3 && os.Args[1] == "gobench" {
+		return spliceGoBench(os.Args[2])
+	}
 	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench") {
-		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS]")
+		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab gobench FILE")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the VM lab needs root (it installs qemu and the kernel package with apt-get)")
@@ -130,6 +133,34 @@ func writeBenchmarks(root string, assets vm.Assets, console io.Reader) error {
 	}
 	fmt.Fprintf(os.Stderr, "vmlab: wrote %s\n%s", path, benchreport.Table(series))
 	return nil
+}
+
+// spliceGoBench puts the output of `go test -bench` (file) into
+// docs/benchmarks.md.
+func spliceGoBench(file string) error {
+	out, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	wd, _ := os.Getwd()
+	root, err := vm.ModuleRoot(wd)
+	if err != nil {
+		return err
+	}
+	var keep []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "Benchmark") || strings.HasPrefix(line, "pkg:") || strings.HasPrefix(line, "cpu:") {
+			keep = append(keep, line)
+		}
+	}
+	body := fmt.Sprintf("Run %s at %s with `go test -run '^$' -bench . -benchmem ./...` on the host:\n\n```\n%s\n```",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), gitRev(root), strings.Join(keep, "\n"))
+	path := filepath.Join(root, "docs", "benchmarks.md")
+	doc, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return os.WriteFile(path, benchreport.Splice(doc, "go-bench", body), 0o644)
 }
 
 func gitRev(root string) string {
