@@ -26,7 +26,13 @@ type Deps struct {
 	Events    EventSource
 	Prober    Prober
 	Sentinel  Sentinel
-	Log       *zap.Logger
+	// Liveness, when set, probes a master's liveness endpoint (/livez)
+	// before its connections are reset: a master that answered its health
+	// check with an unhealthy status but is still live (an apiserver in its
+	// graceful shutdown delay) is drained without resetting connections
+	// that it still serves.
+	Liveness Prober
+	Log      *zap.Logger
 	// Clock defaults to the system clock.
 	Clock Clock
 	// Rand returns numbers in [0, 1) for the probe jitter; defaults to
@@ -424,6 +430,12 @@ func (w *Watchdog) reconcile(ctx context.Context, trigger string, plumbing bool)
 		if w.d.Closer == nil {
 			continue
 		}
+		if w.stillLive(ctx, a) {
+			w.log.Info("reconcile action", zap.String("trigger", trigger), zap.String("op", "keep"),
+				zap.String("kind", "connections"), zap.String("target", w.cfg.Service.VIP.String()+" -> "+a.String()),
+				zap.String("reason", "master answers its liveness check: draining without resetting its connections"))
+			continue
+		}
 		n, err := w.d.Closer.CloseConnections(ctx, w.cfg.Service.VIP, a)
 		w.met.connsReset.WithLabelValues(a.String()).Add(float64(n))
 		if err != nil {
@@ -435,6 +447,19 @@ func (w *Watchdog) reconcile(ctx context.Context, trigger string, plumbing bool)
 			zap.String("kind", "connections"), zap.String("target", w.cfg.Service.VIP.String()+" -> "+a.String()), zap.Int("count", n))
 	}
 	return w.finish(errs)
+}
+
+// stillLive reports whether master a, taken out because it answered its
+// health check with an unhealthy status, still answers its liveness check:
+// an apiserver in its shutdown delay (readyz 500, livez 200) keeps serving
+// the requests on its connections, so they are left to finish. A master
+// that did not answer at all (refused, reset, timeout), or whose liveness
+// fails too (etcd lost), has its connections reset.
+func (w *Watchdog) stillLive(ctx context.Context, a netip.AddrPort) bool {
+	if w.d.Liveness == nil || w.tracker.LastStatus(a) == 0 {
+		return false
+	}
+	return w.d.Liveness.Probe(ctx, a).OK
 }
 
 // finish records the outcome of a reconcile.

@@ -508,3 +508,39 @@ func BenchmarkReconcileRepairFlush(b *testing.B) {
 		}
 	}
 }
+
+// A master taken out for an unhealthy status keeps its connections while it
+// still answers its liveness check (an apiserver in its shutdown delay); a
+// master that is not live, or that does not answer at all, has them reset.
+func TestConnectionResetAsksLivenessFirst(t *testing.T) {
+	unhealthy := probe.Result{Fast: true, Status: 500, Reason: "HTTP 500 (want 200)"}
+	for _, tc := range []struct {
+		name      string
+		result    probe.Result
+		live      bool
+		wantReset int
+		wantAsked int
+	}{
+		{"shutting down: readyz 500, livez 200", unhealthy, true, 0, 1},
+		{"etcd lost: readyz 500, livez 500", unhealthy, false, 1, 1},
+		{"killed: refused, no liveness probe", refused(), true, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(mA, mB)
+			cfg.Health.Interval = 100 * time.Millisecond
+			cfg.Health.FastRetry = 10 * time.Millisecond
+			cfg.Timeout = 50 * time.Millisecond
+			cfg.ResyncPeriod = 10 * time.Millisecond
+			live := newFakeProber()
+			if !tc.live {
+				live.set(mA, unhealthy)
+			}
+			r := newRig(t, cfg, func(d *Deps) { d.Liveness = live })
+			r.run(t)
+			r.prober.set(mA, tc.result)
+			require.Eventually(t, func() bool { _, ok := r.weights()[mA]; return !ok }, 5*time.Second, time.Millisecond, "drained and deleted")
+			assert.Equal(t, tc.wantReset, r.plumb.CloseCalls(mA))
+			assert.Equal(t, tc.wantAsked, live.count(mA))
+		})
+	}
+}

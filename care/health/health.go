@@ -364,6 +364,15 @@ func (t *Tracker) anyUp() bool {
 	return slices.ContainsFunc(t.masters, func(m *master) bool { return m.phase == Up })
 }
 
+// LastStatus is the HTTP status of addr's last probe, 0 when it got none
+// (TCP mode, or no answer at all).
+func (t *Tracker) LastStatus(addr netip.AddrPort) int {
+	if m := t.byAddr[addr]; m != nil {
+		return m.last.Status
+	}
+	return 0
+}
+
 // InService reports whether addr is an up master with no failed probe
 // pending confirmation: one whose slow probe is worth hedging.
 func (t *Tracker) InService(addr netip.AddrPort) bool {

@@ -68,6 +68,7 @@ type careFlags struct {
 	vip, mode, iface, nodeIP, scheduler string
 	masters, rs                         []string
 	healthPath, healthScheme            string
+	livezPath                           string
 	caFile, certFile, keyFile           string
 	insecure                            bool
 	statuses                            []int
@@ -120,6 +121,7 @@ func (f *careFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.nodeIP, "node-ip", "", "this node's IP, the source of connections to the masters (default: $"+lvscareNodeIPEnv+", else detected from the route to the first master)")
 	fs.StringVar(&f.scheduler, "scheduler", ipvs.DefaultScheduler, "IPVS scheduler: "+strings.Join(ipvs.Schedulers, ", "))
 	fs.StringVar(&f.healthPath, "health-path", care.DefaultHealthPath, "HTTP path probed on each master")
+	fs.StringVar(&f.livezPath, "liveness-path", care.DefaultLivenessPath, "before resetting the connections of a master that answered --health-path unhealthily, probe this path: 200 means it still serves them (an apiserver in its shutdown delay), so they are left to finish; empty to always reset")
 	fs.StringVar(&f.healthScheme, "health-scheme", string(probe.HTTPS), "probe: https (TLS verified against --ca-file), http, or tcp (connect only)")
 	fs.StringVar(&f.caFile, "ca-file", care.DefaultCAFile, "cluster CA the apiservers' certificates must chain to")
 	fs.StringVar(&f.certFile, "cert-file", "", "client certificate presented to the apiservers (optional, with --key-file)")
@@ -200,6 +202,7 @@ type careSetup struct {
 	metricsAddr string
 	once        bool
 	lvscare     bool
+	livezPath   string
 	warnings    []string
 }
 
@@ -330,6 +333,10 @@ func (f *careFlags) buildProbe(s *careSetup) error {
 	default:
 		return fmt.Errorf("--health-scheme %q: want https, http or tcp", f.healthScheme)
 	}
+	if f.livezPath != "" && !strings.HasPrefix(f.livezPath, "/") {
+		return fmt.Errorf("--liveness-path %q: must start with / (or be empty)", f.livezPath)
+	}
+	s.livezPath = f.livezPath
 	if scheme != probe.TCP && !strings.HasPrefix(f.healthPath, "/") {
 		return fmt.Errorf("--health-path %q: must start with /", f.healthPath)
 	}
@@ -441,6 +448,15 @@ func runCare(ctx context.Context, log *zap.Logger, env careEnv, s careSetup) err
 	}
 	defer k.Close()
 	d := care.Deps{Dataplane: k, Plumbing: k, Closer: k, Events: k, Prober: p, Log: log}
+	if s.probe.Scheme != probe.TCP && s.livezPath != "" {
+		lc := s.probe
+		lc.Path, lc.Statuses = s.livezPath, []int{200}
+		lp, err := env.newProber(lc)
+		if err != nil {
+			return err
+		}
+		d.Liveness = lp
+	}
 	if s.sentinel && !s.once {
 		d.Sentinel = p
 	}

@@ -60,6 +60,7 @@ type careWorld struct {
 	kernels  int
 	kernel   *fakeCareKernel
 	prober   *fakeCareProber
+	liveness *fakeCareProber
 	served   []string
 }
 
@@ -82,8 +83,13 @@ func (w *careWorld) careEnv() careEnv {
 			if err := c.Validate(); err != nil {
 				return nil, err
 			}
-			w.prober = &fakeCareProber{cfg: c}
-			return w.prober, nil
+			p := &fakeCareProber{cfg: c}
+			if w.prober == nil {
+				w.prober = p
+			} else {
+				w.liveness = p // the second prober is the liveness check
+			}
+			return p, nil
 		},
 		serve: func(_ context.Context, addr string, _ http.Handler, _ *zap.Logger) error {
 			w.served = append(w.served, addr)
@@ -343,6 +349,10 @@ func TestCareOnce(t *testing.T) {
 	assert.True(t, w.kernel.Has(ipvs.VIPConfig{Mode: ipvs.ModeLink, Interface: "vipctl0",
 		VIP: netip.MustParseAddr("10.103.97.2"), NodeIP: netip.MustParseAddr("192.0.2.20")}))
 	assert.Equal(t, 2, w.prober.calls, "one probe round")
+	require.NotNil(t, w.liveness, "a liveness prober for the connection-reset decision")
+	assert.Equal(t, "/livez", w.liveness.cfg.Path)
+	assert.Equal(t, []int{200}, w.liveness.cfg.Statuses)
+	assert.Equal(t, "/readyz", w.prober.cfg.Path, "the health probe keeps its own path")
 	assert.Empty(t, w.served, "no metrics server for --once")
 	assert.True(t, w.kernel.closed)
 }

@@ -1,19 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/vipctl/vipctl/kubeadm"
 )
@@ -73,7 +77,7 @@ with "vipctl kubeadm config" have the VIP excluded from the start.`,
 				return fmt.Errorf("--kubeconfig %q: %w", kubeconfig, err)
 			}
 			cfg.Timeout = timeout
-			client, err := kubernetes.NewForConfig(cfg)
+			client, err := newConfigMapAPI(cfg)
 			if err != nil {
 				return fmt.Errorf("--kubeconfig %q: %w", kubeconfig, err)
 			}
@@ -117,35 +121,122 @@ func hostCIDR(a netip.Addr) string {
 	return netip.PrefixFrom(a, a.BitLen()).String()
 }
 
-// excludeVIPInKubeProxy adds vip/32 to ipvs.excludeCIDRs of the kube-proxy
-// ConfigMap with kubeadm.ExcludeVIP, retrying on a conflicting update. It
-// returns the new config.conf and whether it differs; with dryRun nothing is
-// written.
-func excludeVIPInKubeProxy(ctx context.Context, client kubernetes.Interface, vip netip.Addr, dryRun bool) (conf string, changed bool, err error) {
-	cms := client.CoreV1().ConfigMaps(kubeProxyNamespace)
-	where := kubeProxyNamespace + "/" + kubeProxyConfigMap
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cm, err := cms.Get(ctx, kubeProxyConfigMap, metav1.GetOptions{})
+// configMaps reads and updates one ConfigMap. The watchdog shares this
+// binary: a typed clientset would link every Kubernetes API group into it
+// and double its size and resident memory, for two REST calls.
+type configMaps interface {
+	Get(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error)
+	// Update writes cm; an error wrapping errConflict means cm's
+	// resourceVersion is stale.
+	Update(ctx context.Context, cm *corev1.ConfigMap) error
+}
+
+var errConflict = errors.New("conflict: the object was modified meanwhile")
+
+// configMapAPI is configMaps over the apiserver's REST API, with the
+// transport (TLS, credentials) client-go builds from a kubeconfig.
+type configMapAPI struct {
+	host string
+	hc   *http.Client
+}
+
+func newConfigMapAPI(cfg *rest.Config) (*configMapAPI, error) {
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &configMapAPI{host: strings.TrimRight(cfg.Host, "/"), hc: hc}, nil
+}
+
+func (c *configMapAPI) url(namespace, name string) string {
+	return fmt.Sprintf("%s/api/v1/namespaces/%s/configmaps/%s", c.host, namespace, name)
+}
+
+func (c *configMapAPI) do(ctx context.Context, method, url string, in any, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("get ConfigMap %s: %w", where, err)
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return err
+	}
+	switch {
+	case resp.StatusCode == http.StatusConflict:
+		return fmt.Errorf("%s %s: %w", method, url, errConflict)
+	case resp.StatusCode/100 != 2:
+		return fmt.Errorf("%s %s: HTTP %d: %s", method, url, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// Get implements configMaps.
+func (c *configMapAPI) Get(ctx context.Context, namespace, name string) (*corev1.ConfigMap, error) {
+	var cm corev1.ConfigMap
+	if err := c.do(ctx, http.MethodGet, c.url(namespace, name), nil, &cm); err != nil {
+		return nil, err
+	}
+	return &cm, nil
+}
+
+// Update implements configMaps.
+func (c *configMapAPI) Update(ctx context.Context, cm *corev1.ConfigMap) error {
+	cm.APIVersion, cm.Kind = "v1", "ConfigMap"
+	return c.do(ctx, http.MethodPut, c.url(cm.Namespace, cm.Name)+"?fieldManager=vipctl", cm, nil)
+}
+
+// excludeVIPInKubeProxy adds vip/32 to ipvs.excludeCIDRs of the kube-proxy
+// ConfigMap with kubeadm.ExcludeVIP, reading again and retrying when the
+// update conflicts with another writer. It returns the new config.conf and
+// whether it differs; with dryRun nothing is written.
+func excludeVIPInKubeProxy(ctx context.Context, client configMaps, vip netip.Addr, dryRun bool) (conf string, changed bool, err error) {
+	where := kubeProxyNamespace + "/" + kubeProxyConfigMap
+	const attempts = 5
+	for range attempts {
+		cm, err := client.Get(ctx, kubeProxyNamespace, kubeProxyConfigMap)
+		if err != nil {
+			return "", false, fmt.Errorf("get ConfigMap %s: %w", where, err)
 		}
 		old, ok := cm.Data[kubeProxyConfigKey]
 		if !ok {
-			return fmt.Errorf("ConfigMap %s: no key %s (is kube-proxy deployed by kubeadm?)", where, kubeProxyConfigKey)
+			return "", false, fmt.Errorf("ConfigMap %s: no key %s (is kube-proxy deployed by kubeadm?)", where, kubeProxyConfigKey)
 		}
 		conf, changed, err = kubeadm.ExcludeVIP(old, vip)
 		if err != nil {
-			return fmt.Errorf("ConfigMap %s key %s: %w", where, kubeProxyConfigKey, err)
+			return "", false, fmt.Errorf("ConfigMap %s key %s: %w", where, kubeProxyConfigKey, err)
 		}
 		if !changed || dryRun {
-			return nil
+			return conf, changed, nil
 		}
-		cm = cm.DeepCopy()
 		cm.Data[kubeProxyConfigKey] = conf
-		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{FieldManager: "vipctl"}); err != nil {
-			return fmt.Errorf("update ConfigMap %s: %w", where, err)
+		err = client.Update(ctx, cm)
+		if errors.Is(err, errConflict) {
+			continue
 		}
-		return nil
-	})
-	return conf, changed, err
+		if err != nil {
+			return "", false, fmt.Errorf("update ConfigMap %s: %w", where, err)
+		}
+		return conf, true, nil
+	}
+	return "", false, fmt.Errorf("update ConfigMap %s: still conflicting after %d attempts", where, attempts)
 }
