@@ -106,9 +106,10 @@ func Splice(doc []byte, id, body string) []byte {
 	return append(append(slices.Clone(doc[:i]), block...), doc[j+len(end):]...)
 }
 
-// Derived computes what the raw series imply: the emulation factor (median
-// VM calibration CPU over median host calibration CPU) and the watchdog's
-// CPU scaled by it, an estimate of its cost on hardware.
+// Derived computes what the raw series imply: each data path's median as a
+// ratio of the direct path's, the emulation factor (median VM calibration
+// CPU over median host calibration CPU) and the watchdog's CPU scaled by it,
+// an estimate of its cost on hardware.
 func Derived(series []*Series) []*Series {
 	get := func(name string) *Series {
 		for _, s := range series {
@@ -118,16 +119,30 @@ func Derived(series []*Series) []*Series {
 		}
 		return nil
 	}
+	var out []*Series
+	// Data path: each path's median as a share of the direct connection's.
+	for _, m := range []string{"datapath_new_tls_conns", "datapath_request_p50", "datapath_request_p99"} {
+		direct := get(m + "_direct")
+		if direct == nil {
+			continue
+		}
+		d := Quantile(direct.Values, 0.5)
+		for _, p := range []string{"vip", "nginx"} {
+			if s := get(m + "_" + p); s != nil && d > 0 {
+				out = append(out, &Series{Name: m + "_" + p + "_vs_direct", Unit: "ratio of medians", Values: []float64{Quantile(s.Values, 0.5) / d}})
+			}
+		}
+	}
 	vm, host, cpu := get("calibration_cpu_per_request_vm"), get("calibration_cpu_per_request_host"), get("care_cpu")
 	if vm == nil || host == nil {
-		return nil
+		return out
 	}
 	h := Quantile(host.Values, 0.5)
 	if h <= 0 {
-		return nil
+		return out
 	}
 	factor := Quantile(vm.Values, 0.5) / h
-	out := []*Series{{Name: "emulation_cpu_factor", Unit: "x", Values: []float64{factor}}}
+	out = append(out, &Series{Name: "emulation_cpu_factor", Unit: "x", Values: []float64{factor}})
 	if cpu != nil {
 		est := &Series{Name: "care_cpu_estimated_on_hardware", Unit: cpu.Unit}
 		for _, v := range cpu.Values {

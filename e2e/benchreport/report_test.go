@@ -59,3 +59,16 @@ func TestDerived(t *testing.T) {
 	assert.Equal(t, "% of a core", d[1].Unit)
 	assert.Nil(t, Derived(s[2:]), "nothing to derive without calibration")
 }
+
+func TestDerivedDataPathRatios(t *testing.T) {
+	s := []*Series{
+		{Name: "datapath_new_tls_conns_direct", Values: []float64{100, 100, 100}},
+		{Name: "datapath_new_tls_conns_vip", Values: []float64{99, 98, 97}},
+		{Name: "datapath_new_tls_conns_nginx", Values: []float64{50, 60, 70}},
+	}
+	d := Derived(s)
+	require.Len(t, d, 2)
+	assert.Equal(t, "datapath_new_tls_conns_vip_vs_direct", d[0].Name)
+	assert.InDelta(t, 0.98, d[0].Values[0], 1e-9)
+	assert.InDelta(t, 0.60, d[1].Values[0], 1e-9)
+}

@@ -69,12 +69,25 @@ func (l *Lab) StartCareArgs(args ...string) *Care {
 	return startCare(l.t, l.Vipctl, args)
 }
 
+// StartCareWith is StartCareArgs with process attributes, e.g. to run the
+// watchdog with fewer privileges.
+func (l *Lab) StartCareWith(attr *syscall.SysProcAttr, args ...string) *Care {
+	l.t.Helper()
+	return startCareAttr(l.t, l.Vipctl, args, attr)
+}
+
 // startCare starts the vipctl binary with args (a `care` command line),
 // waits until its /readyz answers 200 and stops it when the test ends.
 func startCare(t testing.TB, vipctl string, args []string) *Care {
 	t.Helper()
+	return startCareAttr(t, vipctl, args, nil)
+}
+
+func startCareAttr(t testing.TB, vipctl string, args []string, attr *syscall.SysProcAttr) *Care {
+	t.Helper()
 	c := &Care{t: t, log: &syncBuffer{}, exited: make(chan struct{}), Args: args}
 	c.cmd = exec.Command(vipctl, args...)
+	c.cmd.SysProcAttr = attr
 	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
 	must(t, c.cmd.Start(), "start vipctl care")
 	go func() { c.cmd.Wait(); close(c.exited) }()
@@ -172,22 +185,10 @@ func (c *Care) CPUTime() (time.Duration, error) {
 // when the service does not exist.
 func RealServers(t testing.TB) map[netip.AddrPort]int {
 	t.Helper()
-	h, err := mobyipvs.New("")
+	r, err := NewIPVSReader()
 	must(t, err, "ipvs handle")
-	defer h.Close()
-	svc, err := h.GetService(&mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff})
-	if err != nil {
-		return nil
-	}
-	dests, err := h.GetDestinations(svc)
-	if err != nil {
-		return nil
-	}
-	out := map[netip.AddrPort]int{}
-	for _, d := range dests {
-		out[netip.AddrPortFrom(addr(d.Address), d.Port)] = d.Weight
-	}
-	return out
+	defer r.Close()
+	return r.RealServers()
 }
 
 // Serving reports whether the kernel sends new connections to m: it is a
@@ -198,26 +199,13 @@ func Serving(rs map[netip.AddrPort]int, m *Master) bool { return rs[m.Addr] > 0 
 // servers and returns how long that took.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func(map[netip.AddrPort]int) bool) time.Duration {
 	t.Helper()
-	h, err := mobyipvs.New("")
+	r, err := NewIPVSReader()
 	must(t, err, "ipvs handle")
-	defer h.Close()
-	svcKey := &mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
+	defer r.Close()
 	start := time.Now()
 	deadline := start.Add(timeout)
 	for {
-		rs := map[netip.AddrPort]int{}
-		present := false
-		if svc, err := h.GetService(svcKey); err == nil {
-			present = true
-			if dests, err := h.GetDestinations(svc); err == nil {
-				for _, d := range dests {
-					rs[netip.AddrPortFrom(addr(d.Address), d.Port)] = d.Weight
-				}
-			}
-		}
-		if !present {
-			rs = nil
-		}
+		rs := r.RealServers()
 		if cond(rs) {
 			return time.Since(start)
 		}
@@ -242,3 +230,37 @@ func RecordValue(t testing.TB, name string, v float64, unit string) {
 	fmt.Printf("MEASURE %s %.3f %s\n", name, v, unit)
 	t.Logf("%s: %.3f %s", name, v, unit)
 }
+
+// IPVSReader reads the VIP's real servers with one netlink handle, for
+// samplers that poll the kernel often.
+type IPVSReader struct{ h *mobyipvs.Handle }
+
+// NewIPVSReader opens the handle; Close it.
+func NewIPVSReader() (*IPVSReader, error) {
+	h, err := mobyipvs.New("")
+	if err != nil {
+		return nil, fmt.Errorf("ipvs handle: %w", err)
+	}
+	return &IPVSReader{h: h}, nil
+}
+
+// RealServers returns the VIP's real servers and weights; nil when the
+// service does not exist or cannot be read.
+func (r *IPVSReader) RealServers() map[netip.AddrPort]int {
+	svc, err := r.h.GetService(&mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff})
+	if err != nil {
+		return nil
+	}
+	dests, err := r.h.GetDestinations(svc)
+	if err != nil {
+		return nil
+	}
+	out := map[netip.AddrPort]int{}
+	for _, d := range dests {
+		out[netip.AddrPortFrom(addr(d.Address), d.Port)] = d.Weight
+	}
+	return out
+}
+
+// Close releases the handle.
+func (r *IPVSReader) Close() { r.h.Close() }

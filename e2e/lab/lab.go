@@ -275,6 +275,9 @@ func (l *Lab) HitVIP(n int, timeout time.Duration) []Hit {
 	return hits
 }
 
+// HitWith makes one request to https://VIP:6443/ with c.
+func (l *Lab) HitWith(c *http.Client) Hit { return hit(c, "https://"+VIPPort.String()+"/") }
+
 func hit(c *http.Client, url string) Hit {
 	resp, err := c.Get(url)
 	if err != nil {

@@ -3,7 +3,7 @@
 # Debian packages (qemu, static busybox, kmod, cpio, xz), Debian's kernel
 # package (which has IPVS as modules, unlike many CI and sandbox kernels),
 # its uncompressed vmlinux for fast direct boot, and an initramfs holding
-# busybox, the IPVS/dummy/veth/bridge/9p modules in load order and /init.
+# busybox, the IPVS/dummy/veth/bridge/9p/virtio_net modules in load order and /init.
 #
 # Everything downloaded or built is cached in $VIPCTL_CACHE/vm (default
 # ~/.cache/vipctl/vm) and reused; a warm run takes well under a second.
@@ -83,7 +83,7 @@ fi
 # demand (through /proc/sys/kernel/modprobe) when the watchdog resets
 # connections, as on a real node.
 MODS=(ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh dummy veth bridge
-      virtio_pci 9pnet_virtio 9p)
+      virtio_pci 9pnet_virtio 9p virtio_net)
 ONDEMAND=(inet_diag tcp_diag)
 # The initramfs depends on the kernel, the module list and /init: rebuild
 # when any of them changes.
@@ -92,6 +92,7 @@ INITRD=$CACHE/initramfs-$KVER-$key.gz
 if [ ! -s "$INITRD" ]; then
   log "building initramfs"
   root=$(mktemp -d "$CACHE/initramfs.XXXX")
+  chmod 755 "$root"   # mktemp makes it 0700: it becomes /, which every user must traverse
   trap 'rm -rf "$root"' EXIT
   mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt/share,lib/modules/"$KVER"}
   mkdir -p "$root/var"; ln -s ../run "$root/var/run"   # netns names live in /var/run/netns

@@ -20,10 +20,14 @@ func BuildShare(ctx context.Context, root, dir string, testArgs []string, env ma
 	if err := buildStatic(ctx, root, filepath.Join(dir, "vmtests.test"), "./e2e/vmtests", true); err != nil {
 		return err
 	}
+	if err := addNginx(dir); err != nil {
+		return err
+	}
 	var b strings.Builder
 	// Executing straight from 9p is slow under TCG (every page fault is a
 	// round trip: ~3 s per vipctl run); a copy in tmpfs starts in ~0.15 s.
 	b.WriteString("#!/bin/sh\nmkdir -p /tmp/bin\nfor f in vipctl vmtests.test; do dd if=/mnt/share/$f of=/tmp/bin/$f bs=4M 2>/dev/null; chmod +x /tmp/bin/$f; done\n")
+	b.WriteString("[ -d /mnt/share/nginx ] && cp -r /mnt/share/nginx /tmp/nginx && export VIPCTL_NGINX_DIR=/tmp/nginx\n")
 	b.WriteString("export VIPCTL_E2E_VM=1 VIPCTL_BIN=/tmp/bin/vipctl PATH=/tmp/bin:$PATH HOME=/tmp")
 	keys := make([]string, 0, len(env))
 	for k := range env {
@@ -69,4 +73,55 @@ func ModuleRoot(dir string) (string, error) {
 			return "", fmt.Errorf("no go.mod above %s", dir)
 		}
 	}
+}
+
+// Debian's nginx with its stream module, for the data-path benchmark that
+// compares IPVS with the local nginx proxy kubespray uses.
+const (
+	nginxBinary = "/usr/sbin/nginx"
+	nginxStream = "/usr/lib/nginx/modules/ngx_stream_module.so"
+)
+
+// addNginx copies nginx, its stream module and every shared library they
+// load (ldd) into dir/nginx, when nginx is installed on the host; the VM
+// has no libc of its own, so they run through the copied dynamic loader.
+func addNginx(dir string) error {
+	if _, err := os.Stat(nginxBinary); err != nil {
+		return nil
+	}
+	if _, err := os.Stat(nginxStream); err != nil {
+		return nil
+	}
+	out := filepath.Join(dir, "nginx")
+	if err := os.MkdirAll(filepath.Join(out, "lib"), 0o755); err != nil {
+		return err
+	}
+	libs := map[string]bool{}
+	for _, f := range []string{nginxBinary, nginxStream} {
+		b, err := exec.Command("ldd", f).Output()
+		if err != nil {
+			return fmt.Errorf("ldd %s: %w", f, err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			for _, field := range strings.Fields(line) {
+				if strings.HasPrefix(field, "/") {
+					libs[field] = true
+				}
+			}
+		}
+	}
+	copies := map[string]string{nginxBinary: filepath.Join(out, "nginx"), nginxStream: filepath.Join(out, "ngx_stream_module.so")}
+	for l := range libs {
+		copies[l] = filepath.Join(out, "lib", filepath.Base(l))
+	}
+	for src, dst := range copies {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -72,14 +72,25 @@ type Config struct {
 	CPUs   int
 	// Console receives every line the VM prints.
 	Console io.Writer
+	// Tap, when set, gives the VM one virtio NIC (eth0 inside) on this
+	// existing tap device, and NetNS names the network namespace that holds
+	// it: qemu runs there (ip netns exec). The lab keeps that namespace
+	// isolated, so the VM still has no path to the outside. Both empty
+	// (the default): no network device at all.
+	NetNS string
+	Tap   string
 }
+
+// MAC is the address of the VM's NIC when Config.Tap is set.
+const MAC = "52:54:00:76:69:70"
 
 // ErrNoExit means the VM ended without /init reporting run.sh's exit code.
 var ErrNoExit = errors.New("VM ended without a LAB EXIT line")
 
 // Run boots the VM, streams its console to cfg.Console and returns run.sh's
-// exit code as /init reported it ("LAB EXIT n"). The VM has no network
-// device (-nic none): the lab's networks live in namespaces inside it.
+// exit code as /init reported it ("LAB EXIT n"). By default the VM has no
+// network device (-nic none): the lab's networks live in namespaces inside
+// it; see Config.Tap for the one exception.
 func Run(ctx context.Context, cfg Config) (int, error) {
 	if _, err := os.Stat(filepath.Join(cfg.Share, "run.sh")); err != nil {
 		return -1, fmt.Errorf("share %s: %w", cfg.Share, err)
@@ -93,13 +104,29 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	}
 	args := []string{
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-		"-m", mem, "-smp", fmt.Sprint(cpus), "-nic", "none",
+		"-m", mem, "-smp", fmt.Sprint(cpus),
 		"-accel", accel(), "-cpu", "max",
 		"-kernel", cfg.Assets.Kernel, "-initrd", cfg.Assets.Initrd,
 		"-append", "console=ttyS0 panic=-1 loglevel=3 quiet",
 		"-virtfs", "local,path=" + cfg.Share + ",mount_tag=share,security_model=none,readonly=on",
 	}
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	if (cfg.Tap == "") != (cfg.NetNS == "") {
+		return -1, fmt.Errorf("VM config: Tap %q and NetNS %q: set both or neither", cfg.Tap, cfg.NetNS)
+	}
+	if cfg.Tap == "" {
+		args = append(args, "-nic", "none")
+	} else {
+		// romfile= : no PXE option ROM (it is not needed for -kernel and
+		// ipxe-qemu may not be installed).
+		args = append(args, "-netdev", "tap,id=lab,ifname="+cfg.Tap+",script=no,downscript=no",
+			"-device", "virtio-net-pci,netdev=lab,romfile=,mac="+MAC)
+	}
+	name := "qemu-system-x86_64"
+	if cfg.NetNS != "" {
+		args = append([]string{"netns", "exec", cfg.NetNS, name}, args...)
+		name = "ip" // ip netns exec execs qemu: same process
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdin = nil
 	cmd.WaitDelay = 5 * time.Second
 	pr, pw := io.Pipe()

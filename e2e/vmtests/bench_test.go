@@ -1,8 +1,10 @@
 package vmtests
 
 import (
+	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,4 +133,76 @@ func TestBenchCalibrate(t *testing.T) {
 		require.NoError(t, err)
 		lab.Record(t, "calibration_cpu_per_request_vm", d)
 	}
+}
+
+// timeline runs a client that opens a new HTTPS connection through the VIP
+// every 50 ms (3 s timeout, like a kubelet's) for 1 s before and 5 s after
+// fail() and prints each request as "TIMELINE name start_ms duration_ms
+// result master"; "EVENT name removed ms" marks when the master left the
+// IPVS table. The host turns these lines into docs/failover-timeline.png.
+func timeline(t *testing.T, l *lab.Lab, name string, m *lab.Master, fail func()) {
+	t.Helper()
+	c := l.Client(3 * time.Second)
+	var t0 time.Time
+	type req struct {
+		start, dur time.Duration
+		h          lab.Hit
+	}
+	results := make(chan req, 1024)
+	stop := make(chan struct{})
+	var clients sync.WaitGroup
+	begin := time.Now()
+	clients.Go(func() {
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+			s := time.Now()
+			clients.Go(func() {
+				h := l.HitWith(c)
+				results <- req{start: s.Sub(begin), dur: time.Since(s), h: h}
+			})
+		}
+	})
+	time.Sleep(time.Second) // the client's steady state before the failure
+	t0 = time.Now()
+	fail()
+	removed := lab.WaitFor(t, 10*time.Second, "out", out(m))
+	time.Sleep(5*time.Second - removed)
+	close(stop)
+	clients.Wait()
+	close(results)
+	off := t0.Sub(begin)
+	failed := 0
+	for r := range results {
+		res, master := "ok", r.h.Master
+		if r.h.Err != nil {
+			res, master, failed = "error", "-", failed+1
+		}
+		fmt.Printf("TIMELINE %s %.1f %.1f %s %s\n", name, float64((r.start-off).Microseconds())/1000, float64(r.dur.Microseconds())/1000, res, master)
+	}
+	fmt.Printf("EVENT %s removed %.1f\n", name, float64(removed.Microseconds())/1000)
+	t.Logf("%s: %d requests failed; %s removed after %s", name, failed, m.Name, removed)
+}
+
+func TestBenchTimeline(t *testing.T) {
+	benchTrials(t)
+	t.Run("kill", func(t *testing.T) {
+		l := lab.New(t, 3)
+		l.StartCare()
+		lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+		m := l.Masters[1]
+		timeline(t, l, "apiserver killed", m, m.Kill)
+	})
+	t.Run("blackhole", func(t *testing.T) {
+		l := lab.New(t, 3)
+		l.StartCare()
+		lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+		m := l.Masters[1]
+		timeline(t, l, "master link cut", m, m.LinkDown)
+	})
 }

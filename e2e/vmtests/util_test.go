@@ -11,3 +11,5 @@ func readFile(p string) (string, error) {
 }
 
 func fmtSscan(s string, v *float64) (int, error) { return fmt.Sscan(s, v) }
+
+func strconvItoa(n int) string { return fmt.Sprint(n) }

@@ -77,9 +77,22 @@ func run() error {
 		if len(os.Args) > 2 {
 			trials = os.Args[2]
 		}
-		args = []string{"-test.run=^TestBench"}
+		if err := ensureNginx(ctx); err != nil {
+			return err
+		}
+		pattern := "^TestBench"
+		if p := os.Getenv("VIPCTL_BENCH_RUN"); p != "" {
+			pattern = p // a partial run: results are printed, docs are left alone
+		}
+		args = []string{"-test.run=" + pattern}
 		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trials}
-		console = io.MultiWriter(&captured, benchFilter{os.Stdout})
+		full, err := os.Create(filepath.Join(os.TempDir(), "vmlab-bench-console.log"))
+		if err != nil {
+			return err
+		}
+		defer full.Close()
+		fmt.Fprintf(os.Stderr, "vmlab: the VM's whole console goes to %s\n", full.Name())
+		console = io.MultiWriter(&captured, full, benchFilter{os.Stdout})
 	}
 	fmt.Fprintln(os.Stderr, "vmlab: building vipctl and the in-VM scenarios")
 	if err := vm.BuildShare(ctx, root, share, args, env); err != nil {
@@ -93,7 +106,18 @@ func run() error {
 	if code != 0 {
 		return fmt.Errorf("the VM's run ended with exit code %d", code)
 	}
+	if os.Args[1] == "bench" && os.Getenv("VIPCTL_BENCH_RUN") != "" {
+		series, err := benchreport.Parse(&captured)
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(os.Stderr, benchreport.Table(append(series, benchreport.Derived(series)...)))
+		return nil
+	}
 	if os.Args[1] == "bench" {
+		if err := writeTimelines(root, bytes.NewReader(captured.Bytes())); err != nil {
+			return err
+		}
 		return writeBenchmarks(root, assets, &captured)
 	}
 	return nil
@@ -133,6 +157,44 @@ func writeBenchmarks(root string, assets vm.Assets, console io.Reader) error {
 	}
 	fmt.Fprintf(os.Stderr, "vmlab: wrote %s\n%s", path, benchreport.Table(series))
 	return nil
+}
+
+// ensureNginx installs Debian's nginx with its stream module, which the
+// data-path benchmark compares IPVS with, and keeps its service stopped:
+// only the copy in the VM runs.
+func ensureNginx(ctx context.Context) error {
+	if _, err := os.Stat("/usr/lib/nginx/modules/ngx_stream_module.so"); err == nil {
+		return nil
+	}
+	fmt.Fprintln(os.Stderr, "vmlab: apt-get install nginx-light libnginx-mod-stream (for the data-path comparison)")
+	cmd := exec.CommandContext(ctx, "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-stream >/dev/null && (systemctl stop nginx 2>/dev/null; pkill -x nginx; true)")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("install nginx: %w", err)
+	}
+	return nil
+}
+
+// writeTimelines draws the TIMELINE lines into docs/failover-timeline.png.
+func writeTimelines(root string, console io.Reader) error {
+	tls, err := benchreport.ParseTimelines(console)
+	if err != nil {
+		return err
+	}
+	if len(tls) == 0 {
+		return fmt.Errorf("the VM printed no TIMELINE line")
+	}
+	path := filepath.Join(root, "docs", "failover-timeline.png")
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := benchreport.RenderPNG(f, tls); err != nil {
+		f.Close()
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "vmlab: wrote %s\n", path)
+	return f.Close()
 }
 
 // spliceGoBench puts the output of `go test -bench` (file) into
@@ -183,7 +245,7 @@ type benchFilter struct{ w io.Writer }
 
 func (b benchFilter) Write(p []byte) (int, error) {
 	for _, line := range strings.SplitAfter(string(p), "\n") {
-		if strings.HasPrefix(strings.TrimSpace(line), "MEASURE ") || strings.Contains(line, "FAIL") {
+		if strings.HasPrefix(strings.TrimSpace(line), "MEASURE ") || strings.HasPrefix(line, "EVENT ") || strings.Contains(line, "FAIL") {
 			io.WriteString(b.w, line)
 		}
 	}

@@ -1,0 +1,379 @@
+package vmtests
+
+import (
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/lab"
+)
+
+// The TestReal scenarios run against three real kube-apiservers (v1.34,
+// sharing one etcd) that the host runs for the VM (e2e/realcp), with real
+// clients on the node: kubectl in a loop and a kubelet-like client-go
+// heartbeat and watch (lab.Traffic). They run only in the VM that the e2e
+// package's TestRealControlPlane boots; TestVM skips them.
+
+// realLab is the common start: the node, the watchdog, every master in.
+func realLab(t *testing.T) *lab.Real {
+	r := lab.NewReal(t)
+	r.StartCare()
+	r.WaitAllServing(30 * time.Second)
+	return r
+}
+
+// hold keeps a fault in place for d while the clients run: pacing of the
+// scenario, not a wait for a condition.
+func hold(d time.Duration) { time.Sleep(d) }
+
+// envInt reads a positive count from the environment.
+func envInt(t *testing.T, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	require.NoError(t, err, "%s=%q", name, s)
+	require.Positive(t, n, "%s=%q", name, s)
+	return n
+}
+
+// neverInBefore samples the kernel until stop is closed and reports
+// whether m was ever given traffic meanwhile.
+func neverInBefore(t *testing.T, m *lab.RealMaster, stop <-chan struct{}) <-chan bool {
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	res := make(chan bool, 1)
+	go func() {
+		defer rd.Close()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			if rs := rd.RealServers(); rs[m.Addr] > 0 {
+				res <- false
+				return
+			}
+			select {
+			case <-stop:
+				res <- true
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return res
+}
+
+// TestRealKillRestart SIGKILLs a master and restarts it, round robin over
+// the masters, VIPCTL_REAL_CYCLES times (default 10; `make bench` runs 50).
+// A restarting apiserver answers 403, then 500, before 200: it must get no
+// traffic before it is ready.
+//
+// The watchdog runs with --max-hold-down 10s: each master is killed every
+// third cycle (~15-20 s apart) and each kill is meant as a fresh crash. With
+// the default (5 min) the watchdog rightly treats a master that crashes
+// every 20 s as flapping and doubles its hold-down each time (measured:
+// back in 2 s, 4.5 s, 5 s, 10 s, 11 s after ready over the first cycles,
+// and 5 min at the cap); TestRealFlappingMaster covers that.
+func TestRealKillRestart(t *testing.T) {
+	r := lab.NewReal(t)
+	r.StartCare("--max-hold-down", "10s")
+	r.WaitAllServing(30 * time.Second)
+	cycles := envInt(t, "VIPCTL_REAL_CYCLES", 10)
+	tr := r.StartTraffic()
+	var worstOut, worstIn time.Duration
+	for i := range cycles {
+		m := r.Masters[i%len(r.Masters)]
+		t0 := tr.Fault()
+		m.Kill()
+		m.WaitOut(10 * time.Second)
+		out := time.Since(t0)
+		tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "kill -> out"})
+		stop := make(chan struct{})
+		early := neverInBefore(t, m, stop)
+		t1 := time.Now()
+		m.Start()
+		m.WaitReady(2 * time.Minute)
+		ready := time.Since(t1)
+		close(stop)
+		assert.True(t, <-early, "cycle %d: %s got traffic before its /readyz said 200", i, m.Name)
+		m.WaitIn(30 * time.Second)
+		in := time.Since(t1)
+		lab.Record(t, "real_kill_to_out", out)
+		lab.Record(t, "real_restart_to_ready", ready)
+		lab.Record(t, "real_ready_to_in", in-ready)
+		worstOut, worstIn = max(worstOut, out), max(worstIn, in)
+	}
+	rep := tr.Stop()
+	t.Logf("%d cycles: kill -> out at worst %s, restart -> back in at worst %s", cycles, worstOut.Round(time.Millisecond), worstIn.Round(time.Millisecond))
+	rep.Record(t, "kill_restart")
+	rep.Check(t, lab.Criteria{})
+	r.CheckSettled(30 * time.Second)
+}
+
+// TestRealGracefulShutdown sends SIGTERM to an apiserver started with
+// --shutdown-delay-duration=5s: its /readyz fails at once while it keeps
+// serving, so the watchdog takes it out before it stops. No request may
+// fail except one in flight when the watchdog resets the connections to it
+// (see below). VIPCTL_REAL_SIGTERM_CYCLES times (default 3), round robin.
+func TestRealGracefulShutdown(t *testing.T) {
+	r := realLab(t)
+	cycles := envInt(t, "VIPCTL_REAL_SIGTERM_CYCLES", 3)
+	for _, m := range r.Masters {
+		m.Kill()
+		m.StartWithShutdownDelay(5 * time.Second)
+	}
+	for _, m := range r.Masters {
+		m.WaitReady(2 * time.Minute)
+	}
+	r.WaitAllServing(30 * time.Second)
+	tr := r.StartTraffic()
+	hold(2 * time.Second)
+	for i := range cycles {
+		m := r.Masters[i%len(r.Masters)]
+		t0 := time.Now()
+		m.Terminate()
+		out := m.WaitOut(10 * time.Second)
+		// The watchdog resets the node's connections to a master right
+		// after it takes it out, even to one that still serves during its
+		// shutdown delay: a request in flight on them then fails. Counted
+		// in the report ("in an excused window"), not hidden.
+		outAt := time.Now()
+		tr.Excuse(lab.Window{From: outAt.Add(-50 * time.Millisecond), To: outAt.Add(300 * time.Millisecond), Why: "reset by the watchdog when it took the terminating master out"})
+		m.WaitExit(30 * time.Second)
+		exited := time.Since(t0)
+		lab.Record(t, "real_sigterm_to_out", out)
+		lab.Record(t, "real_sigterm_to_exit", exited)
+		assert.Less(t, out, 5*time.Second, "out of service before the shutdown delay ends")
+		m.StartWithShutdownDelay(5 * time.Second)
+		m.WaitReady(2 * time.Minute)
+		m.WaitIn(30 * time.Second)
+		hold(time.Second)
+	}
+	rep := tr.Stop()
+	rep.Record(t, "sigterm")
+	rep.Check(t, lab.Criteria{})
+	r.CheckSettled(30 * time.Second)
+}
+
+// TestRealEtcdLostBehindOneMaster takes one master's etcd away (the others
+// keep it): its /readyz answers 500 and it must leave the service; it comes
+// back when its etcd does.
+func TestRealEtcdLostBehindOneMaster(t *testing.T) {
+	r := realLab(t)
+	m := r.Masters[1]
+	tr := r.StartTraffic()
+	hold(time.Second)
+	t0 := tr.Fault()
+	m.EtcdDown()
+	out := m.WaitOut(15 * time.Second)
+	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "etcd lost -> out"})
+	lab.Record(t, "real_etcd_lost_to_out", out)
+	hold(5 * time.Second)
+	t1 := time.Now()
+	m.EtcdUp()
+	m.WaitIn(2 * time.Minute)
+	lab.Record(t, "real_etcd_back_to_in", time.Since(t1))
+	hold(time.Second)
+	rep := tr.Stop()
+	rep.Record(t, "etcd_lost")
+	rep.Check(t, lab.Criteria{})
+	r.CheckSettled(30 * time.Second)
+}
+
+// TestRealBlackhole cuts a master's link (packets dropped, no RST, no
+// ICMP): the watchdog's probes time out, it takes the master out and resets
+// the node's connections to it, so the watch re-opens elsewhere at once.
+func TestRealBlackhole(t *testing.T) {
+	r := realLab(t)
+	m := r.Masters[2]
+	tr := r.StartTraffic()
+	hold(time.Second)
+	t0 := tr.Fault()
+	m.LinkDown()
+	out := m.WaitOut(15 * time.Second)
+	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "link cut -> out"})
+	lab.Record(t, "real_blackhole_to_out", out)
+	hold(5 * time.Second)
+	t1 := time.Now()
+	m.LinkUp()
+	m.WaitIn(30 * time.Second)
+	lab.Record(t, "real_link_back_to_in", time.Since(t1))
+	hold(time.Second)
+	rep := tr.Stop()
+	rep.Record(t, "blackhole")
+	rep.Check(t, lab.Criteria{})
+	r.CheckSettled(30 * time.Second)
+}
+
+// servingLog records when m enters and leaves the service.
+type servingLog struct {
+	mu    sync.Mutex
+	times []time.Time
+	state []bool
+}
+
+func (s *servingLog) watch(t *testing.T, m *lab.RealMaster, stop <-chan struct{}) <-chan struct{} {
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer rd.Close()
+		tk := time.NewTicker(5 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			cur := rd.RealServers()[m.Addr] > 0
+			s.mu.Lock()
+			if n := len(s.state); n == 0 || s.state[n-1] != cur {
+				s.times, s.state = append(s.times, time.Now()), append(s.state, cur)
+			}
+			s.mu.Unlock()
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return done
+}
+
+// at reports whether m was in service at time x, and when it next left.
+func (s *servingLog) at(x time.Time) (in bool, nextOut time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, t := range s.times {
+		if !t.After(x) {
+			in = s.state[i]
+			continue
+		}
+		if !s.state[i] {
+			return in, t
+		}
+	}
+	return in, time.Time{}
+}
+
+func (s *servingLog) transitions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.times) - 1
+}
+
+// TestRealFlappingMaster flaps a master's link (0.5 s down, 0.5 s up) for
+// 20 s. Hysteresis and the hold-down must keep it out after its second fall
+// rather than flap the kernel, and the clients see failures only between a
+// cut and the watchdog's reaction.
+func TestRealFlappingMaster(t *testing.T) {
+	r := realLab(t)
+	m := r.Masters[1]
+	tr := r.StartTraffic()
+	var log servingLog
+	stop := make(chan struct{})
+	logDone := log.watch(t, m, stop)
+	hold(time.Second)
+	var faults []time.Time
+	tk := time.NewTicker(500 * time.Millisecond)
+	for i := range 40 {
+		<-tk.C
+		if i%2 == 0 {
+			faults = append(faults, tr.Fault())
+			m.LinkDown()
+		} else {
+			m.LinkUp()
+		}
+	}
+	tk.Stop()
+	m.LinkUp()
+	flapEnd := time.Now()
+	m.WaitIn(2 * time.Minute)
+	lab.Record(t, "real_flap_end_to_in", time.Since(flapEnd))
+	hold(time.Second)
+	close(stop)
+	<-logDone
+	for _, f := range faults {
+		if in, out := log.at(f); in && !out.IsZero() {
+			tr.Excuse(lab.Window{From: f, To: out, Why: "link cut -> out"})
+		}
+	}
+	rep := tr.Stop()
+	t.Logf("%s's weight changed %d times during 20 s of flapping and its recovery", m.Name, log.transitions())
+	assert.LessOrEqual(t, log.transitions(), 6, "the kernel must not follow the flapping")
+	rep.Record(t, "flapping")
+	rep.Check(t, lab.Criteria{})
+	r.CheckSettled(30 * time.Second)
+}
+
+// TestRealAllDownThenOneBack kills every apiserver: the watchdog fails
+// open (the service is never empty); when one comes back it alone serves,
+// and the clients recover through it.
+func TestRealAllDownThenOneBack(t *testing.T) {
+	r := realLab(t)
+	tr := r.StartTraffic()
+	hold(time.Second)
+	t0 := tr.Fault()
+	for _, m := range r.Masters {
+		m.Kill()
+	}
+	require.NoError(t, lab.Poll(10*time.Second, func() bool {
+		st, err := lab.CareStatus()
+		return err == nil && st["failOpen"] == true
+	}), "the watchdog fails open")
+	hold(3 * time.Second)
+	back := r.Masters[0]
+	t1 := time.Now()
+	back.Start()
+	back.WaitReady(2 * time.Minute)
+	lab.WaitFor(t, 30*time.Second, "only "+back.Name+" serves", func(rs map[netip.AddrPort]int) bool {
+		for _, m := range r.Masters {
+			if (rs[m.Addr] > 0) != (m == back) {
+				return false
+			}
+		}
+		return true
+	})
+	lab.Record(t, "real_one_back_start_to_alone_in", time.Since(t1))
+	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "no master", NoMaster: true})
+	hold(3 * time.Second)
+	for _, m := range r.Masters[1:] {
+		m.Start()
+	}
+	for _, m := range r.Masters[1:] {
+		m.WaitReady(2 * time.Minute)
+	}
+	r.WaitAllServing(30 * time.Second)
+	hold(time.Second)
+	rep := tr.Stop()
+	rep.Record(t, "all_down_one_back")
+	rep.Check(t, lab.Criteria{})
+	r.CheckSettled(30 * time.Second)
+}
+
+// TestRealIPVSFlush flushes the whole IPVS table ten times, once a second,
+// as kube-proxy does when it starts in another mode, while the clients run.
+func TestRealIPVSFlush(t *testing.T) {
+	r := realLab(t)
+	tr := r.StartTraffic()
+	hold(time.Second)
+	var worst time.Duration
+	for range 10 {
+		t0 := tr.Fault()
+		lab.FlushIPVS(t)
+		d := r.WaitAllServing(5 * time.Second)
+		tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "flush -> restored"})
+		lab.Record(t, "real_flush_to_restored", d)
+		worst = max(worst, d)
+		hold(time.Second)
+	}
+	rep := tr.Stop()
+	t.Logf("flush -> restored at worst %s", worst.Round(time.Millisecond))
+	rep.Record(t, "ipvs_flush")
+	rep.Check(t, lab.Criteria{AllowEmpty: true})
+	r.CheckSettled(30 * time.Second)
+}
