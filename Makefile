@@ -6,7 +6,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/vipctl/vipctl/internal/version.Version=$(VERSION) -X github.com/vipctl/vipctl/internal/version.Commit=$(COMMIT)
 GOARCH  ?= amd64
 
-.PHONY: all build test unit e2e demo bench offline fmt vet lint fuzz clean
+.PHONY: all build test unit e2e chaos demo bench offline fmt vet lint fuzz clean
 
 all: build
 
@@ -22,9 +22,13 @@ test:
 unit:
 	go test -short ./...
 
-## e2e: only the VM end-to-end scenarios (VIPCTL_E2E_RUN=Pattern narrows them)
+## e2e: only the VM end-to-end scenarios, fake and real apiservers (VIPCTL_E2E_RUN=Pattern narrows them)
 e2e:
-	go test -count=1 -timeout 40m -v -run TestVM ./e2e/
+	go test -count=1 -timeout 40m -v -run 'TestVM|TestRealControlPlane' ./e2e/
+
+## chaos: the real-apiserver chaos scenarios with 50 kill/restart cycles (docs/lab.md)
+chaos:
+	VIPCTL_REAL_CYCLES=50 go test -count=1 -timeout 40m -v -run TestRealControlPlane ./e2e/
 
 ## demo: boot the VM lab, run vipctl against three in-VM masters and show the IPVS table
 demo:
