@@ -432,3 +432,28 @@ func TestLoadTLS(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, c.InsecureSkipVerify)
 }
+
+// Every probe is a new connection with its own handshake, but after the
+// first full one the TLS session is resumed (no certificate chain to send
+// and verify again).
+func TestHTTPSProbesResumeTheSession(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
+	var resumed, full atomic.Int32
+	srv.TLS.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.DidResume {
+			resumed.Add(1)
+		} else {
+			full.Add(1)
+		}
+		return nil
+	}
+	p := httpsProber(t, TLSConfig(ca.Pool(), nil, false))
+	for range 4 {
+		r := p.Probe(context.Background(), srv.target)
+		require.True(t, r.OK, r.Reason)
+	}
+	assert.EqualValues(t, 4, srv.conns.Load(), "a new connection per probe")
+	assert.Equal(t, int32(1), full.Load(), "one full handshake")
+	assert.Equal(t, int32(3), resumed.Load(), "the others resumed the session")
+}
