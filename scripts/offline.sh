@@ -73,13 +73,19 @@ DIST=$(CDPATH='' cd -- "$DIST" && pwd)
 
 pkg=github.com/vipctl/vipctl/internal/version
 ldflags="-s -w -X $pkg.Version=$VERSION -X $pkg.Commit=$COMMIT"
-build() { # build GOOS GOARCH OUT
-	say "go build $1/$2 -> $3"
-	CGO_ENABLED=0 GOOS=$1 GOARCH=$2 "$GO" build -trimpath -ldflags "$ldflags" -o "$3" ./cmd/vipctl
+build() { # build GOOS GOARCH OUT [go build flags...]
+	local os=$1 arch=$2 out=$3
+	shift 3
+	say "go build $os/$arch $* -> $out"
+	CGO_ENABLED=0 GOOS=$os GOARCH=$arch "$GO" build -trimpath -ldflags "$ldflags" "$@" -o "$out" ./cmd/vipctl
 }
 
+# The node's vipctl has every command; the image's is the watchdog build
+# (-tags watchdog: care, status, ipvs, hosts, version), which does not link
+# the Kubernetes API types and so runs in far less memory.
 for arch in $ARCHES; do
 	build linux "$arch" "$work/bin/$arch/vipctl"
+	build linux "$arch" "$work/bin/$arch/watchdog/vipctl" -tags watchdog
 done
 # vipctl itself builds the image and renders the examples: use this host's build.
 host_os=$("$GO" env GOOS)
@@ -119,7 +125,7 @@ for arch in $ARCHES; do
 	image_file=images/vipctl-$VERSION-linux-$arch.tar
 	mkdir -p "$stage/images"
 	cp "$work/bin/$arch/vipctl" "$stage/vipctl"
-	image_build --binary "linux/$arch=$stage/vipctl" --format docker-archive -o "$stage/$image_file"
+	image_build --binary "linux/$arch=$work/bin/$arch/watchdog/vipctl" --format docker-archive -o "$stage/$image_file"
 
 	# Examples, rendered by this vipctl (same version, same image tag) for EXAMPLE_MASTERS.
 	if has_cmd manifest; then
@@ -188,7 +194,7 @@ done
 # The multi-arch image for a registry mirror.
 oci=vipctl-image-$VERSION.oci.tar
 bins=()
-for arch in $ARCHES; do bins+=(--binary "linux/$arch=$work/bin/$arch/vipctl"); done
+for arch in $ARCHES; do bins+=(--binary "linux/$arch=$work/bin/$arch/watchdog/vipctl"); done
 image_build "${bins[@]}" --format oci-archive -o "$DIST/$oci"
 outputs+=("$oci")
 

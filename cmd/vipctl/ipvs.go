@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/vipctl/vipctl/ipvs"
-	"github.com/vipctl/vipctl/kubeadm"
 	"go.uber.org/zap"
 )
 
@@ -281,30 +280,4 @@ func newIPVSDeleteCmd(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
-}
-
-// lazyKernel opens the IPVS netlink handle on first use, so that commands
-// whose dry runs or early failures never touch the kernel do not need IPVS.
-type lazyKernel struct {
-	log *zap.Logger
-	k   *ipvs.Kernel
-}
-
-// Dataplane returns the kernel handle, opening it the first time.
-func (l *lazyKernel) Dataplane() (kubeadm.Dataplane, error) {
-	if l.k == nil {
-		k, err := ipvs.NewKernel(l.log)
-		if err != nil {
-			return nil, err
-		}
-		l.k = k
-	}
-	return l.k, nil
-}
-
-// Close closes the handle if it was opened.
-func (l *lazyKernel) Close() {
-	if l.k != nil {
-		l.k.Close()
-	}
 }

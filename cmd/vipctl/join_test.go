@@ -1,3 +1,5 @@
+//go:build !watchdog
+
 package main
 
 import (

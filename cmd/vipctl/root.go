@@ -40,16 +40,11 @@ with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
 	root.AddCommand(
 		newVersionCmd(),
 		newIPVSCmd(a),
-		newManifestCmd(a),
-		newKubeadmCmd(a),
 		newHostsCmd(a),
-		newImageCmd(a),
 		newCareCmd(a),
 		newStatusCmd(a),
-		newJoinCmd(a),
-		newResetCmd(a),
-		newKubeProxyCmd(a),
 	)
+	root.AddCommand(nodeCommands(a)...)
 	return root
 }
 

@@ -66,14 +66,23 @@ func (l *Lab) StartCare(extra ...string) *Care {
 // StartCareArgs starts vipctl with exactly args and waits for /readyz.
 func (l *Lab) StartCareArgs(args ...string) *Care {
 	l.t.Helper()
-	return startCare(l.t, l.Vipctl, args)
+	return startCare(l.t, careBin(l.Vipctl), args)
+}
+
+// careBin is the binary the watchdog runs from: the watchdog build the
+// image carries (VIPCTL_CARE_BIN) when there is one, else vipctl itself.
+func careBin(vipctl string) string {
+	if b := os.Getenv("VIPCTL_CARE_BIN"); b != "" {
+		return b
+	}
+	return vipctl
 }
 
 // StartCareWith is StartCareArgs with process attributes, e.g. to run the
 // watchdog with fewer privileges.
 func (l *Lab) StartCareWith(attr *syscall.SysProcAttr, args ...string) *Care {
 	l.t.Helper()
-	return startCareAttr(l.t, l.Vipctl, args, attr)
+	return startCareAttr(l.t, careBin(l.Vipctl), args, attr)
 }
 
 // startCare starts the vipctl binary with args (a `care` command line),

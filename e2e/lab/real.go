@@ -199,7 +199,7 @@ func (r *Real) CareArgs(extra ...string) []string {
 // is ready; it is stopped when the test ends.
 func (r *Real) StartCare(extra ...string) *Care {
 	r.t.Helper()
-	return startCare(r.t, r.Vipctl, r.CareArgs(extra...))
+	return startCare(r.t, careBin(r.Vipctl), r.CareArgs(extra...))
 }
 
 // WaitAllServing waits until every master is a real server with weight > 0.

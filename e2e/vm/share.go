@@ -17,6 +17,11 @@ func BuildShare(ctx context.Context, root, dir string, testArgs []string, env ma
 	if err := buildStatic(ctx, root, filepath.Join(dir, "vipctl"), "./cmd/vipctl", false); err != nil {
 		return err
 	}
+	// The watchdog's image carries the watchdog build; the lab runs `vipctl
+	// care` from it, as the static pod does.
+	if err := buildStatic(ctx, root, filepath.Join(dir, "vipctl-watchdog"), "./cmd/vipctl", false, "-tags", "watchdog"); err != nil {
+		return err
+	}
 	if err := buildStatic(ctx, root, filepath.Join(dir, "vmtests.test"), "./e2e/vmtests", true); err != nil {
 		return err
 	}
@@ -26,9 +31,9 @@ func BuildShare(ctx context.Context, root, dir string, testArgs []string, env ma
 	var b strings.Builder
 	// Executing straight from 9p is slow under TCG (every page fault is a
 	// round trip: ~3 s per vipctl run); a copy in tmpfs starts in ~0.15 s.
-	b.WriteString("#!/bin/sh\nmkdir -p /tmp/bin\nfor f in vipctl vmtests.test; do dd if=/mnt/share/$f of=/tmp/bin/$f bs=4M 2>/dev/null; chmod +x /tmp/bin/$f; done\n")
+	b.WriteString("#!/bin/sh\nmkdir -p /tmp/bin\nfor f in vipctl vipctl-watchdog vmtests.test; do dd if=/mnt/share/$f of=/tmp/bin/$f bs=4M 2>/dev/null; chmod +x /tmp/bin/$f; done\n")
 	b.WriteString("[ -d /mnt/share/nginx ] && cp -r /mnt/share/nginx /tmp/nginx && export VIPCTL_NGINX_DIR=/tmp/nginx\n")
-	b.WriteString("export VIPCTL_E2E_VM=1 VIPCTL_BIN=/tmp/bin/vipctl PATH=/tmp/bin:$PATH HOME=/tmp")
+	b.WriteString("export VIPCTL_E2E_VM=1 VIPCTL_BIN=/tmp/bin/vipctl VIPCTL_CARE_BIN=/tmp/bin/vipctl-watchdog PATH=/tmp/bin:$PATH HOME=/tmp")
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -46,11 +51,11 @@ func BuildShare(ctx context.Context, root, dir string, testArgs []string, env ma
 }
 
 // buildStatic builds pkg as a static linux/amd64 binary (its test binary
-// when test is set) into out.
-func buildStatic(ctx context.Context, root, out, pkg string, test bool) error {
-	args := []string{"build", "-trimpath", "-o", out, pkg}
+// when test is set) into out, with extra go build flags.
+func buildStatic(ctx context.Context, root, out, pkg string, test bool, extra ...string) error {
+	args := append(append([]string{"build", "-trimpath"}, extra...), "-o", out, pkg)
 	if test {
-		args = []string{"test", "-c", "-trimpath", "-o", out, pkg}
+		args = append(append([]string{"test", "-c", "-trimpath"}, extra...), "-o", out, pkg)
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root

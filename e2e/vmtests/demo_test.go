@@ -80,3 +80,90 @@ func TestDemo(t *testing.T) {
 	say("The watchdog stopped (SIGTERM leaves the rules for the node to keep working); removing them:")
 	sayRun(t, l, "ipvs", "delete", "--vip", lab.VIPPort.String())
 }
+
+// sayFile prints a file (at most max lines) as the demo's output.
+func sayFile(t *testing.T, path string, max int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	say("$ cat %s", path)
+	for i, l := range lines {
+		if i == max {
+			say("  ... (%d more lines)", len(lines)-max)
+			break
+		}
+		say("  %s", l)
+	}
+}
+
+// TestDemoJoin is the node-integration half of `make demo`: the kubeadm
+// config for the first master, a worker join (through a stand-in kubeadm
+// that checks the VIP reaches a master when it runs), the files and the
+// table it leaves, reset, then a master join.
+func TestDemoJoin(t *testing.T) {
+	if os.Getenv("VIPCTL_DEMO") != "1" {
+		t.Skip("the demo runs only from `make demo` (VIPCTL_DEMO=1)")
+	}
+	l := lab.New(t, 3)
+	base := realHosts(t)
+	p := newJoinPaths(t)
+	say("")
+	say("=== Node integration: kubeadm config, join, reset ===")
+	cfgArgs := []string{"kubeadm", "config", "--vip", lab.VIP.String()}
+	for _, m := range l.Masters {
+		cfgArgs = append(cfgArgs, "--master", m.IP.String())
+	}
+	say("$ vipctl %s   # for kubeadm init on the first master", strings.Join(cfgArgs, " "))
+	cfg, err := l.Run(cfgArgs...)
+	require.NoError(t, err)
+	for i, line := range strings.Split(strings.TrimRight(cfg, "\n"), "\n") {
+		if i == 40 {
+			say("  ...")
+			break
+		}
+		say("  %s", line)
+	}
+
+	fk := l.FakeKubeadm(0)
+	args := append(joinArgs(l, fk, p, "--"), kubeadmFlags...)
+	say("")
+	say("A worker joins (kubeadm is a stand-in here that records what it saw):")
+	say("$ vipctl %s", strings.Join(args, " "))
+	stdout, stderr, err := l.RunWith(fk.Env, args...)
+	require.NoError(t, err, stderr)
+	say("%s", stdout)
+	calls := fk.Calls(t)
+	require.Len(t, calls, 1)
+	say("kubeadm was called as: kubeadm %s", strings.Join(calls[0].Args, " "))
+	say("and at that moment apiserver.cluster.local resolved to %v and https://apiserver.cluster.local:6443/ answered %q",
+		calls[0].Resolved, calls[0].Answer)
+	sayFile(t, etcHosts, 20)
+	sayFile(t, p.manifest, 30)
+	sayFile(t, p.modules, 10)
+	sayRun(t, l, "ipvs", "show", "--vip", lab.VIPPort.String())
+
+	say("$ vipctl reset --vip %s", lab.VIPPort)
+	out, err := l.Run(append([]string{"reset", "--vip", lab.VIPPort.String()}, p.flags()...)...)
+	require.NoError(t, err)
+	say("%s", out)
+	after, err := os.ReadFile(etcHosts)
+	require.NoError(t, err)
+	say("/etc/hosts is byte-identical to before the join: %v; IPVS service present: %v", string(after) == string(base), lab.RealServers(t) != nil)
+
+	fk = l.FakeKubeadm(0)
+	args = append(joinArgs(l, fk, p, "--control-plane", "--node-ip", lab.NodeIP.String(), "--"), kubeadmFlags...)
+	args = append(args, "--certificate-key", e2eCertKey)
+	say("")
+	say("A master joins: the name points at the first master while kubeadm runs, then at itself; no IPVS:")
+	say("$ vipctl %s", strings.Join(args, " "))
+	stdout, stderr, err = l.RunWith(fk.Env, args...)
+	require.NoError(t, err, stderr)
+	say("%s", stdout)
+	calls = fk.Calls(t)
+	require.Len(t, calls, 1)
+	say("during kubeadm, apiserver.cluster.local resolved to %v", calls[0].Resolved)
+	sayFile(t, etcHosts, 20)
+	_, err = l.Run(append([]string{"reset", "--vip", lab.VIPPort.String()}, p.flags()...)...)
+	require.NoError(t, err)
+}

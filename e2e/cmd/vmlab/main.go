@@ -61,7 +61,7 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(share)
-	args, env := []string{"-test.run=^TestDemo$"}, map[string]string{"VIPCTL_DEMO": "1"}
+	args, env := []string{"-test.run=^TestDemo"}, map[string]string{"VIPCTL_DEMO": "1"}
 	var console io.Writer = demoFilter{os.Stdout}
 	var captured bytes.Buffer
 	switch os.Args[1] {
