@@ -129,13 +129,13 @@ func TestDemoJoin(t *testing.T) {
 	args := append(joinArgs(l, fk, p, "--"), kubeadmFlags...)
 	say("")
 	say("A worker joins (kubeadm is a stand-in here that records what it saw):")
-	say("$ vipctl %s", strings.Join(args, " "))
+	say("$ vipctl %s", hideSecrets(strings.Join(args, " ")))
 	stdout, stderr, err := l.RunWith(fk.Env, args...)
 	require.NoError(t, err, stderr)
 	say("%s", stdout)
 	calls := fk.Calls(t)
 	require.Len(t, calls, 1)
-	say("kubeadm was called as: kubeadm %s", strings.Join(calls[0].Args, " "))
+	say("kubeadm was called as: kubeadm %s", hideSecrets(strings.Join(calls[0].Args, " ")))
 	say("and at that moment apiserver.cluster.local resolved to %v and https://apiserver.cluster.local:6443/ answered %q",
 		calls[0].Resolved, calls[0].Answer)
 	sayFile(t, etcHosts, 20)
@@ -156,7 +156,7 @@ func TestDemoJoin(t *testing.T) {
 	args = append(args, "--certificate-key", e2eCertKey)
 	say("")
 	say("A master joins: the name points at the first master while kubeadm runs, then at itself; no IPVS:")
-	say("$ vipctl %s", strings.Join(args, " "))
+	say("$ vipctl %s", hideSecrets(strings.Join(args, " ")))
 	stdout, stderr, err = l.RunWith(fk.Env, args...)
 	require.NoError(t, err, stderr)
 	say("%s", stdout)
@@ -166,4 +166,10 @@ func TestDemoJoin(t *testing.T) {
 	sayFile(t, etcHosts, 20)
 	_, err = l.Run(append([]string{"reset", "--vip", lab.VIPPort.String()}, p.flags()...)...)
 	require.NoError(t, err)
+}
+
+// hideSecrets keeps the demo's own echo of a command line from showing the
+// (fake) token and certificate key, as vipctl's own output never does.
+func hideSecrets(s string) string {
+	return strings.NewReplacer(e2eToken, "<token>", e2eCertKey, "<certificate-key>").Replace(s)
 }
