@@ -60,9 +60,10 @@ type Sentinel interface {
 // Defaults of the `vipctl care` flags.
 const (
 	DefaultHealthPath = "/readyz"
-	// DefaultLivenessPath is probed before resetting a master's
-	// connections (see Deps.Liveness).
-	DefaultLivenessPath = "/livez"
+	// LivenessPath is what --liveness-path is typically set to: probed
+	// before resetting a master's connections (see Deps.Liveness). Off by
+	// default, see docs/care.md.
+	LivenessPath        = "/livez"
 	DefaultCAFile       = "/etc/kubernetes/pki/ca.crt"
 	DefaultMetricsAddr  = "127.0.0.1:9282"
 	DefaultResyncPeriod = 100 * time.Millisecond

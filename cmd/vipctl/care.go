@@ -121,7 +121,7 @@ func (f *careFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.nodeIP, "node-ip", "", "this node's IP, the source of connections to the masters (default: $"+lvscareNodeIPEnv+", else detected from the route to the first master)")
 	fs.StringVar(&f.scheduler, "scheduler", ipvs.DefaultScheduler, "IPVS scheduler: "+strings.Join(ipvs.Schedulers, ", "))
 	fs.StringVar(&f.healthPath, "health-path", care.DefaultHealthPath, "HTTP path probed on each master")
-	fs.StringVar(&f.livezPath, "liveness-path", care.DefaultLivenessPath, "before resetting the connections of a master that answered --health-path unhealthily, probe this path: 200 means it still serves them (an apiserver in its shutdown delay), so they are left to finish; empty to always reset")
+	fs.StringVar(&f.livezPath, "liveness-path", "", "before resetting the connections of a master that answered --health-path unhealthily, probe this path (e.g. "+care.LivenessPath+"): 200 means it still serves them (an apiserver in its shutdown delay), so they are left to finish; empty (default): always reset, so long-lived watches move at once")
 	fs.StringVar(&f.healthScheme, "health-scheme", string(probe.HTTPS), "probe: https (TLS verified against --ca-file), http, or tcp (connect only)")
 	fs.StringVar(&f.caFile, "ca-file", care.DefaultCAFile, "cluster CA the apiservers' certificates must chain to")
 	fs.StringVar(&f.certFile, "cert-file", "", "client certificate presented to the apiservers (optional, with --key-file)")

@@ -349,6 +349,12 @@ func TestCareOnce(t *testing.T) {
 	assert.True(t, w.kernel.Has(ipvs.VIPConfig{Mode: ipvs.ModeLink, Interface: "vipctl0",
 		VIP: netip.MustParseAddr("10.103.97.2"), NodeIP: netip.MustParseAddr("192.0.2.20")}))
 	assert.Equal(t, 2, w.prober.calls, "one probe round")
+	assert.Nil(t, w.liveness, "no liveness check unless --liveness-path is given")
+
+	w = newCareWorld()
+	err = runCareCmd(context.Background(), w, "--vip", "10.103.97.2", "--master", "192.0.2.11",
+		"--ca-file", testCA(t), "--node-ip", "192.0.2.20", "--once", "--liveness-path", "/livez")
+	require.NoError(t, err)
 	require.NotNil(t, w.liveness, "a liveness prober for the connection-reset decision")
 	assert.Equal(t, "/livez", w.liveness.cfg.Path)
 	assert.Equal(t, []int{200}, w.liveness.cfg.Statuses)

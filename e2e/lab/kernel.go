@@ -104,3 +104,14 @@ func FlushIPVS(t testing.TB) {
 	defer h.Close()
 	must(t, h.Flush(), "flush IPVS")
 }
+
+// SetScheduler changes the VIP's service scheduler behind vipctl's back.
+func SetScheduler(t testing.TB, sched string) {
+	t.Helper()
+	h, err := mobyipvs.New("")
+	must(t, err, "ipvs handle")
+	defer h.Close()
+	svc := &mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP,
+		AddressFamily: syscall.AF_INET, Netmask: 0xffffffff, SchedName: sched}
+	must(t, h.UpdateService(svc), "set scheduler "+sched)
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -320,4 +321,17 @@ func probesDone(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// A scheduler changed behind the watchdog's back is put back (the watchdog
+// reads the scheduler at least once a second; real servers every poll).
+func TestCareRepairsChangedScheduler(t *testing.T) {
+	l := lab.New(t, 2)
+	l.StartCare()
+	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	lab.SetScheduler(t, "wlc")
+	require.Contains(t, lab.Observe(t).Services, "TCP "+lab.VIPPort.String()+" wlc")
+	require.NoError(t, lab.Poll(5*time.Second, func() bool {
+		return slices.Contains(lab.Observe(t).Services, "TCP "+lab.VIPPort.String()+" rr")
+	}), "the scheduler is back to rr")
 }
