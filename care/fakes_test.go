@@ -19,11 +19,15 @@ type fakeProber struct {
 	silent   map[netip.AddrPort]time.Duration
 	running  map[netip.AddrPort]int
 	parallel map[netip.AddrPort]int // the most probes of a master running at once
+	// delay makes a master's probes take this long; the result is the one
+	// set when the probe started.
+	delay map[netip.AddrPort]time.Duration
 }
 
 func newFakeProber() *fakeProber {
 	return &fakeProber{results: map[netip.AddrPort]probe.Result{}, calls: map[netip.AddrPort]int{},
-		silent: map[netip.AddrPort]time.Duration{}, running: map[netip.AddrPort]int{}, parallel: map[netip.AddrPort]int{}}
+		silent: map[netip.AddrPort]time.Duration{}, running: map[netip.AddrPort]int{}, parallel: map[netip.AddrPort]int{},
+		delay: map[netip.AddrPort]time.Duration{}}
 }
 
 // silence makes every probe of m run for timeout and fail.
@@ -72,6 +76,18 @@ func (f *fakeProber) Probe(ctx context.Context, m netip.AddrPort) probe.Result {
 		return probe.Result{Reason: "timeout after " + d.String()}
 	}
 	f.mu.Lock()
+	if d := f.delay[m]; d > 0 {
+		r, ok := f.results[m]
+		f.mu.Unlock()
+		if !ok {
+			r = healthy()
+		}
+		select { // a slow answer, decided when the probe started
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+		return r
+	}
 	defer f.mu.Unlock()
 	r, ok := f.results[m]
 	if !ok {

@@ -65,7 +65,10 @@ type Watchdog struct {
 	inFlight map[netip.AddrPort]int       // probes running: 0, 1, or 2 with a hedge
 	started  map[netip.AddrPort]time.Time // when the running probe started
 	hedged   map[netip.AddrPort]bool      // a hedge probe was sent for it
-	due      map[netip.AddrPort]time.Time
+	// retrigger marks a master whose sentinel fired while a probe was
+	// running: it is probed again as soon as that probe returns.
+	retrigger map[netip.AddrPort]bool
+	due       map[netip.AddrPort]time.Time
 }
 
 type probeResult struct {
@@ -86,13 +89,14 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 		return nil, err
 	}
 	w := &Watchdog{cfg: cfg, d: d, log: d.Log, clock: d.Clock, rnd: d.Rand, tracker: t, met: newMetrics(),
-		results:  make(chan probeResult, 2*len(cfg.Masters)),
-		triggers: make(chan netip.AddrPort, len(cfg.Masters)),
-		kicks:    map[netip.AddrPort]chan struct{}{},
-		inFlight: map[netip.AddrPort]int{},
-		started:  map[netip.AddrPort]time.Time{},
-		hedged:   map[netip.AddrPort]bool{},
-		due:      map[netip.AddrPort]time.Time{},
+		results:   make(chan probeResult, 2*len(cfg.Masters)),
+		triggers:  make(chan netip.AddrPort, len(cfg.Masters)),
+		kicks:     map[netip.AddrPort]chan struct{}{},
+		inFlight:  map[netip.AddrPort]int{},
+		started:   map[netip.AddrPort]time.Time{},
+		hedged:    map[netip.AddrPort]bool{},
+		retrigger: map[netip.AddrPort]bool{},
+		due:       map[netip.AddrPort]time.Time{},
 	}
 	if w.log == nil {
 		w.log = zap.NewNop()
@@ -178,10 +182,18 @@ func (w *Watchdog) Run(ctx context.Context) error {
 			if w.observe(pr.addr, pr.r) {
 				_ = w.reconcile(ctx, "probe", false)
 			}
+			if w.inFlight[pr.addr] == 0 && w.retrigger[pr.addr] {
+				// The sentinel fired while this probe was running: its
+				// answer may predate the death, so probe again now.
+				w.retrigger[pr.addr] = false
+				w.launch(ctx, pr.addr)
+			}
 			probeTimer.Reset(w.untilDue())
 		case addr := <-w.triggers:
 			if w.inFlight[addr] == 0 {
 				w.launch(ctx, addr)
+			} else {
+				w.retrigger[addr] = true
 			}
 		case <-probeTimer.C():
 			now := w.clock.Now()

@@ -544,3 +544,25 @@ func TestConnectionResetAsksLivenessFirst(t *testing.T) {
 		})
 	}
 }
+
+// A sentinel that fires while a probe of that master is running must not be
+// lost: the running probe may have been answered just before the master
+// died. The master is probed again as soon as that probe returns.
+func TestSentinelDuringARunningProbeIsNotLost(t *testing.T) {
+	cfg := testConfig(mA, mB)
+	cfg.Health.Interval = time.Hour // no scheduled probe during the test
+	cfg.Timeout = time.Second
+	cfg.Health.FastRetry = 10 * time.Millisecond
+	r := newRig(t, cfg, nil)
+	r.run(t)
+	r.prober.mu.Lock()
+	r.prober.delay[mA] = 300 * time.Millisecond
+	r.prober.mu.Unlock()
+	before := r.prober.count(mA)
+	r.w.triggers <- mA // a probe starts, healthy as of now
+	require.Eventually(t, func() bool { return r.prober.count(mA) == before+1 }, 5*time.Second, time.Millisecond)
+	r.prober.set(mA, refused()) // the master dies while that probe runs
+	r.w.triggers <- mA          // and the sentinel notices
+	require.Eventually(t, func() bool { return r.weights()[mA] == 0 }, 5*time.Second, time.Millisecond,
+		"taken out without waiting for a scheduled probe")
+}
