@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/vipctl/vipctl/e2e/realcp"
-	"github.com/vipctl/vipctl/e2e/vm"
 )
 
 // TestRealControlPlane runs the e2e/vmtests scenarios named TestReal*
@@ -33,16 +32,7 @@ func TestRealControlPlane(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	var prep strings.Builder
-	assets, err := vm.Prepare(ctx, &prep)
-	if err != nil {
-		t.Fatalf("prepare the VM: %v\n%s", err, prep.String())
-	}
-	wd, _ := os.Getwd()
-	root, err := vm.ModuleRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	assets, root := prepareVM(ctx, t)
 	var build strings.Builder
 	t0 := time.Now()
 	bin, err := realcp.FindBinaries(ctx, root, &build)

@@ -14,6 +14,23 @@ import (
 	"github.com/vipctl/vipctl/e2e/vm"
 )
 
+// prepareVM installs what the VM needs (cached) and returns its kernel and
+// initramfs with the module root the binaries are built from.
+func prepareVM(ctx context.Context, t *testing.T) (vm.Assets, string) {
+	t.Helper()
+	var prep bytes.Buffer
+	assets, err := vm.Prepare(ctx, &prep)
+	if err != nil {
+		t.Fatalf("prepare the VM: %v\n%s", err, prep.String())
+	}
+	wd, _ := os.Getwd()
+	root, err := vm.ModuleRoot(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return assets, root
+}
+
 // TestVM boots the lab VM once and runs every scenario of e2e/vmtests in
 // it. VIPCTL_E2E_RUN narrows the scenarios (a -test.run pattern).
 func TestVM(t *testing.T) {
@@ -25,16 +42,7 @@ func TestVM(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	var prep bytes.Buffer
-	assets, err := vm.Prepare(ctx, &prep)
-	if err != nil {
-		t.Fatalf("prepare the VM: %v\n%s", err, prep.String())
-	}
-	wd, _ := os.Getwd()
-	root, err := vm.ModuleRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	assets, root := prepareVM(ctx, t)
 	share := t.TempDir()
 	var args []string
 	if p := os.Getenv("VIPCTL_E2E_RUN"); p != "" {
