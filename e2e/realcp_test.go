@@ -80,28 +80,9 @@ func TestRealControlPlane(t *testing.T) {
 	start := time.Now()
 	code, runErr := cp.RunVM(ctx, realcp.VMRun{Assets: assets, Root: root, TestArgs: args, Env: env, Console: logf})
 	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(start).Round(time.Millisecond), code, logPath)
-	console, _ := os.ReadFile(logPath)
-	results := parseGoTestV(console)
-	if len(results) == 0 {
-		t.Fatalf("the VM ran no scenario (err %v); console:\n%s", runErr, tail(console, 80))
-	}
-	for _, r := range results {
-		t.Run(r.Name, func(t *testing.T) {
-			switch r.Result {
-			case "PASS":
-				t.Logf("passed in the VM in %s:\n%s", r.Elapsed, measures(r.Log))
-			case "SKIP":
-				t.Skipf("skipped in the VM:\n%s", r.Log)
-			case "FAIL":
-				t.Errorf("failed in the VM:\n%s\napiserver logs: %s", r.Log, logsOf(cp))
-			default:
-				t.Errorf("did not finish in the VM:\n%s", r.Log)
-			}
-		})
-	}
-	if runErr != nil || code != 0 {
-		t.Errorf("VM run: exit %d, %v; last console lines:\n%s", code, runErr, tail(console, 40))
-	}
+	reportScenarios(t, logPath, code, runErr,
+		func(r scenario) string { return measures(r.Log) },
+		func() string { return "apiserver logs: " + logsOf(cp) })
 }
 
 // measures keeps a scenario's summary: its MEASURE lines and its logged report.

@@ -63,6 +63,14 @@ func TestVM(t *testing.T) {
 	start := time.Now()
 	code, runErr := vm.Run(ctx, vm.Config{Assets: assets, Share: share, Console: logf})
 	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(start).Round(time.Millisecond), code, logPath)
+	reportScenarios(t, logPath, code, runErr, nil, nil)
+}
+
+// reportScenarios turns the VM's console (logPath) into one subtest per
+// in-VM scenario, with the scenario's log when it fails; onPass and onFail,
+// when set, add to what a passing or failing scenario reports.
+func reportScenarios(t *testing.T, logPath string, code int, runErr error, onPass func(scenario) string, onFail func() string) {
+	t.Helper()
 	console, _ := os.ReadFile(logPath)
 	results := parseGoTestV(console)
 	if len(results) == 0 {
@@ -72,11 +80,19 @@ func TestVM(t *testing.T) {
 		t.Run(r.Name, func(t *testing.T) {
 			switch r.Result {
 			case "PASS":
-				t.Logf("passed in the VM in %s", r.Elapsed)
+				extra := ""
+				if onPass != nil {
+					extra = ":\n" + onPass(r)
+				}
+				t.Logf("passed in the VM in %s%s", r.Elapsed, extra)
 			case "SKIP":
 				t.Skipf("skipped in the VM:\n%s", r.Log)
 			case "FAIL":
-				t.Errorf("failed in the VM:\n%s", r.Log)
+				extra := ""
+				if onFail != nil {
+					extra = "\n" + onFail()
+				}
+				t.Errorf("failed in the VM:\n%s%s", r.Log, extra)
 			default:
 				t.Errorf("did not finish in the VM:\n%s", r.Log)
 			}

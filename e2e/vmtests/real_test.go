@@ -167,23 +167,7 @@ func TestRealGracefulShutdown(t *testing.T) {
 func TestRealEtcdLostBehindOneMaster(t *testing.T) {
 	r := realLab(t)
 	m := r.Masters[1]
-	tr := r.StartTraffic()
-	hold(time.Second)
-	t0 := tr.Fault()
-	m.EtcdDown()
-	out := m.WaitOut(15 * time.Second)
-	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "etcd lost -> out"})
-	lab.Record(t, "real_etcd_lost_to_out", out)
-	hold(5 * time.Second)
-	t1 := time.Now()
-	m.EtcdUp()
-	m.WaitIn(2 * time.Minute)
-	lab.Record(t, "real_etcd_back_to_in", time.Since(t1))
-	hold(time.Second)
-	rep := tr.Stop()
-	rep.Record(t, "etcd_lost")
-	rep.Check(t, lab.Criteria{})
-	r.CheckSettled(30 * time.Second)
+	faultThenRecover(t, r, m, "etcd_lost", "etcd lost -> out", m.EtcdDown, m.EtcdUp, 2*time.Minute)
 }
 
 // TestRealBlackhole cuts a master's link (packets dropped, no RST, no
@@ -192,21 +176,30 @@ func TestRealEtcdLostBehindOneMaster(t *testing.T) {
 func TestRealBlackhole(t *testing.T) {
 	r := realLab(t)
 	m := r.Masters[2]
+	faultThenRecover(t, r, m, "blackhole", "link cut -> out", m.LinkDown, m.LinkUp, 30*time.Second)
+}
+
+// faultThenRecover runs the clients, injects fault, waits for the master to
+// leave the service (the time between is an excused window), heals it and
+// waits for it to come back within backWithin, then checks the clients'
+// report. It records real_NAME_to_out and real_NAME_back_to_in.
+func faultThenRecover(t *testing.T, r *lab.Real, m *lab.RealMaster, name, why string, fault, heal func(), backWithin time.Duration) {
+	t.Helper()
 	tr := r.StartTraffic()
 	hold(time.Second)
 	t0 := tr.Fault()
-	m.LinkDown()
+	fault()
 	out := m.WaitOut(15 * time.Second)
-	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: "link cut -> out"})
-	lab.Record(t, "real_blackhole_to_out", out)
+	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: why})
+	lab.Record(t, "real_"+name+"_to_out", out)
 	hold(5 * time.Second)
 	t1 := time.Now()
-	m.LinkUp()
-	m.WaitIn(30 * time.Second)
-	lab.Record(t, "real_link_back_to_in", time.Since(t1))
+	heal()
+	m.WaitIn(backWithin)
+	lab.Record(t, "real_"+name+"_back_to_in", time.Since(t1))
 	hold(time.Second)
 	rep := tr.Stop()
-	rep.Record(t, "blackhole")
+	rep.Record(t, name)
 	rep.Check(t, lab.Criteria{})
 	r.CheckSettled(30 * time.Second)
 }
