@@ -31,6 +31,13 @@ type Dataplane interface {
 	Get(ctx context.Context, vip netip.AddrPort) (ipvs.State, error)
 }
 
+// Presence is what a Dataplane may also offer: a cheap check that a virtual
+// server exists, and its scheduler. The resync poll then asks it instead of
+// reading the whole service, and reconciles only when the answer is wrong.
+type Presence interface {
+	Present(ctx context.Context, vip netip.AddrPort) (scheduler string, ok bool, err error)
+}
+
 // Plumbing makes the VIP reachable for local clients.
 type Plumbing interface {
 	EnsureVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error)
@@ -67,6 +74,12 @@ const (
 	DefaultCAFile       = "/etc/kubernetes/pki/ca.crt"
 	DefaultMetricsAddr  = "127.0.0.1:9282"
 	DefaultResyncPeriod = 100 * time.Millisecond
+	// DefaultProbeReuse is how long a probe connection that answered
+	// healthy carries the next probes of its master: ten probes at the
+	// default interval share one TCP and TLS handshake, which is most of a
+	// probe's cost, while a fresh connection (and certificate check) still
+	// happens every 10 s. See probe.Config.ReuseFor.
+	DefaultProbeReuse = 10 * time.Second
 	// MinResyncPeriod keeps the kernel poll from becoming a busy loop.
 	MinResyncPeriod = 10 * time.Millisecond
 )

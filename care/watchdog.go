@@ -208,7 +208,7 @@ func (w *Watchdog) Run(ctx context.Context) error {
 			}
 			probeTimer.Reset(w.untilDue())
 		case <-resync.C():
-			_ = w.reconcile(ctx, "resync", false)
+			w.resync(ctx)
 			resync.Reset(w.cfg.ResyncPeriod)
 		case <-assert.C():
 			_ = w.reconcile(ctx, "interval", true)
@@ -394,6 +394,21 @@ func (w *Watchdog) emit(events []health.Event) {
 			w.log.Info(string(e.Kind), f...)
 		}
 	}
+}
+
+// resync is the frequent poll that notices what emits no event: a flush of
+// the IPVS table or a changed scheduler. With a Presence check it costs
+// one small netlink round trip; a full reconcile follows only when the
+// service is missing or wrong (or the check fails). Real servers changed
+// behind vipctl's back are repaired by the interval's reconcile.
+func (w *Watchdog) resync(ctx context.Context) {
+	if p, ok := w.d.Dataplane.(Presence); ok {
+		sched, ok, err := p.Present(ctx, w.cfg.Service.VIP)
+		if err == nil && ok && sched == w.cfg.Service.Scheduler {
+			return
+		}
+	}
+	_ = w.reconcile(ctx, "resync", false)
 }
 
 // reconcile makes the kernel match the tracker's plan. With plumbing, the

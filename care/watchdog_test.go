@@ -198,6 +198,32 @@ func TestFlushIsRepaired(t *testing.T) {
 	assert.Equal(t, "add", entries[0].ContextMap()["op"])
 }
 
+// The frequent poll asks only whether the service exists with the right
+// scheduler; the whole service is read only when it does not.
+func TestResyncPollReadsOnlyPresence(t *testing.T) {
+	cfg := testConfig(mA, mB)
+	cfg.ResyncPeriod = 10 * time.Millisecond
+	cfg.Health.Interval = time.Hour // no interval reconcile during the test
+	cfg.Timeout = time.Second
+	r := newRig(t, cfg, nil)
+	r.run(t)
+	require.Eventually(t, func() bool { return r.mem.Ops("present") >= 1 }, 5*time.Second, time.Millisecond)
+	gets, presents := r.mem.Ops("get"), r.mem.Ops("present")
+	require.Eventually(t, func() bool { return r.mem.Ops("present") >= presents+10 }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, gets, r.mem.Ops("get"), "a right service is not read in full")
+
+	// A scheduler changed behind vipctl's back is noticed by the poll.
+	_, err := r.mem.Apply(context.Background(), ipvs.Desired{
+		Service:     ipvs.Service{VIP: vip, Protocol: ipvs.ProtocolTCP, Scheduler: "wrr"},
+		RealServers: []ipvs.RealServer{{Addr: mA, Weight: 1}, {Addr: mB, Weight: 1}},
+	})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st, err := r.mem.Get(context.Background(), vip)
+		return err == nil && st.Service.Scheduler == cfg.Service.Scheduler
+	}, 5*time.Second, time.Millisecond)
+}
+
 func TestMasterDownDrainsThenDeletes(t *testing.T) {
 	cfg := testConfig(mA, mB)
 	r := newRig(t, cfg, func(d *Deps) {})

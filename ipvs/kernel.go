@@ -29,6 +29,9 @@ type Kernel struct {
 	connTable string
 	// sched caches each service's scheduler (see get).
 	sched map[netip.AddrPort]schedulerSeen
+	// presence is the cheap existence check (see Present); nil when its
+	// socket could not be opened.
+	presence *presence
 }
 
 // schedulerSeen is a service's scheduler and when it was read.
@@ -61,6 +64,9 @@ func NewKernel(log *zap.Logger) (*Kernel, error) {
 		h.Close()
 		return nil, fmt.Errorf("query IPVS (is the ip_vs module loaded?): %w", err)
 	}
+	if k.presence, err = newPresence(); err != nil {
+		log.Warn("no cheap IPVS presence check; polls read the whole virtual server", zap.Error(err))
+	}
 	return k, nil
 }
 
@@ -71,6 +77,9 @@ func (k *Kernel) Close() error {
 	if k.h != nil {
 		k.h.Close()
 		k.h = nil
+	}
+	if k.presence != nil {
+		k.presence.close()
 	}
 	return nil
 }

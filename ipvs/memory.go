@@ -111,11 +111,25 @@ func (m *Memory) Apply(_ context.Context, d Desired) ([]Change, error) {
 func (m *Memory) Get(_ context.Context, vip netip.AddrPort) (State, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.ops["get"]++
 	s := m.services[vip]
 	if s == nil {
 		return State{}, fmt.Errorf("virtual server %s: %w", vip, ErrNotFound)
 	}
 	return cloneState(*s), nil
+}
+
+// Present reports whether the virtual server vip exists, and its
+// scheduler, like Kernel.Present.
+func (m *Memory) Present(_ context.Context, vip netip.AddrPort) (string, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ops["present"]++
+	s := m.services[vip]
+	if s == nil {
+		return "", false, nil
+	}
+	return s.Service.Scheduler, true, nil
 }
 
 // Delete implements Table.

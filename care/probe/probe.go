@@ -1,6 +1,7 @@
 // Package probe checks a kube-apiserver's health: an HTTPS (or HTTP) GET of
-// a health path on a fresh connection, with the server's certificate
-// verified against the cluster CA, or a bare TCP connect. It also holds an
+// a health path, with the server's certificate verified against the cluster
+// CA, or a bare TCP connect. A healthy answer's connection may be kept for
+// the next probes of the same master for a bounded time (Config.ReuseFor). It also holds an
 // idle keep-alive connection to a master (Hold) so that the watchdog learns
 // within milliseconds when the apiserver process dies and closes it.
 package probe
@@ -20,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -50,6 +52,15 @@ type Config struct {
 	TLS *tls.Config
 	// UserAgent is sent with each request.
 	UserAgent string
+	// ReuseFor is how long an HTTP(S) connection that answered healthy may
+	// carry further probes of the same master; 0 opens a fresh connection
+	// for every probe. A connection the server closed or reset while idle
+	// is replaced by a fresh one within the same probe, so reuse never
+	// turns into a false failure; a dead master still fails at once
+	// (its kept connection is reset and the fresh connection is refused).
+	// Bounding the age keeps new connections, and the certificate check
+	// of a full handshake, exercised regularly.
+	ReuseFor time.Duration
 }
 
 // Validate checks c. Errors name the field and the value.
@@ -79,6 +90,9 @@ func (c Config) Validate() error {
 	if c.Timeout <= 0 {
 		return fmt.Errorf("timeout %s: want a positive duration", c.Timeout)
 	}
+	if c.ReuseFor < 0 {
+		return fmt.Errorf("reuse-for %s: want 0 (no reuse) or a positive duration", c.ReuseFor)
+	}
 	return nil
 }
 
@@ -102,11 +116,20 @@ type Result struct {
 	Err error
 }
 
-// Prober probes masters. It is safe for concurrent use; every probe opens
-// its own connection and closes it, so no pooled connection can hide a dead
-// server.
+// Prober probes masters. It is safe for concurrent use. It keeps at most one
+// idle connection per master (see Config.ReuseFor).
 type Prober struct {
-	cfg Config
+	cfg  Config
+	now  func() time.Time
+	mu   sync.Mutex
+	idle map[netip.AddrPort]*kept
+}
+
+// kept is an idle connection that answered healthy.
+type kept struct {
+	conn net.Conn
+	br   *bufio.Reader
+	born time.Time
 }
 
 // New returns a prober for cfg.
@@ -118,7 +141,41 @@ func New(cfg Config) (*Prober, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "vipctl-care"
 	}
-	return &Prober{cfg: cfg}, nil
+	return &Prober{cfg: cfg, now: time.Now, idle: map[netip.AddrPort]*kept{}}, nil
+}
+
+// Close closes the idle connections the prober keeps.
+func (p *Prober) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, k := range p.idle {
+		_ = k.conn.Close()
+		delete(p.idle, a)
+	}
+}
+
+// take removes and returns target's idle connection if it is young enough.
+func (p *Prober) take(target netip.AddrPort) *kept {
+	p.mu.Lock()
+	k := p.idle[target]
+	delete(p.idle, target)
+	p.mu.Unlock()
+	if k != nil && p.now().Sub(k.born) >= p.cfg.ReuseFor {
+		_ = k.conn.Close()
+		return nil
+	}
+	return k
+}
+
+// keep stores k as target's idle connection (closing any other).
+func (p *Prober) keep(target netip.AddrPort, k *kept) {
+	p.mu.Lock()
+	old := p.idle[target]
+	p.idle[target] = k
+	p.mu.Unlock()
+	if old != nil {
+		_ = old.conn.Close()
+	}
 }
 
 // Scheme returns the probe's scheme.
@@ -138,20 +195,62 @@ func (p *Prober) Probe(ctx context.Context, target netip.AddrPort) Result {
 }
 
 func (p *Prober) probe(ctx context.Context, target netip.AddrPort) Result {
+	reuse := p.cfg.Scheme != TCP && p.cfg.ReuseFor > 0
+	if reuse {
+		if k := p.take(target); k != nil {
+			resp, body, err := p.exchange(ctx, k.conn, k.br, target, false)
+			if err == nil {
+				return p.judge(target, k, resp, body)
+			}
+			_ = k.conn.Close()
+			if !stale(err) || ctx.Err() != nil {
+				return Result{Err: err}
+			}
+			// Closed or reset while idle: try a fresh connection.
+		}
+	}
 	conn, err := p.connect(ctx, target, false)
 	if err != nil {
 		return Result{Err: err}
 	}
-	defer conn.Close()
 	if p.cfg.Scheme == TCP {
+		_ = conn.Close()
 		return Result{OK: true, Reason: "TCP connect"}
 	}
-	resp, body, _, err := p.exchange(ctx, conn, target, true)
+	k := &kept{conn: conn, br: bufio.NewReader(conn), born: p.now()}
+	resp, body, err := p.exchange(ctx, conn, k.br, target, !reuse)
 	if err != nil {
+		_ = conn.Close()
 		return Result{Err: err}
 	}
+	if !reuse {
+		_ = conn.Close()
+		k = nil
+	}
+	return p.judge(target, k, resp, body)
+}
+
+// stale tells whether err is what a kept connection that the server closed
+// while it was idle returns.
+func stale(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// judge turns a response into a result; k, when not nil, is the connection
+// it came on, kept for the next probe if the answer was healthy and the
+// server keeps the connection open.
+func (p *Prober) judge(target netip.AddrPort, k *kept, resp *http.Response, body []byte) Result {
+	healthy := slices.Contains(p.cfg.Statuses, resp.StatusCode)
+	if k != nil {
+		if healthy && !resp.Close {
+			p.keep(target, k)
+		} else {
+			_ = k.conn.Close()
+		}
+	}
 	r := Result{Status: resp.StatusCode}
-	if slices.Contains(p.cfg.Statuses, resp.StatusCode) {
+	if healthy {
 		r.OK, r.Reason = true, "HTTP "+strconv.Itoa(resp.StatusCode)
 		return r
 	}
@@ -189,11 +288,11 @@ func (p *Prober) connect(ctx context.Context, target netip.AddrPort, keepAlive b
 	return tc, nil
 }
 
-// exchange sends one GET of the health path and reads the response and up
-// to 4 KiB of its body. With closeAfter the request asks the server to close
-// the connection afterwards; without, the whole body is consumed so that the
-// returned reader is positioned after the response.
-func (p *Prober) exchange(ctx context.Context, conn net.Conn, target netip.AddrPort, closeAfter bool) (*http.Response, []byte, *bufio.Reader, error) {
+// exchange sends one GET of the health path on conn (read through br) and
+// reads the response and up to 4 KiB of its body. With closeAfter the
+// request asks the server to close the connection afterwards; without, the
+// whole body is consumed so that br is positioned after the response.
+func (p *Prober) exchange(ctx context.Context, conn net.Conn, br *bufio.Reader, target netip.AddrPort, closeAfter bool) (*http.Response, []byte, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
@@ -202,35 +301,34 @@ func (p *Prober) exchange(ctx context.Context, conn net.Conn, target netip.AddrP
 	u := string(p.cfg.Scheme) + "://" + target.String() + p.cfg.Path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	req.Close = closeAfter
 	req.Header.Set("User-Agent", p.cfg.UserAgent)
 	req.Header.Set("Accept", "*/*")
 	if err := req.Write(conn); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	defer resp.Body.Close()
 	if !closeAfter && resp.Close {
-		return nil, nil, nil, errors.New("the server closes the connection after each request")
+		return nil, nil, errors.New("the server closes the connection after each request")
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if closeAfter {
 		// The status is what counts; a body cut short does not matter.
-		return resp, body, br, nil
+		return resp, body, nil
 	}
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	if _, err := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	return resp, body, br, nil
+	return resp, body, nil
 }
 
 // classify turns a probe error into a reason and tells whether it is a
@@ -317,9 +415,13 @@ func (p *Prober) Hold(ctx context.Context, target netip.AddrPort) (established b
 		return false, err
 	}
 	defer conn.Close()
-	_, _, br, err := p.exchange(setup, conn, target, false)
+	br := bufio.NewReader(conn)
+	resp, _, err := p.exchange(setup, conn, br, target, false)
 	if err != nil {
 		return false, err
+	}
+	if resp.Close {
+		return false, errors.New("the server closes the connection after each request")
 	}
 	_ = conn.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })

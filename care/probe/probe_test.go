@@ -186,14 +186,84 @@ func TestHTTPSClientCertificate(t *testing.T) {
 	assert.True(t, r.OK, r.Reason)
 }
 
-func TestEachProbeUsesAFreshConnection(t *testing.T) {
+func TestWithoutReuseEachProbeUsesAFreshConnection(t *testing.T) {
 	ca := probetest.NewCA(t, "cluster CA")
 	srv := newServer(t, ca, nil, "127.0.0.1")
 	p := httpsProber(t, TLSConfig(ca.Pool(), nil, false))
 	for range 3 {
 		require.True(t, p.Probe(context.Background(), srv.target).OK)
 	}
-	assert.Equal(t, int64(3), srv.conns.Load(), "no pooled connection may hide a dead server")
+	assert.Equal(t, int64(3), srv.conns.Load())
+}
+
+func reusingProber(t *testing.T, ca *probetest.CA) *Prober {
+	p := newProber(t, Config{Scheme: HTTPS, TLS: TLSConfig(ca.Pool(), nil, false), ReuseFor: time.Minute})
+	t.Cleanup(p.Close)
+	return p
+}
+
+func TestHealthyConnectionCarriesTheNextProbes(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
+	p := reusingProber(t, ca)
+	for range 3 {
+		r := p.Probe(context.Background(), srv.target)
+		require.True(t, r.OK, r.Reason)
+	}
+	assert.Equal(t, int64(1), srv.conns.Load())
+}
+
+func TestKeptConnectionExpires(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
+	p := reusingProber(t, ca)
+	now := time.Now()
+	p.now = func() time.Time { return now }
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	now = now.Add(59 * time.Second)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	assert.Equal(t, int64(1), srv.conns.Load(), "younger than ReuseFor: reused")
+	now = now.Add(time.Second)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	assert.Equal(t, int64(2), srv.conns.Load(), "as old as ReuseFor: a fresh connection")
+}
+
+// The server closing a kept connection while it is idle (an idle timeout,
+// a restart) is not a failure: the probe carries on over a fresh one.
+func TestConnectionClosedWhileIdleIsReplaced(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
+	p := reusingProber(t, ca)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	srv.CloseClientConnections()
+	r := p.Probe(context.Background(), srv.target)
+	assert.True(t, r.OK, r.Reason)
+	assert.Equal(t, int64(2), srv.conns.Load())
+}
+
+func TestUnhealthyAnswerIsNotKept(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
+	p := reusingProber(t, ca)
+	srv.status.Store(500)
+	require.False(t, p.Probe(context.Background(), srv.target).OK)
+	srv.status.Store(200)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	assert.Equal(t, int64(2), srv.conns.Load())
+}
+
+// A master that dies fails the next probe at once, as a fast failure,
+// even though a connection to it was kept.
+func TestDeadMasterFailsDespiteAKeptConnection(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
+	p := reusingProber(t, ca)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	srv.Close()
+	r := p.Probe(context.Background(), srv.target)
+	assert.False(t, r.OK)
+	assert.True(t, r.Fast, r.Reason)
+	assert.Equal(t, "connection refused", r.Reason)
 }
 
 func TestHTTPScheme(t *testing.T) {

@@ -75,7 +75,7 @@ type careFlags struct {
 	interval, timeout                   time.Duration
 	rise, fall                          int
 	holdDown, maxHoldDown, drainTimeout time.Duration
-	resync                              time.Duration
+	resync, probeReuse                  time.Duration
 	sentinel                            bool
 	metricsAddr                         string
 	once                                bool
@@ -137,6 +137,7 @@ func (f *careFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.maxHoldDown, "max-hold-down", def.MaxHoldDown, "cap of the hold-down; a master up this long is forgiven its flaps")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", def.DrainTimeout, "how long a master out of service keeps weight 0 while it has active connections, before it is deleted")
 	fs.DurationVar(&f.resync, "resync-period", care.DefaultResyncPeriod, "how often the IPVS service is polled and repaired (a flush emits no event)")
+	fs.DurationVar(&f.probeReuse, "probe-reuse", care.DefaultProbeReuse, "how long a probe connection that answered healthy carries the next probes of its master (0: a fresh connection per probe); a connection closed while idle is replaced within the probe")
 	fs.BoolVar(&f.sentinel, "sentinel", true, "hold an idle keep-alive connection to each master and probe at once when it closes (detects a killed apiserver in milliseconds)")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", care.DefaultMetricsAddr, "HOST:PORT serving /metrics, /healthz, /readyz and /status; empty to disable")
 	fs.BoolVar(&f.once, "once", false, "probe every master once, reconcile once and exit")
@@ -351,8 +352,11 @@ func (f *careFlags) buildProbe(s *careSetup) error {
 	if (f.certFile == "") != (f.keyFile == "") {
 		return fmt.Errorf("--cert-file %q and --key-file %q: give both or neither", f.certFile, f.keyFile)
 	}
+	if f.probeReuse < 0 {
+		return fmt.Errorf("--probe-reuse %s: want 0 (a fresh connection per probe) or a positive duration", f.probeReuse)
+	}
 	s.probe = probe.Config{Scheme: scheme, Path: f.healthPath, Statuses: f.statuses, Timeout: f.timeout,
-		UserAgent: "vipctl-care/" + version.Get().Version}
+		UserAgent: "vipctl-care/" + version.Get().Version, ReuseFor: f.probeReuse}
 	if scheme != probe.HTTPS {
 		return nil
 	}

@@ -260,6 +260,7 @@ func TestCareBadInput(t *testing.T) {
 		{with("--fall", "-1"), nil, "--fall -1: want at least 1"},
 		{with("--rise", "two"), nil, `invalid argument "two" for "--rise"`},
 		{with("--resync-period", "0s"), nil, "--resync-period 0s"},
+		{with("--probe-reuse", "-1s"), nil, "--probe-reuse -1s: want 0"},
 		{with("--drain-timeout", "-1s"), nil, "--drain-timeout -1s"},
 		{with("--hold-down", "-5s"), nil, "--hold-down -5s"},
 		{with("--max-hold-down", "1s"), nil, "--max-hold-down 1s: shorter than --hold-down 5s"},

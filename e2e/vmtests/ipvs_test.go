@@ -1,6 +1,7 @@
 package vmtests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vipctl/vipctl/ipvs"
 )
 
 func applyArgs(l *lab.Lab, mode string, masters ...*lab.Master) []string {
@@ -187,4 +189,35 @@ func TestBadInputChangesNothing(t *testing.T) {
 		assert.Contains(t, err.Error(), tc.want, fmt.Sprint(tc.args))
 		assert.Equal(t, clean, lab.Observe(t), "nothing changed after %v", tc.args)
 	}
+}
+
+// The watchdog's cheap poll (one IPVS_CMD_GET_SERVICE) agrees with the
+// kernel: absent, present with its scheduler, changed, deleted.
+func TestPresenceCheckFollowsTheKernel(t *testing.T) {
+	l := lab.New(t, 2)
+	k, err := ipvs.NewKernel(nil)
+	require.NoError(t, err)
+	defer k.Close()
+	ctx := context.Background()
+	present := func() (string, bool) {
+		t.Helper()
+		sched, ok, err := k.Present(ctx, lab.VIPPort)
+		require.NoError(t, err)
+		return sched, ok
+	}
+	_, ok := present()
+	assert.False(t, ok, "no service yet")
+	apply(t, l, "link", l.Masters...)
+	sched, ok := present()
+	assert.True(t, ok)
+	assert.Equal(t, "rr", sched)
+	_, err = l.Run(append(applyArgs(l, "link", l.Masters...), "--scheduler", "wrr")...)
+	require.NoError(t, err)
+	sched, ok = present()
+	assert.True(t, ok)
+	assert.Equal(t, "wrr", sched)
+	_, err = l.Run("ipvs", "delete", "--vip", lab.VIPPort.String())
+	require.NoError(t, err)
+	_, ok = present()
+	assert.False(t, ok, "deleted")
 }
