@@ -107,7 +107,7 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 		"-m", mem, "-smp", fmt.Sprint(cpus),
 		"-accel", accel(), "-cpu", "max",
 		"-kernel", cfg.Assets.Kernel, "-initrd", cfg.Assets.Initrd,
-		"-append", "console=ttyS0 panic=-1 loglevel=3 quiet",
+		"-append", "console=ttyS0 panic=-1 loglevel=3 quiet clocksource=tsc tsc=reliable",
 		"-virtfs", "local,path=" + cfg.Share + ",mount_tag=share,security_model=none,readonly=on",
 	}
 	if (cfg.Tap == "") != (cfg.NetNS == "") {
