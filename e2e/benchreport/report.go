@@ -107,9 +107,9 @@ func Splice(doc []byte, id, body string) []byte {
 }
 
 // Derived computes what the raw series imply: each data path's median as a
-// ratio of the direct path's, the emulation factor (median VM calibration
-// CPU over median host calibration CPU) and the watchdog's CPU scaled by it,
-// an estimate of its cost on hardware.
+// ratio of the direct path's, an emulation factor per calibration workload
+// (median VM CPU over median host CPU) and the watchdog's median CPU
+// scaled by each, estimates of its cost on hardware.
 func Derived(series []*Series) []*Series {
 	get := func(name string) *Series {
 		for _, s := range series {
@@ -133,21 +133,33 @@ func Derived(series []*Series) []*Series {
 			}
 		}
 	}
-	vm, host, cpu := get("calibration_cpu_per_request_vm"), get("calibration_cpu_per_request_host"), get("care_cpu")
-	if vm == nil || host == nil {
-		return out
-	}
-	h := Quantile(host.Values, 0.5)
-	if h <= 0 {
-		return out
-	}
-	factor := Quantile(vm.Values, 0.5) / h
-	out = append(out, &Series{Name: "emulation_cpu_factor", Unit: "x", Values: []float64{factor}})
-	if cpu != nil {
-		est := &Series{Name: "care_cpu_estimated_on_hardware", Unit: cpu.Unit}
-		for _, v := range cpu.Values {
-			est.Values = append(est.Values, v/factor)
+	// Emulation: one factor per calibration workload present in both the
+	// VM and on the host; the watchdog's CPU divided by each is a range of
+	// estimates for hardware (the largest, from the smallest factor, is
+	// the conservative one).
+	cpu := get("care_cpu")
+	est := &Series{Name: "care_cpu_estimated_on_hardware"}
+	for _, s := range series {
+		name, ok := strings.CutSuffix(s.Name, "_vm")
+		if !ok || !strings.HasPrefix(name, "calibration_") {
+			continue
 		}
+		host := get(name + "_host")
+		if host == nil || len(s.Values) == 0 {
+			continue
+		}
+		h := Quantile(host.Values, 0.5)
+		if h <= 0 {
+			continue
+		}
+		factor := Quantile(s.Values, 0.5) / h
+		out = append(out, &Series{Name: "emulation_factor_" + strings.TrimPrefix(name, "calibration_"), Unit: "x", Values: []float64{factor}})
+		if cpu != nil {
+			est.Unit = cpu.Unit
+			est.Values = append(est.Values, Quantile(cpu.Values, 0.5)/factor)
+		}
+	}
+	if len(est.Values) > 0 {
 		out = append(out, est)
 	}
 	return out

@@ -48,16 +48,23 @@ func TestTable(t *testing.T) {
 
 func TestDerived(t *testing.T) {
 	s := []*Series{
-		{Name: "calibration_cpu_per_request_vm", Unit: "ms", Values: []float64{10, 20, 30}},
-		{Name: "calibration_cpu_per_request_host", Unit: "ms", Values: []float64{1, 2, 3}},
-		{Name: "care_cpu", Unit: "% of a core", Values: []float64{40}},
+		{Name: "calibration_handshake_vm", Unit: "ms", Values: []float64{10, 20, 30}},
+		{Name: "calibration_handshake_host", Unit: "ms", Values: []float64{1, 2, 3}},
+		{Name: "calibration_poll_vm", Unit: "ms", Values: []float64{50}},
+		{Name: "calibration_poll_host", Unit: "ms", Values: []float64{2}},
+		{Name: "calibration_orphan_vm", Unit: "ms", Values: []float64{7}},
+		{Name: "care_cpu", Unit: "% of a core", Values: []float64{30, 40, 50}},
 	}
 	d := Derived(s)
-	require.Len(t, d, 2)
+	require.Len(t, d, 3)
+	assert.Equal(t, "emulation_factor_handshake", d[0].Name)
 	assert.Equal(t, []float64{10}, d[0].Values)
-	assert.Equal(t, []float64{4}, d[1].Values)
-	assert.Equal(t, "% of a core", d[1].Unit)
-	assert.Nil(t, Derived(s[2:]), "nothing to derive without calibration")
+	assert.Equal(t, "emulation_factor_poll", d[1].Name)
+	assert.Equal(t, []float64{25}, d[1].Values)
+	assert.Equal(t, "care_cpu_estimated_on_hardware", d[2].Name)
+	assert.Equal(t, []float64{4, 1.6}, d[2].Values, "the median CPU over each factor")
+	assert.Equal(t, "% of a core", d[2].Unit)
+	assert.Nil(t, Derived(s[5:]), "nothing to derive without calibration")
 }
 
 func TestDerivedDataPathRatios(t *testing.T) {

@@ -2,7 +2,9 @@ package vmtests
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -124,14 +126,16 @@ func mustCPU(t *testing.T, c *lab.Care) time.Duration {
 	return d
 }
 
-// The same probing-shaped workload the host runs natively: the ratio tells
-// how much TCG inflates the CPU figures above.
+// The same workloads the host runs natively: the ratios tell how much TCG
+// inflates the CPU figures above.
 func TestBenchCalibrate(t *testing.T) {
 	benchTrials(t)
-	for range 5 {
-		d, err := lab.CalibrationCPU(100)
-		require.NoError(t, err)
-		lab.Record(t, "calibration_cpu_per_request_vm", d)
+	for _, name := range slices.Sorted(maps.Keys(lab.Calibrations)) {
+		for range 5 {
+			d, err := lab.Calibrations[name](100)
+			require.NoError(t, err)
+			lab.Record(t, "calibration_"+name+"_vm", d)
+		}
 	}
 }
 
