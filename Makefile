@@ -39,6 +39,7 @@ bench:
 	go test -run '^$$' -bench . -benchmem ./... | tee bench.out
 	go run ./e2e/cmd/vmlab gobench bench.out && rm -f bench.out
 	go run ./e2e/cmd/vmlab bench $(or $(TRIALS),20)
+	go run ./e2e/cmd/vmlab bench-real $(or $(TRIALS),20)
 
 ## offline: air-gapped bundles in dist/ (see docs/offline.md)
 offline:

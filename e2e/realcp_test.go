@@ -63,7 +63,7 @@ func TestRealControlPlane(t *testing.T) {
 		args = []string{"-test.run=" + p}
 	}
 	env := map[string]string{}
-	for _, k := range []string{"VIPCTL_REAL_CYCLES", "VIPCTL_REAL_SIGTERM_CYCLES"} {
+	for _, k := range []string{"VIPCTL_REAL_CYCLES", "VIPCTL_REAL_SIGTERM_CYCLES", "VIPCTL_REAL_BLACKHOLE_CYCLES", "VIPCTL_REAL_FLUSH_CYCLES"} {
 		if v := os.Getenv(k); v != "" {
 			env[k] = v
 		}

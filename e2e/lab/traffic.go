@@ -534,6 +534,8 @@ func (rep Report) Record(t testing.TB, scenario string) {
 	for _, c := range rep.Clients {
 		fmt.Printf("MEASURE %s%s_attempted %d requests\n", p, c.Name, c.Attempted)
 		fmt.Printf("MEASURE %s%s_failed %d requests\n", p, c.Name, c.Failed)
+		fmt.Printf("MEASURE %s%s_failed_in_flight %d requests\n", p, c.Name, c.InFlight)
+		fmt.Printf("MEASURE %s%s_failed_in_window %d requests\n", p, c.Name, c.InWindow)
 		fmt.Printf("MEASURE %s%s_failed_unexcused %d requests\n", p, c.Name, c.Unexcused)
 		fmt.Printf("MEASURE %s%s_outage %.3f ms\n", p, c.Name, ms(c.LongestOutage))
 		fmt.Printf("MEASURE %s%s_slowest %.3f ms\n", p, c.Name, ms(c.Slowest))

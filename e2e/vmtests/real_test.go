@@ -166,38 +166,49 @@ func TestRealGracefulShutdown(t *testing.T) {
 // back when its etcd does.
 func TestRealEtcdLostBehindOneMaster(t *testing.T) {
 	r := realLab(t)
-	m := r.Masters[1]
-	faultThenRecover(t, r, m, "etcd_lost", "etcd lost -> out", m.EtcdDown, m.EtcdUp, 2*time.Minute)
+	faultThenRecover(t, r, []*lab.RealMaster{r.Masters[1]}, "etcd_lost", "etcd lost -> out",
+		(*lab.RealMaster).EtcdDown, (*lab.RealMaster).EtcdUp, 2*time.Minute)
 }
 
 // TestRealBlackhole cuts a master's link (packets dropped, no RST, no
 // ICMP): the watchdog's probes time out, it takes the master out and resets
 // the node's connections to it, so the watch re-opens elsewhere at once.
+// VIPCTL_REAL_BLACKHOLE_CYCLES times (default 1), round robin.
 func TestRealBlackhole(t *testing.T) {
-	r := realLab(t)
-	m := r.Masters[2]
-	faultThenRecover(t, r, m, "blackhole", "link cut -> out", m.LinkDown, m.LinkUp, 30*time.Second)
+	r := lab.NewReal(t)
+	r.StartCare("--max-hold-down", "10s")
+	r.WaitAllServing(30 * time.Second)
+	cycles := envInt(t, "VIPCTL_REAL_BLACKHOLE_CYCLES", 1)
+	ms := make([]*lab.RealMaster, cycles)
+	for i := range ms {
+		ms[i] = r.Masters[(2+i)%len(r.Masters)]
+	}
+	faultThenRecover(t, r, ms, "blackhole", "link cut -> out",
+		(*lab.RealMaster).LinkDown, (*lab.RealMaster).LinkUp, 30*time.Second)
 }
 
-// faultThenRecover runs the clients, injects fault, waits for the master to
-// leave the service (the time between is an excused window), heals it and
-// waits for it to come back within backWithin, then checks the clients'
-// report. It records real_NAME_to_out and real_NAME_back_to_in.
-func faultThenRecover(t *testing.T, r *lab.Real, m *lab.RealMaster, name, why string, fault, heal func(), backWithin time.Duration) {
+// faultThenRecover runs the clients and, for each master of cycles in turn,
+// injects fault, waits for the master to leave the service (the time
+// between is an excused window), heals it and waits for it to come back
+// within backWithin; then it checks the clients' report. It records
+// real_NAME_to_out and real_NAME_back_to_in per cycle.
+func faultThenRecover(t *testing.T, r *lab.Real, cycles []*lab.RealMaster, name, why string, fault, heal func(*lab.RealMaster), backWithin time.Duration) {
 	t.Helper()
 	tr := r.StartTraffic()
 	hold(time.Second)
-	t0 := tr.Fault()
-	fault()
-	out := m.WaitOut(15 * time.Second)
-	tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: why})
-	lab.Record(t, "real_"+name+"_to_out", out)
-	hold(5 * time.Second)
-	t1 := time.Now()
-	heal()
-	m.WaitIn(backWithin)
-	lab.Record(t, "real_"+name+"_back_to_in", time.Since(t1))
-	hold(time.Second)
+	for _, m := range cycles {
+		t0 := tr.Fault()
+		fault(m)
+		out := m.WaitOut(15 * time.Second)
+		tr.Excuse(lab.Window{From: t0, To: time.Now(), Why: why})
+		lab.Record(t, "real_"+name+"_to_out", out)
+		hold(3 * time.Second)
+		t1 := time.Now()
+		heal(m)
+		m.WaitIn(backWithin)
+		lab.Record(t, "real_"+name+"_back_to_in", time.Since(t1))
+		hold(time.Second)
+	}
 	rep := tr.Stop()
 	rep.Record(t, name)
 	rep.Check(t, lab.Criteria{})
@@ -348,14 +359,15 @@ func TestRealAllDownThenOneBack(t *testing.T) {
 	r.CheckSettled(30 * time.Second)
 }
 
-// TestRealIPVSFlush flushes the whole IPVS table ten times, once a second,
-// as kube-proxy does when it starts in another mode, while the clients run.
+// TestRealIPVSFlush flushes the whole IPVS table VIPCTL_REAL_FLUSH_CYCLES
+// times (default 10), once a second, as kube-proxy does when it starts in
+// another mode, while the clients run.
 func TestRealIPVSFlush(t *testing.T) {
 	r := realLab(t)
 	tr := r.StartTraffic()
 	hold(time.Second)
 	var worst time.Duration
-	for range 10 {
+	for range envInt(t, "VIPCTL_REAL_FLUSH_CYCLES", 10) {
 		t0 := tr.Fault()
 		lab.FlushIPVS(t)
 		d := r.WaitAllServing(5 * time.Second)

@@ -11,16 +11,20 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/vipctl/vipctl/e2e/benchreport"
 	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vipctl/vipctl/e2e/realcp"
 	"github.com/vipctl/vipctl/e2e/vm"
 )
 
@@ -35,8 +39,8 @@ func run() error {
 	if len(os.Args) == 3 && os.Args[1] == "gobench" {
 		return spliceGoBench(os.Args[2])
 	}
-	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench") {
-		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab gobench FILE")
+	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench" && os.Args[1] != "bench-real") {
+		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench-real [TRIALS] | vmlab gobench FILE")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the VM lab needs root (it installs qemu and the kernel package with apt-get)")
@@ -55,6 +59,13 @@ func run() error {
 	root, err := vm.ModuleRoot(wd)
 	if err != nil {
 		return err
+	}
+	if os.Args[1] == "bench-real" {
+		trials := "20"
+		if len(os.Args) > 2 {
+			trials = os.Args[2]
+		}
+		return benchReal(ctx, root, assets, trials)
 	}
 	share, err := os.MkdirTemp("", "vmlab-share-")
 	if err != nil {
@@ -123,6 +134,82 @@ func run() error {
 	return nil
 }
 
+// benchReal runs the failover benchmarks against the real control plane:
+// three kube-apiservers and etcd on this host in network namespaces, the
+// VM (the node) joined to them by a tap device, TRIALS kill/restart cycles,
+// link cuts and flushes while kubectl and client-go clients run. The MEASURE
+// lines go into docs/benchmarks.md's real-failover section.
+func benchReal(ctx context.Context, root string, assets vm.Assets, trials string) error {
+	if _, err := strconv.Atoi(trials); err != nil {
+		return fmt.Errorf("trials %q: want a number", trials)
+	}
+	fmt.Fprintln(os.Stderr, "vmlab: kube-apiserver, kubectl and etcd (built from the Go module proxy; cached)")
+	bin, err := realcp.FindBinaries(ctx, root, os.Stderr)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "vmlab-realcp-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Fprintln(os.Stderr, "vmlab: starting three kube-apiservers and etcd in network namespaces")
+	cp, err := realcp.Start(ctx, realcp.Options{Dir: dir, Binaries: bin})
+	if err != nil {
+		return fmt.Errorf("start the control plane (logs in %s): %w", dir, err)
+	}
+	defer cp.Close()
+	full, err := os.Create(filepath.Join(os.TempDir(), "vmlab-bench-real-console.log"))
+	if err != nil {
+		return err
+	}
+	defer full.Close()
+	fmt.Fprintf(os.Stderr, "vmlab: the VM's whole console goes to %s\n", full.Name())
+	var captured bytes.Buffer
+	pattern := "^TestReal(KillRestart|Blackhole|IPVSFlush)$"
+	if p := os.Getenv("VIPCTL_BENCH_RUN"); p != "" {
+		pattern = p // a partial run: results are printed, docs are left alone
+	}
+	env := map[string]string{"VIPCTL_REAL_CYCLES": trials, "VIPCTL_REAL_BLACKHOLE_CYCLES": trials, "VIPCTL_REAL_FLUSH_CYCLES": trials}
+	code, err := cp.RunVM(ctx, realcp.VMRun{Assets: assets, Root: root, TestArgs: []string{"-test.run=" + pattern}, Env: env,
+		Console: io.MultiWriter(&captured, full, benchFilter{os.Stdout})})
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return fmt.Errorf("the VM's run ended with exit code %d (console: %s)", code, full.Name())
+	}
+	series, err := benchreport.Parse(&captured)
+	if err != nil {
+		return err
+	}
+	if len(series) == 0 {
+		return fmt.Errorf("the VM printed no MEASURE line")
+	}
+	if os.Getenv("VIPCTL_BENCH_RUN") != "" {
+		fmt.Fprint(os.Stderr, benchreport.Table(series))
+		return nil
+	}
+	return spliceBenchmarks(root, "real-failover", fmt.Sprintf("Run %s: kube-apiserver %s on this host (native), the node on kernel %s (qemu %s), vipctl at %s:",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), bin.Version, assets.KVer, accelName(), gitRev(root)), series)
+}
+
+// spliceBenchmarks writes heading and the table of series into section of
+// docs/benchmarks.md.
+func spliceBenchmarks(root, section, heading string, series []*benchreport.Series) error {
+	body := heading + "\n\n" + benchreport.Table(series)
+	path := filepath.Join(root, "docs", "benchmarks.md")
+	doc, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := os.WriteFile(path, benchreport.Splice(doc, section, body), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "vmlab: wrote %s\n%s", path, benchreport.Table(series))
+	return nil
+}
+
 // writeBenchmarks splices the summary of the MEASURE lines into
 // docs/benchmarks.md.
 func writeBenchmarks(root string, assets vm.Assets, console io.Reader) error {
@@ -133,30 +220,22 @@ func writeBenchmarks(root string, assets vm.Assets, console io.Reader) error {
 	if len(series) == 0 {
 		return fmt.Errorf("the VM printed no MEASURE line")
 	}
-	// The same calibration workload natively: how much emulation inflates
+	// The same calibration workloads natively: how much emulation inflates
 	// the VM's CPU figures.
-	host := &benchreport.Series{Name: "calibration_cpu_per_request_host", Unit: "ms"}
-	for range 5 {
-		d, err := lab.CalibrationCPU(100)
-		if err != nil {
-			return err
+	for _, name := range slices.Sorted(maps.Keys(lab.Calibrations)) {
+		host := &benchreport.Series{Name: "calibration_" + name + "_host", Unit: "ms"}
+		for range 5 {
+			d, err := lab.Calibrations[name](100)
+			if err != nil {
+				return err
+			}
+			host.Values = append(host.Values, float64(d.Microseconds())/1000)
 		}
-		host.Values = append(host.Values, float64(d.Microseconds())/1000)
+		series = append(series, host)
 	}
-	series = append(series, host)
 	series = append(series, benchreport.Derived(series)...)
-	body := fmt.Sprintf("Run %s on kernel %s (qemu %s), vipctl at %s:\n\n%s",
-		time.Now().UTC().Format("2006-01-02 15:04 MST"), assets.KVer, accelName(), gitRev(root), benchreport.Table(series))
-	path := filepath.Join(root, "docs", "benchmarks.md")
-	doc, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	if err := os.WriteFile(path, benchreport.Splice(doc, "vm-failover", body), 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(os.Stderr, "vmlab: wrote %s\n%s", path, benchreport.Table(series))
-	return nil
+	return spliceBenchmarks(root, "vm-failover", fmt.Sprintf("Run %s on kernel %s (qemu %s), vipctl at %s:",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), assets.KVer, accelName(), gitRev(root)), series)
 }
 
 // ensureNginx installs Debian's nginx with its stream module, which the
