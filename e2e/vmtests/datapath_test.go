@@ -74,7 +74,10 @@ func quantile(v []float64, q float64) float64 {
 }
 
 // TestBenchDataPath compares the three paths in rounds (direct, VIP, nginx,
-// again and again) so that drift in the emulated machine hits all alike.
+// again and again, the order rotating each round) so that drift in the
+// emulated machine hits all alike. Each round also records each path's
+// figures over the direct path's of the same round: paired ratios, whose
+// median cancels the drift that ratios of whole-run medians keep.
 func TestBenchDataPath(t *testing.T) {
 	trials := benchTrials(t)
 	l := lab.New(t, 3)
@@ -82,14 +85,25 @@ func TestBenchDataPath(t *testing.T) {
 	l.StartCare()
 	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
 	cfg := tlsConfig(t, l)
-	rounds := max(5, trials/4)
-	for range rounds {
-		for _, p := range paths(l) {
-			cps := newConnsPerSecond(t, cfg, p.addr, 3*time.Second)
-			lab.RecordValue(t, "datapath_new_tls_conns_"+p.name, cps, "conns/s")
-			lat := requestLatencies(t, cfg, p.addr, 200)
-			lab.RecordValue(t, "datapath_request_p50_"+p.name, quantile(lat, 0.5), "ms")
-			lab.RecordValue(t, "datapath_request_p99_"+p.name, quantile(lat, 0.99), "ms")
+	ps := paths(l)
+	for round := range trials {
+		type figures struct{ cps, p50, p99 float64 }
+		got := map[string]figures{}
+		for i := range ps {
+			p := ps[(round+i)%len(ps)]
+			cps := newConnsPerSecond(t, cfg, p.addr, 1500*time.Millisecond)
+			lat := requestLatencies(t, cfg, p.addr, 100)
+			f := figures{cps, quantile(lat, 0.5), quantile(lat, 0.99)}
+			got[p.name] = f
+			lab.RecordValue(t, "datapath_new_tls_conns_"+p.name, f.cps, "conns/s")
+			lab.RecordValue(t, "datapath_request_p50_"+p.name, f.p50, "ms")
+			lab.RecordValue(t, "datapath_request_p99_"+p.name, f.p99, "ms")
+		}
+		d := got["direct"]
+		for _, name := range []string{"vip", "nginx"} {
+			f := got[name]
+			lab.RecordValue(t, "datapath_paired_new_tls_conns_"+name+"_over_direct", f.cps/d.cps, "ratio")
+			lab.RecordValue(t, "datapath_paired_request_p50_"+name+"_over_direct", f.p50/d.p50, "ratio")
 		}
 	}
 }
