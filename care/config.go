@@ -61,7 +61,7 @@ type Prober interface {
 // Sentinel holds an idle connection to a master and returns when it ends
 // (see probe.Prober.Hold).
 type Sentinel interface {
-	Hold(ctx context.Context, target netip.AddrPort) (established bool, err error)
+	Hold(ctx context.Context, target netip.AddrPort, idle func()) (established bool, err error)
 }
 
 // Defaults of the `vipctl care` flags.

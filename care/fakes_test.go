@@ -98,7 +98,7 @@ func (f *fakeProber) Probe(ctx context.Context, m netip.AddrPort) probe.Result {
 
 func healthy() probe.Result { return probe.Result{OK: true, Status: 200, Reason: "HTTP 200"} }
 func refused() probe.Result {
-	return probe.Result{Fast: true, Reason: "connection refused"}
+	return probe.Result{Fast: true, Refused: true, Reason: "connection refused"}
 }
 
 // fakeEvents is an EventSource the test fires by hand.
@@ -117,11 +117,12 @@ func newFakeSentinel() *fakeSentinel {
 	return &fakeSentinel{holding: map[netip.AddrPort]chan struct{}{}, started: make(chan netip.AddrPort, 16)}
 }
 
-func (f *fakeSentinel) Hold(ctx context.Context, m netip.AddrPort) (bool, error) {
+func (f *fakeSentinel) Hold(ctx context.Context, m netip.AddrPort, idle func()) (bool, error) {
 	ch := make(chan struct{})
 	f.mu.Lock()
 	f.holding[m] = ch
 	f.mu.Unlock()
+	idle()
 	f.started <- m
 	select {
 	case <-ch:

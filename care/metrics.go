@@ -18,6 +18,7 @@ type metrics struct {
 	reconciles    *prometheus.CounterVec
 	connsReset    *prometheus.CounterVec
 	sentinel      *prometheus.CounterVec
+	sentinelHeld  *prometheus.GaugeVec
 	failOpen      prometheus.Gauge
 	lastReconcile prometheus.Gauge
 }
@@ -45,13 +46,15 @@ func newMetrics() *metrics {
 			Help: "Established connections reset when their real server was taken out of service."}, []string{"master"}),
 		sentinel: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "sentinel_closed_total",
 			Help: "Idle sentinel connections the master closed (each triggers an immediate probe)."}, []string{"master"}),
+		sentinelHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sentinel_held",
+			Help: "1 while the idle sentinel connection to the master is held (a kill is then noticed at once), 0 otherwise."}, []string{"master"}),
 		failOpen: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "fail_open",
 			Help: "1 while every master is down and all are kept in service."}),
 		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "last_reconcile_timestamp_seconds",
 			Help: "Unix time of the last successful reconcile."}),
 	}
 	m.reg.MustRegister(m.up, m.membership, m.probeDuration, m.transitions, m.actions, m.errors, m.reconciles,
-		m.connsReset, m.sentinel, m.failOpen, m.lastReconcile,
+		m.connsReset, m.sentinel, m.sentinelHeld, m.failOpen, m.lastReconcile,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

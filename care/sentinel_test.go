@@ -32,8 +32,8 @@ func (l loopbackProber) Probe(ctx context.Context, m netip.AddrPort) probe.Resul
 	return l.p.Probe(ctx, l.to[m])
 }
 
-func (l loopbackProber) Hold(ctx context.Context, m netip.AddrPort) (bool, error) {
-	return l.p.Hold(ctx, l.to[m])
+func (l loopbackProber) Hold(ctx context.Context, m netip.AddrPort, idle func()) (bool, error) {
+	return l.p.Hold(ctx, l.to[m], idle)
 }
 
 // apiserver is a stand-in kube-apiserver on 127.0.0.1; idle counts the

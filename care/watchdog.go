@@ -68,7 +68,11 @@ type Watchdog struct {
 	// retrigger marks a master whose sentinel fired while a probe was
 	// running: it is probed again as soon as that probe returns.
 	retrigger map[netip.AddrPort]bool
-	due       map[netip.AddrPort]time.Time
+	// closed marks a master whose sentinel connection it closed, until a
+	// probe answers or the master goes down: a refused probe then is
+	// conclusive (health.Outcome.Conclusive).
+	closed map[netip.AddrPort]bool
+	due    map[netip.AddrPort]time.Time
 }
 
 type probeResult struct {
@@ -96,6 +100,7 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 		started:   map[netip.AddrPort]time.Time{},
 		hedged:    map[netip.AddrPort]bool{},
 		retrigger: map[netip.AddrPort]bool{},
+		closed:    map[netip.AddrPort]bool{},
 		due:       map[netip.AddrPort]time.Time{},
 	}
 	if w.log == nil {
@@ -190,6 +195,7 @@ func (w *Watchdog) Run(ctx context.Context) error {
 			}
 			probeTimer.Reset(w.untilDue())
 		case addr := <-w.triggers:
+			w.closed[addr] = true
 			if w.inFlight[addr] == 0 {
 				w.launch(ctx, addr)
 			} else {
@@ -345,12 +351,17 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 	w.met.probeDuration.WithLabelValues(addr.String(), result).Observe(r.Latency.Seconds())
 	w.log.Debug("probe", zap.Stringer("master", addr), zap.Bool("ok", r.OK), zap.Int("status", r.Status),
 		zap.String("reason", r.Reason), zap.Duration("latency", r.Latency))
-	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency}, now)
+	conclusive := !r.OK && r.Refused && w.closed[addr]
+	if r.OK || r.Status != 0 {
+		w.closed[addr] = false // it answers: whatever closed the sentinel, it lives
+	}
+	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency, Conclusive: conclusive}, now)
 	w.emit(events)
 	w.due[addr] = now.Add(w.tracker.NextProbe(addr, w.rnd()))
 	w.refreshStatus()
 	for _, e := range events {
 		if e.Kind == health.EventTransition {
+			w.closed[addr] = false
 			return true
 		}
 	}
@@ -597,14 +608,16 @@ func (w *Watchdog) sentinel(ctx context.Context, addr netip.AddrPort, kick <-cha
 	backoff := interval
 	for {
 		start := w.clock.Now()
-		established, err := w.d.Sentinel.Hold(ctx, addr)
+		held := w.met.sentinelHeld.WithLabelValues(addr.String())
+		established, err := w.d.Sentinel.Hold(ctx, addr, func() { held.Set(1) })
+		held.Set(0)
 		if ctx.Err() != nil {
 			return
 		}
-		held := w.clock.Now().Sub(start)
+		heldFor := w.clock.Now().Sub(start)
 		if established {
 			w.met.sentinel.WithLabelValues(addr.String()).Inc()
-			w.log.Debug("sentinel connection ended: probing now", zap.Stringer("master", addr), zap.Duration("held", held), zap.Error(err))
+			w.log.Debug("sentinel connection ended: probing now", zap.Stringer("master", addr), zap.Duration("held", heldFor), zap.Error(err))
 			select {
 			case w.triggers <- addr:
 			case <-ctx.Done():
@@ -613,7 +626,7 @@ func (w *Watchdog) sentinel(ctx context.Context, addr netip.AddrPort, kick <-cha
 		} else {
 			w.log.Debug("sentinel connection failed", zap.Stringer("master", addr), zap.Error(err))
 		}
-		if established && held >= 10*interval {
+		if established && heldFor >= 10*interval {
 			backoff = interval
 		} else {
 			backoff = min(backoff*2, maxBackoff)

@@ -328,7 +328,11 @@ func TestSilentMasterIsHedged(t *testing.T) {
 	assert.Equal(t, 1, r.prober.maxParallel(mB), "the healthy master was never hedged")
 }
 
-func TestSentinelTriggersImmediateProbe(t *testing.T) {
+// sentinelRig runs a watchdog whose only probes are the first round and
+// those the sentinel triggers (and their fast retries), once both sentinel
+// connections are held.
+func sentinelRig(t *testing.T) (*rig, *fakeSentinel) {
+	t.Helper()
 	cfg := testConfig(mA, mB)
 	cfg.Health.Interval = time.Hour // no scheduled probe during the test
 	cfg.Timeout = time.Second
@@ -345,12 +349,49 @@ func TestSentinelTriggersImmediateProbe(t *testing.T) {
 			t.Fatal("sentinel connections not opened")
 		}
 	}
-	before := r.prober.count(mA)
+	require.Equal(t, 1, r.prober.count(mA), "only the first round before")
+	return r, s
+}
+
+// A master that closes the sentinel connection and then refuses a new one
+// has no apiserver any more: that one refused probe takes it out.
+func TestSentinelCloseThenRefusedIsConclusive(t *testing.T) {
+	r, s := sentinelRig(t)
 	r.prober.set(mA, refused())
 	s.drop(mA) // the apiserver died: its kernel closed the connection
 	require.Eventually(t, func() bool { return r.weights()[mA] == 0 }, 5*time.Second, time.Millisecond)
-	assert.GreaterOrEqual(t, r.prober.count(mA), before+2, "probed at once, then the fast retry")
-	assert.Equal(t, 1, before, "only the first round before")
+	assert.Equal(t, 2, r.prober.count(mA), "out after the one probe the sentinel triggered")
+	down := r.logs.FilterMessage("master down").All()
+	require.Len(t, down, 1)
+	assert.Contains(t, down[0].ContextMap()["reason"], "after the master closed the sentinel connection")
+}
+
+// Anything short of a refused connection still needs fall failures.
+func TestSentinelCloseThenTimeoutNeedsFall(t *testing.T) {
+	r, s := sentinelRig(t)
+	r.prober.set(mA, probe.Result{Reason: "timeout after 1s"})
+	s.drop(mA)
+	require.Eventually(t, func() bool { return r.prober.count(mA) >= 2 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return r.weights()[mA] == 0 }, 5*time.Second, time.Millisecond)
+	assert.GreaterOrEqual(t, r.prober.count(mA), 3, "fall 2: the triggered probe and a retry")
+}
+
+// A sentinel connection closed by a live master (its idle timeout) makes
+// a later refused probe no more conclusive than any other.
+func TestSentinelCloseAnsweredIsForgotten(t *testing.T) {
+	r := newRig(t, testConfig(mA, mB), nil)
+	require.NoError(t, r.w.Once(context.Background()))
+	phase := func() health.Phase { return r.w.tracker.Snapshot()[0].Phase }
+
+	r.w.closed[mA] = true // the sentinel connection ended
+	r.w.observe(mA, healthy())
+	r.w.observe(mA, refused())
+	assert.Equal(t, health.Up, phase(), "it answered after the close: one refused probe is not enough")
+
+	r.w.observe(mA, healthy())
+	r.w.closed[mA] = true
+	r.w.observe(mA, refused())
+	assert.Equal(t, health.Down, phase(), "closed, then refused: out at once")
 }
 
 func TestEventReassertsPlumbing(t *testing.T) {

@@ -137,6 +137,14 @@ type Outcome struct {
 	Reason string
 	// Latency is how long the probe took.
 	Latency time.Duration
+	// Conclusive marks a failure that proves the master's apiserver is
+	// gone: the master itself closed the sentinel connection and then
+	// refused a new one (nothing listens on its port any more). It takes
+	// an Up master down at once instead of after Fall failures: the
+	// sentinel's closed connection is the first sign, the refused
+	// connection the confirmation. Timeouts, resets and unhealthy
+	// statuses are never conclusive.
+	Conclusive bool
 }
 
 // EventKind names what an Event reports.
@@ -297,7 +305,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		}
 		return []Event{t.setPhase(m, Down, now, "first probe: "+o.Reason)}
 	case Up:
-		if o.OK || m.failures < t.cfg.Fall {
+		if o.OK || (m.failures < t.cfg.Fall && !o.Conclusive) {
 			return nil
 		}
 		// A master that stayed up long enough is forgiven its past falls.
@@ -307,7 +315,11 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		m.flaps++
 		m.holdUntil = now.Add(t.holdDown(m.flaps))
 		m.heldTold = false
-		e := t.setPhase(m, Down, now, fmt.Sprintf("%s (%d consecutive failures)", o.Reason, m.failures))
+		why := fmt.Sprintf("%s (%d consecutive failures)", o.Reason, m.failures)
+		if m.failures < t.cfg.Fall {
+			why = o.Reason + " after the master closed the sentinel connection"
+		}
+		e := t.setPhase(m, Down, now, why)
 		if m.holdUntil.After(now) {
 			e.HoldUntil = m.holdUntil
 		}

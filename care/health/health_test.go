@@ -589,3 +589,24 @@ func TestFlappingMasterStaysOutWhileItFlaps(t *testing.T) {
 	}
 	assert.Equal(t, Up, f.phase(mB))
 }
+
+func TestConclusiveFailure(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Fall = 3
+	f := newFixture(t, cfg, mA, mB)
+	f.probe(mA, ok()).probe(mB, ok())
+	f.reconcile()
+	f.at(time.Second).probe(mA, refused())
+	assert.Equal(t, Up, f.phase(mA), "an ordinary refused probe counts one of fall")
+	gone := refused()
+	gone.Conclusive = true
+	f.at(2*time.Second).probe(mA, gone)
+	assert.Equal(t, Down, f.phase(mA), "a conclusive one takes it down at once")
+	assert.Equal(t, map[netip.AddrPort]int{mA: 0, mB: 1}, weights(f.reconcile()))
+	f.at(3*time.Second).probe(mA, ok())
+	f.at(4*time.Second).probe(mA, gone)
+	f.at(5*time.Second).probe(mA, ok())
+	assert.Equal(t, Down, f.phase(mA), "it does not change how a down master rises")
+	f.at(6*time.Second).probe(mA, ok())
+	assert.Equal(t, Up, f.phase(mA))
+}

@@ -104,6 +104,9 @@ type Result struct {
 	// reset, the server closing the connection, an unreachable host, an
 	// unhealthy status. A timeout or a TLS verification failure is not.
 	Fast bool
+	// Refused is true when the connection was refused: nothing listens
+	// on the master's port.
+	Refused bool
 	// Status is the HTTP status; 0 when no response was read.
 	Status int
 	// Reason describes the outcome: "HTTP 200", "HTTP 500 (want 200):
@@ -190,6 +193,7 @@ func (p *Prober) Probe(ctx context.Context, target netip.AddrPort) Result {
 	r.Latency = time.Since(start)
 	if r.Err != nil {
 		r.Reason, r.Fast = p.classify(ctx, r.Err)
+		r.Refused = errors.Is(r.Err, syscall.ECONNREFUSED)
 	}
 	return r
 }
@@ -399,12 +403,13 @@ func joinInts(v []int) string {
 var ErrHoldUnsupported = errors.New("holding a connection needs the http or https scheme")
 
 // Hold opens a keep-alive connection to target, sends one request on it and
-// then waits, idle, until the server closes it or ctx ends. established
+// then waits, idle, until the server closes it or ctx ends. idle, when not
+// nil, is called once the idle phase is reached. established
 // tells whether the idle phase was reached: only then does the end of Hold
 // mean something happened to the server (it died, restarted, or closed an
 // idle connection, which kube-apiserver does after ~90 s). The request
 // counts for nothing; only Probe judges health.
-func (p *Prober) Hold(ctx context.Context, target netip.AddrPort) (established bool, err error) {
+func (p *Prober) Hold(ctx context.Context, target netip.AddrPort, idle func()) (established bool, err error) {
 	if p.cfg.Scheme == TCP {
 		return false, ErrHoldUnsupported
 	}
@@ -426,6 +431,9 @@ func (p *Prober) Hold(ctx context.Context, target netip.AddrPort) (established b
 	_ = conn.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if idle != nil {
+		idle()
+	}
 	_, err = br.Peek(1)
 	if ctx.Err() != nil {
 		return true, ctx.Err()

@@ -388,13 +388,15 @@ func TestHoldReturnsWhenServerCloses(t *testing.T) {
 		err         error
 	}
 	done := make(chan res, 1)
+	var idle atomic.Bool
 	go func() {
-		e, err := p.Hold(context.Background(), srv.target)
+		e, err := p.Hold(context.Background(), srv.target, func() { idle.Store(true) })
 		done <- res{e, err}
 	}()
-	// Wait until the held connection is idle on the server, then close it
-	// as a dying apiserver's kernel would.
-	require.Eventually(t, func() bool { return srv.idle.Load() == 1 }, 5*time.Second, time.Millisecond)
+	// Wait until Hold says the connection is idle, then close it as a
+	// dying apiserver's kernel would.
+	require.Eventually(t, idle.Load, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return srv.idle.Load() == 1 }, 5*time.Second, time.Millisecond, "the server sees it idle too")
 	select {
 	case r := <-done:
 		t.Fatalf("Hold returned while the connection was open: %v", r.err)
@@ -416,7 +418,7 @@ func TestHoldCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan bool, 1)
 	go func() {
-		e, _ := p.Hold(ctx, srv.target)
+		e, _ := p.Hold(ctx, srv.target, nil)
 		done <- e
 	}()
 	require.Eventually(t, func() bool { return srv.idle.Load() == 1 }, 5*time.Second, time.Millisecond)
@@ -431,7 +433,7 @@ func TestHoldCancelled(t *testing.T) {
 
 func TestHoldNotEstablished(t *testing.T) {
 	p := newProber(t, Config{Scheme: HTTP})
-	e, err := p.Hold(context.Background(), closedPort(t))
+	e, err := p.Hold(context.Background(), closedPort(t), nil)
 	assert.False(t, e)
 	assert.Error(t, err)
 
@@ -439,12 +441,12 @@ func TestHoldNotEstablished(t *testing.T) {
 		w.Header().Set("Connection", "close")
 	}))
 	defer closer.Close()
-	e, err = p.Hold(context.Background(), netip.MustParseAddrPort(closer.Listener.Addr().String()))
+	e, err = p.Hold(context.Background(), netip.MustParseAddrPort(closer.Listener.Addr().String()), nil)
 	assert.False(t, e, "a server that closes after each request cannot be held")
 	assert.ErrorContains(t, err, "closes the connection")
 
 	tcp := newProber(t, Config{Scheme: TCP})
-	_, err = tcp.Hold(context.Background(), closedPort(t))
+	_, err = tcp.Hold(context.Background(), closedPort(t), nil)
 	assert.ErrorIs(t, err, ErrHoldUnsupported)
 }
 

@@ -48,7 +48,7 @@ func (p *fakeCareProber) Probe(context.Context, netip.AddrPort) probe.Result {
 	return probe.Result{OK: true, Status: 200, Reason: "HTTP 200"}
 }
 
-func (p *fakeCareProber) Hold(ctx context.Context, _ netip.AddrPort) (bool, error) {
+func (p *fakeCareProber) Hold(ctx context.Context, _ netip.AddrPort, _ func()) (bool, error) {
 	<-ctx.Done()
 	return true, ctx.Err()
 }

@@ -32,7 +32,10 @@ func benchTrials(t *testing.T) int {
 
 // Kill a master's apiserver process, time until the kernel stops sending it
 // new connections; restart it and wait until it is back. The hold-down is
-// off so that every trial measures detection, not flap damping.
+// off so that every trial measures detection, not flap damping. Each kill
+// waits until the watchdog holds its sentinel connections to every master
+// (right after the watchdog starts or a master returns, a kill is noticed
+// by the periodic probe instead: within interval + jitter + fall re-probes).
 func TestBenchKill(t *testing.T) {
 	n := benchTrials(t)
 	l := lab.New(t, 3)
@@ -40,6 +43,7 @@ func TestBenchKill(t *testing.T) {
 	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
 	for i := range n {
 		m := l.Masters[i%len(l.Masters)]
+		require.NoError(t, lab.Poll(10*time.Second, func() bool { return sentinelsHeld(t) == len(l.Masters) }), "sentinels held")
 		t0 := time.Now()
 		m.Kill()
 		lab.WaitFor(t, 10*time.Second, "out", out(m))

@@ -327,21 +327,32 @@ func TestCareRestartKeepsStateAndConnections(t *testing.T) {
 
 // probesDone reads the probe counter from the watchdog's metrics.
 func probesDone(t *testing.T) int {
+	return int(metricSum(t, "vipctl_care_probe_duration_seconds_count"))
+}
+
+// sentinelsHeld is how many sentinel connections the watchdog holds.
+func sentinelsHeld(t *testing.T) int {
+	return int(metricSum(t, "vipctl_care_sentinel_held"))
+}
+
+// metricSum adds up the watchdog's samples of metric (all labels); 0 when
+// the metrics cannot be read.
+func metricSum(t *testing.T, metric string) float64 {
 	resp, err := http.Get("http://" + lab.MetricsAddr + "/metrics")
 	if err != nil {
 		return 0
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	n := 0
+	var n float64
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "vipctl_care_probe_duration_seconds_count") {
-			f := strings.Fields(line)
-			var v float64
-			if len(f) == 2 {
-				_, _ = fmtSscan(f[1], &v)
-				n += int(v)
-			}
+		f := strings.Fields(line)
+		if len(f) != 2 || (f[0] != metric && !strings.HasPrefix(f[0], metric+"{")) {
+			continue
+		}
+		var v float64
+		if _, err := fmtSscan(f[1], &v); err == nil {
+			n += v
 		}
 	}
 	return n

@@ -89,6 +89,7 @@ func TestRealKillRestart(t *testing.T) {
 	var worstOut, worstIn time.Duration
 	for i := range cycles {
 		m := r.Masters[i%len(r.Masters)]
+		require.NoError(t, lab.Poll(30*time.Second, func() bool { return sentinelsHeld(t) == len(r.Masters) }), "sentinels held")
 		t0 := tr.Fault()
 		m.Kill()
 		m.WaitOut(10 * time.Second)
