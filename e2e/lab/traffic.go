@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http/httptrace"
 	"net/netip"
 	"os/exec"
 	"sort"
@@ -55,12 +57,18 @@ type Traffic struct {
 	faults        []time.Time
 	windows       []Window
 	ipvs          ipvsSamples
+	// dialed is when each of the client set's connections (by local
+	// address) was opened.
+	dialed map[string]time.Time
 }
 
 // Request is one client request.
 type Request struct {
 	Start, End time.Time
 	Err        string // "" when it succeeded
+	// ConnOpened is when the connection the request ran on was opened;
+	// zero when unknown (kubectl, a request that got no connection).
+	ConnOpened time.Time
 }
 
 // Window is a period in which failed requests are expected: the time from
@@ -96,8 +104,8 @@ func (r *Real) StartTraffic() *Traffic {
 	t := r.t
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	tr := &Traffic{r: r, t: t, ctx: ctx, cancel: cancel, start: time.Now(), reqs: map[string][]Request{}}
-	cs := r.clientset()
+	tr := &Traffic{r: r, t: t, ctx: ctx, cancel: cancel, start: time.Now(), reqs: map[string][]Request{}, dialed: map[string]time.Time{}}
+	cs := r.clientset(tr.dial)
 	must(t, ensureLease(cs), "create the heartbeat lease")
 	ready := make(chan struct{})
 	tr.wg.Add(4)
@@ -114,8 +122,30 @@ func (r *Real) StartTraffic() *Traffic {
 	return tr
 }
 
-// clientset is a client-go client set like the kubelet's, through the VIP.
-func (r *Real) clientset() *kubernetes.Clientset {
+// dial opens the client set's connections and notes when.
+func (tr *Traffic) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := dialer(5*time.Second).DialContext(ctx, network, addr)
+	if err == nil {
+		tr.mu.Lock()
+		tr.dialed[c.LocalAddr().String()] = time.Now()
+		tr.mu.Unlock()
+	}
+	return c, err
+}
+
+// traced returns ctx with a trace that stores, in *opened, when the
+// connection the request gets was opened.
+func (tr *Traffic) traced(ctx context.Context, opened *time.Time) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		tr.mu.Lock()
+		*opened = tr.dialed[i.Conn.LocalAddr().String()]
+		tr.mu.Unlock()
+	}})
+}
+
+// clientset is a client-go client set like the kubelet's, through the VIP,
+// whose connections dial opens.
+func (r *Real) clientset(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *kubernetes.Clientset {
 	cfg, err := clientcmd.BuildConfigFromFlags("", r.Kubeconfig)
 	must(r.t, err, "kubeconfig")
 	cfg.QPS, cfg.Burst = 1000, 1000
@@ -123,7 +153,7 @@ func (r *Real) clientset() *kubernetes.Clientset {
 	// A bounded connect (a blackholed master must not hold a new
 	// connection for client-go's default 30 s); a custom dialer also keeps
 	// this client's transport out of client-go's shared cache.
-	cfg.Dial = dialer(5 * time.Second).DialContext
+	cfg.Dial = dial
 	cs, err := kubernetes.NewForConfig(cfg)
 	must(r.t, err, "client set")
 	return cs
@@ -161,13 +191,18 @@ func pollCtx(ctx context.Context, f func() error) error {
 }
 
 func (tr *Traffic) record(client string, start time.Time, err error) {
+	tr.recordOn(client, start, time.Time{}, err)
+}
+
+// recordOn records a request that ran on a connection opened at opened.
+func (tr *Traffic) recordOn(client string, start, opened time.Time, err error) {
 	end := time.Now()
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	if err != nil && (tr.ctx.Err() != nil || !tr.stopped.IsZero()) {
 		return // interrupted by Stop, not by a fault
 	}
-	q := Request{Start: start, End: end}
+	q := Request{Start: start, End: end, ConnOpened: opened}
 	if err != nil {
 		q.Err = err.Error()
 	}
@@ -205,9 +240,10 @@ func (tr *Traffic) heartbeat(cs *kubernetes.Clientset) {
 		}
 		ctx, cancel := context.WithTimeout(tr.ctx, 10*time.Second)
 		if cur == nil {
+			var opened time.Time
 			start := time.Now()
-			l, err := leases.Get(ctx, leaseName, metav1.GetOptions{})
-			tr.record("kubelet", start, err)
+			l, err := leases.Get(tr.traced(ctx, &opened), leaseName, metav1.GetOptions{})
+			tr.recordOn("kubelet", start, opened, err)
 			if err == nil {
 				cur = l
 			}
@@ -216,8 +252,9 @@ func (tr *Traffic) heartbeat(cs *kubernetes.Clientset) {
 			l := cur.DeepCopy()
 			now := metav1.NewMicroTime(time.Now())
 			l.Spec.RenewTime = &now
+			var opened time.Time
 			start := time.Now()
-			l, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+			l, err := leases.Update(tr.traced(ctx, &opened), l, metav1.UpdateOptions{})
 			cur = nil // re-read after any error
 			switch {
 			case err == nil:
@@ -227,7 +264,7 @@ func (tr *Traffic) heartbeat(cs *kubernetes.Clientset) {
 				// through): not a failure of the request; re-read.
 				err = nil
 			}
-			tr.record("kubelet", start, err)
+			tr.recordOn("kubelet", start, opened, err)
 		}
 		cancel()
 	}
@@ -396,8 +433,11 @@ type ClientReport struct {
 	Failed    int
 	// Of the failed: in flight at a fault instant, started inside an
 	// excused window (between a fault and the watchdog's reaction, or with
-	// no master at all), and the rest, which count against the scenario.
-	InFlight, InWindow, Unexcused int
+	// no master at all), run on a connection that was open at a fault (the
+	// fault broke it: a flushed IPVS table resets the node's connections
+	// through the VIP, docs/lab.md), and the rest, which count against the
+	// scenario.
+	InFlight, InWindow, OnBrokenConn, Unexcused int
 	// LongestOutage is the longest time from a failed request's start to
 	// the end of the next successful one; Slowest the longest request.
 	LongestOutage, Slowest time.Duration
@@ -484,6 +524,8 @@ func (tr *Traffic) clientReport(name string, reqs []Request) ClientReport {
 			c.InFlight++
 		case tr.inWindow(q) != "":
 			c.InWindow++
+		case tr.connAcrossFault(q):
+			c.OnBrokenConn++
 		default:
 			c.Unexcused++
 			if len(c.UnexcusedErrors) < 5 {
@@ -495,6 +537,8 @@ func (tr *Traffic) clientReport(name string, reqs []Request) ClientReport {
 			why := tr.inWindow(q)
 			if tr.inFlightAtFault(q) {
 				why = "in flight at a fault"
+			} else if why == "" {
+				why = "on a connection open at a fault"
 			}
 			c.ExcusedErrors = append(c.ExcusedErrors, why+", "+describe(q))
 		}
@@ -508,6 +552,20 @@ func (tr *Traffic) clientReport(name string, reqs []Request) ClientReport {
 func (tr *Traffic) inFlightAtFault(q Request) bool {
 	for _, f := range tr.faults {
 		if !q.Start.After(f) && !q.End.Before(f) {
+			return true
+		}
+	}
+	return false
+}
+
+// connAcrossFault tells whether q ran on a connection opened before a fault
+// that happened before q started.
+func (tr *Traffic) connAcrossFault(q Request) bool {
+	if q.ConnOpened.IsZero() {
+		return false
+	}
+	for _, f := range tr.faults {
+		if q.ConnOpened.Before(f) && f.Before(q.Start) {
 			return true
 		}
 	}
@@ -536,11 +594,12 @@ func (rep Report) Record(t testing.TB, scenario string) {
 		fmt.Printf("MEASURE %s%s_failed %d requests\n", p, c.Name, c.Failed)
 		fmt.Printf("MEASURE %s%s_failed_in_flight %d requests\n", p, c.Name, c.InFlight)
 		fmt.Printf("MEASURE %s%s_failed_in_window %d requests\n", p, c.Name, c.InWindow)
+		fmt.Printf("MEASURE %s%s_failed_on_broken_conn %d requests\n", p, c.Name, c.OnBrokenConn)
 		fmt.Printf("MEASURE %s%s_failed_unexcused %d requests\n", p, c.Name, c.Unexcused)
 		fmt.Printf("MEASURE %s%s_outage %.3f ms\n", p, c.Name, ms(c.LongestOutage))
 		fmt.Printf("MEASURE %s%s_slowest %.3f ms\n", p, c.Name, ms(c.Slowest))
-		fmt.Fprintf(&b, "  %-8s %4d requests, %3d failed (%d in flight at a fault, %d in an excused window, %d otherwise); longest outage %s\n",
-			c.Name, c.Attempted, c.Failed, c.InFlight, c.InWindow, c.Unexcused, c.LongestOutage.Round(time.Millisecond))
+		fmt.Fprintf(&b, "  %-8s %4d requests, %3d failed (%d in flight at a fault, %d in an excused window, %d on a connection open at a fault, %d otherwise); longest outage %s\n",
+			c.Name, c.Attempted, c.Failed, c.InFlight, c.InWindow, c.OnBrokenConn, c.Unexcused, c.LongestOutage.Round(time.Millisecond))
 		if c.SlowestDetail != "" {
 			fmt.Fprintf(&b, "           slowest request %s\n", c.SlowestDetail)
 		}
