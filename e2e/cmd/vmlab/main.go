@@ -305,11 +305,17 @@ func spliceGoBench(file string) error {
 }
 
 func gitRev(root string) string {
-	out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output()
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
 	if err != nil {
 		return "unknown"
 	}
-	return strings.TrimSpace(string(out))
+	rev := strings.TrimSpace(string(out))
+	// Only changes to the code make the figures another version's: the
+	// benchmark itself rewrites docs/.
+	if err := exec.Command("git", "-C", root, "diff", "--quiet", "HEAD", "--", ".", ":(exclude)docs").Run(); err != nil {
+		rev += "-dirty"
+	}
+	return rev
 }
 
 func accelName() string {
