@@ -311,8 +311,8 @@ func gitRev(root string) string {
 	}
 	rev := strings.TrimSpace(string(out))
 	// Only changes to the code make the figures another version's: the
-	// benchmark itself rewrites docs/.
-	if err := exec.Command("git", "-C", root, "diff", "--quiet", "HEAD", "--", ".", ":(exclude)docs").Run(); err != nil {
+	// benchmark itself rewrites docs/, and prose is not code.
+	if err := exec.Command("git", "-C", root, "diff", "--quiet", "HEAD", "--", ".", ":(exclude)docs", ":(exclude)*.md").Run(); err != nil {
 		rev += "-dirty"
 	}
 	return rev
