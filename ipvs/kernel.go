@@ -135,8 +135,9 @@ func (k *Kernel) get(vip netip.AddrPort) (State, bool, error) {
 	if k.h == nil {
 		return State{}, false, errors.New("IPVS handle is closed")
 	}
-	// The real servers come first: one netlink request, the one a
-	// frequent poll needs. A service with real servers exists; its
+	// The real servers come first: one netlink request, all that a
+	// reconcile of a known service needs (the resync poll only asks
+	// Present). A service with real servers exists; its
 	// scheduler is read again (a second request) only when the list is
 	// empty (is there a service at all?) or the cached one is older than
 	// schedulerRecheck.

@@ -359,7 +359,7 @@ func metricSum(t *testing.T, metric string) float64 {
 }
 
 // A scheduler changed behind the watchdog's back is put back (the watchdog
-// reads the scheduler at least once a second; real servers every poll).
+// polls the service and its scheduler every resync period).
 func TestCareRepairsChangedScheduler(t *testing.T) {
 	l := lab.New(t, 2)
 	l.StartCare()
