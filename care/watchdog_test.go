@@ -545,14 +545,21 @@ func TestConfigValidate(t *testing.T) {
 	assert.NoError(t, route.Validate(), "route mode needs no interface")
 }
 
-func BenchmarkReconcileSteady(b *testing.B) {
-	cfg := testConfig(mA, mB, mC)
+// benchWatchdog is a watchdog with three healthy masters, once reconciled
+// against an in-memory kernel.
+func benchWatchdog(b *testing.B) (*Watchdog, *ipvs.Memory) {
+	b.Helper()
 	mem := ipvs.NewMemory()
-	w, err := New(cfg, Deps{Dataplane: mem, Plumbing: ipvs.NewMemoryPlumbing(), Prober: newFakeProber()})
+	w, err := New(testConfig(mA, mB, mC), Deps{Dataplane: mem, Plumbing: ipvs.NewMemoryPlumbing(), Prober: newFakeProber()})
 	require.NoError(b, err)
-	ctx := context.Background()
-	require.NoError(b, w.Once(ctx))
+	require.NoError(b, w.Once(context.Background()))
 	b.ReportAllocs()
+	return w, mem
+}
+
+func BenchmarkReconcileSteady(b *testing.B) {
+	w, _ := benchWatchdog(b)
+	ctx := context.Background()
 	for b.Loop() {
 		if err := w.reconcile(ctx, "resync", false); err != nil {
 			b.Fatal(err)
@@ -561,13 +568,8 @@ func BenchmarkReconcileSteady(b *testing.B) {
 }
 
 func BenchmarkReconcileRepairFlush(b *testing.B) {
-	cfg := testConfig(mA, mB, mC)
-	mem := ipvs.NewMemory()
-	w, err := New(cfg, Deps{Dataplane: mem, Plumbing: ipvs.NewMemoryPlumbing(), Prober: newFakeProber()})
-	require.NoError(b, err)
+	w, mem := benchWatchdog(b)
 	ctx := context.Background()
-	require.NoError(b, w.Once(ctx))
-	b.ReportAllocs()
 	for b.Loop() {
 		mem.Flush()
 		if err := w.reconcile(ctx, "resync", false); err != nil {

@@ -196,16 +196,18 @@ func TestWithoutReuseEachProbeUsesAFreshConnection(t *testing.T) {
 	assert.Equal(t, int64(3), srv.conns.Load())
 }
 
-func reusingProber(t *testing.T, ca *probetest.CA) *Prober {
+// reusing returns a stand-in apiserver and a prober that keeps healthy
+// connections to it for a minute.
+func reusing(t *testing.T) (*server, *Prober) {
+	ca := probetest.NewCA(t, "cluster CA")
+	srv := newServer(t, ca, nil, "127.0.0.1")
 	p := newProber(t, Config{Scheme: HTTPS, TLS: TLSConfig(ca.Pool(), nil, false), ReuseFor: time.Minute})
 	t.Cleanup(p.Close)
-	return p
+	return srv, p
 }
 
 func TestHealthyConnectionCarriesTheNextProbes(t *testing.T) {
-	ca := probetest.NewCA(t, "cluster CA")
-	srv := newServer(t, ca, nil, "127.0.0.1")
-	p := reusingProber(t, ca)
+	srv, p := reusing(t)
 	for range 3 {
 		r := p.Probe(context.Background(), srv.target)
 		require.True(t, r.OK, r.Reason)
@@ -214,9 +216,7 @@ func TestHealthyConnectionCarriesTheNextProbes(t *testing.T) {
 }
 
 func TestKeptConnectionExpires(t *testing.T) {
-	ca := probetest.NewCA(t, "cluster CA")
-	srv := newServer(t, ca, nil, "127.0.0.1")
-	p := reusingProber(t, ca)
+	srv, p := reusing(t)
 	now := time.Now()
 	p.now = func() time.Time { return now }
 	require.True(t, p.Probe(context.Background(), srv.target).OK)
@@ -231,9 +231,7 @@ func TestKeptConnectionExpires(t *testing.T) {
 // The server closing a kept connection while it is idle (an idle timeout,
 // a restart) is not a failure: the probe carries on over a fresh one.
 func TestConnectionClosedWhileIdleIsReplaced(t *testing.T) {
-	ca := probetest.NewCA(t, "cluster CA")
-	srv := newServer(t, ca, nil, "127.0.0.1")
-	p := reusingProber(t, ca)
+	srv, p := reusing(t)
 	require.True(t, p.Probe(context.Background(), srv.target).OK)
 	srv.CloseClientConnections()
 	r := p.Probe(context.Background(), srv.target)
@@ -242,9 +240,7 @@ func TestConnectionClosedWhileIdleIsReplaced(t *testing.T) {
 }
 
 func TestUnhealthyAnswerIsNotKept(t *testing.T) {
-	ca := probetest.NewCA(t, "cluster CA")
-	srv := newServer(t, ca, nil, "127.0.0.1")
-	p := reusingProber(t, ca)
+	srv, p := reusing(t)
 	srv.status.Store(500)
 	require.False(t, p.Probe(context.Background(), srv.target).OK)
 	srv.status.Store(200)
@@ -255,9 +251,7 @@ func TestUnhealthyAnswerIsNotKept(t *testing.T) {
 // A master that dies fails the next probe at once, as a fast failure,
 // even though a connection to it was kept.
 func TestDeadMasterFailsDespiteAKeptConnection(t *testing.T) {
-	ca := probetest.NewCA(t, "cluster CA")
-	srv := newServer(t, ca, nil, "127.0.0.1")
-	p := reusingProber(t, ca)
+	srv, p := reusing(t)
 	require.True(t, p.Probe(context.Background(), srv.target).OK)
 	srv.Close()
 	r := p.Probe(context.Background(), srv.target)

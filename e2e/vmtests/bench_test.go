@@ -38,9 +38,7 @@ func benchTrials(t *testing.T) int {
 // by the periodic probe instead: within interval + jitter + fall re-probes).
 func TestBenchKill(t *testing.T) {
 	n := benchTrials(t)
-	l := lab.New(t, 3)
-	l.StartCare("--hold-down=0")
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 3, "--hold-down=0")
 	for i := range n {
 		m := l.Masters[i%len(l.Masters)]
 		require.NoError(t, lab.Poll(10*time.Second, func() bool { return sentinelsHeld(t) == len(l.Masters) }), "sentinels held")
@@ -59,9 +57,7 @@ func TestBenchKill(t *testing.T) {
 // until a client's established connection to it through the VIP errors.
 func TestBenchBlackhole(t *testing.T) {
 	n := benchTrials(t)
-	l := lab.New(t, 2)
-	l.StartCare("--hold-down=0")
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 2, "--hold-down=0")
 	for range n {
 		name, done, closeWatch := openWatch(t, l)
 		m := master(l, name)
@@ -89,9 +85,7 @@ func TestBenchBlackhole(t *testing.T) {
 // and time until the service and all real servers are back.
 func TestBenchFlush(t *testing.T) {
 	n := benchTrials(t)
-	l := lab.New(t, 3)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 3)
 	for range n {
 		t0 := time.Now()
 		lab.FlushIPVS(t)
@@ -106,9 +100,7 @@ func TestBenchFlush(t *testing.T) {
 // and probes per second per master.
 func TestBenchResources(t *testing.T) {
 	benchTrials(t)
-	l := lab.New(t, 3)
-	c := l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	_, c := careLab(t, 3)
 	p0, cpu0, t0 := probesDone(t), mustCPU(t, c), time.Now()
 	const window = 60 * time.Second
 	for time.Since(t0) < window {
@@ -200,16 +192,12 @@ func timeline(t *testing.T, l *lab.Lab, name string, m *lab.Master, fail func())
 func TestBenchTimeline(t *testing.T) {
 	benchTrials(t)
 	t.Run("kill", func(t *testing.T) {
-		l := lab.New(t, 3)
-		l.StartCare()
-		lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+		l, _ := careLab(t, 3)
 		m := l.Masters[1]
 		timeline(t, l, "apiserver killed", m, m.Kill)
 	})
 	t.Run("blackhole", func(t *testing.T) {
-		l := lab.New(t, 3)
-		l.StartCare()
-		lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+		l, _ := careLab(t, 3)
 		m := l.Masters[1]
 		timeline(t, l, "master link cut", m, m.LinkDown)
 	})

@@ -18,6 +18,16 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
+// careLab starts a lab of n masters and the watchdog (with extra flags)
+// and waits until every master is in the IPVS service.
+func careLab(t *testing.T, n int, extra ...string) (*lab.Lab, *lab.Care) {
+	t.Helper()
+	l := lab.New(t, n)
+	c := l.StartCare(extra...)
+	lab.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
+	return l, c
+}
+
 func allServing(l *lab.Lab) func(map[netip.AddrPort]int) bool {
 	return func(rs map[netip.AddrPort]int) bool {
 		for _, m := range l.Masters {
@@ -73,9 +83,7 @@ func master(l *lab.Lab, name string) *lab.Master {
 }
 
 func TestCareKillAndRestartMaster(t *testing.T) {
-	l := lab.New(t, 3)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
+	l, _ := careLab(t, 3)
 	m := l.Masters[1]
 	killed := time.Now()
 	m.Kill()
@@ -117,9 +125,7 @@ func assertStaysOut(t *testing.T, m *lab.Master, d time.Duration) {
 }
 
 func TestCareEtcdDown500(t *testing.T) {
-	l := lab.New(t, 2)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 2)
 	m := l.Masters[0]
 	t0 := time.Now()
 	m.SetStatus(500)
@@ -130,9 +136,7 @@ func TestCareEtcdDown500(t *testing.T) {
 }
 
 func TestCareLinkDownResetsEstablishedConnections(t *testing.T) {
-	l := lab.New(t, 2)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 2)
 	name, done, closeWatch := openWatch(t, l)
 	defer closeWatch()
 	m := master(l, name)
@@ -181,9 +185,7 @@ func maxWeightChanges(c health.Config, w time.Duration) int {
 }
 
 func TestCareFlappingMasterDoesNotFlapTheKernel(t *testing.T) {
-	l := lab.New(t, 2)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 2)
 	m := l.Masters[1]
 	// 2 Hz for 30 s: healthy 250 ms, unhealthy 250 ms.
 	stop := make(chan struct{})
@@ -223,9 +225,7 @@ func TestCareFlappingMasterDoesNotFlapTheKernel(t *testing.T) {
 }
 
 func TestCareAllMastersDownFailsOpen(t *testing.T) {
-	l := lab.New(t, 3)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 3)
 	for _, m := range l.Masters {
 		m.Kill()
 	}
@@ -270,9 +270,7 @@ func careStatus(t *testing.T) map[string]any {
 }
 
 func TestCareRepairsFlushedRules(t *testing.T) {
-	l := lab.New(t, 2)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 2)
 	for range 5 {
 		t0 := time.Now()
 		lab.FlushIPVS(t)
@@ -285,9 +283,7 @@ func TestCareRepairsFlushedRules(t *testing.T) {
 }
 
 func TestCareRepairsDeletedInterface(t *testing.T) {
-	l := lab.New(t, 2)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, _ := careLab(t, 2)
 	lk, err := netlink.LinkByName("vipctl0")
 	require.NoError(t, err)
 	t0 := time.Now()
@@ -304,9 +300,7 @@ func TestCareRepairsDeletedInterface(t *testing.T) {
 }
 
 func TestCareRestartKeepsStateAndConnections(t *testing.T) {
-	l := lab.New(t, 3)
-	c := l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	l, c := careLab(t, 3)
 	before := lab.Observe(t)
 	_, done, closeWatch := openWatch(t, l)
 	defer closeWatch()
@@ -361,9 +355,7 @@ func metricSum(t *testing.T, metric string) float64 {
 // A scheduler changed behind the watchdog's back is put back (the watchdog
 // polls the service and its scheduler every resync period).
 func TestCareRepairsChangedScheduler(t *testing.T) {
-	l := lab.New(t, 2)
-	l.StartCare()
-	lab.WaitFor(t, 10*time.Second, "all in", allServing(l))
+	careLab(t, 2)
 	lab.SetScheduler(t, "wlc")
 	require.Contains(t, lab.Observe(t).Services, "TCP "+lab.VIPPort.String()+" wlc")
 	require.NoError(t, lab.Poll(5*time.Second, func() bool {

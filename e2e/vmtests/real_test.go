@@ -27,6 +27,16 @@ func realLab(t *testing.T) *lab.Real {
 	return r
 }
 
+// conclude ends a scenario: it reports what the clients saw (rep), checks
+// it against c, and checks that the kernel and the watchdog settle with
+// every master in.
+func conclude(t *testing.T, r *lab.Real, rep lab.Report, scenario string, c lab.Criteria) {
+	t.Helper()
+	rep.Record(t, scenario)
+	rep.Check(t, c)
+	r.CheckSettled(30 * time.Second)
+}
+
 // hold keeps a fault in place for d while the clients run: pacing of the
 // scenario, not a wait for a condition.
 func hold(d time.Duration) { time.Sleep(d) }
@@ -112,9 +122,7 @@ func TestRealKillRestart(t *testing.T) {
 	}
 	rep := tr.Stop()
 	t.Logf("%d cycles: kill -> out at worst %s, restart -> back in at worst %s", cycles, worstOut.Round(time.Millisecond), worstIn.Round(time.Millisecond))
-	rep.Record(t, "kill_restart")
-	rep.Check(t, lab.Criteria{})
-	r.CheckSettled(30 * time.Second)
+	conclude(t, r, rep, "kill_restart", lab.Criteria{})
 }
 
 // TestRealGracefulShutdown sends SIGTERM to an apiserver started with
@@ -157,9 +165,7 @@ func TestRealGracefulShutdown(t *testing.T) {
 		hold(time.Second)
 	}
 	rep := tr.Stop()
-	rep.Record(t, "sigterm")
-	rep.Check(t, lab.Criteria{})
-	r.CheckSettled(30 * time.Second)
+	conclude(t, r, rep, "sigterm", lab.Criteria{})
 }
 
 // TestRealEtcdLostBehindOneMaster takes one master's etcd away (the others
@@ -211,9 +217,7 @@ func faultThenRecover(t *testing.T, r *lab.Real, cycles []*lab.RealMaster, name,
 		hold(time.Second)
 	}
 	rep := tr.Stop()
-	rep.Record(t, name)
-	rep.Check(t, lab.Criteria{})
-	r.CheckSettled(30 * time.Second)
+	conclude(t, r, rep, name, lab.Criteria{})
 }
 
 // servingLog records when m enters and leaves the service.
@@ -310,9 +314,7 @@ func TestRealFlappingMaster(t *testing.T) {
 	rep := tr.Stop()
 	t.Logf("%s's weight changed %d times during 20 s of flapping and its recovery", m.Name, log.transitions())
 	assert.LessOrEqual(t, log.transitions(), 6, "the kernel must not follow the flapping")
-	rep.Record(t, "flapping")
-	rep.Check(t, lab.Criteria{})
-	r.CheckSettled(30 * time.Second)
+	conclude(t, r, rep, "flapping", lab.Criteria{})
 }
 
 // TestRealAllDownThenOneBack kills every apiserver: the watchdog fails
@@ -355,9 +357,7 @@ func TestRealAllDownThenOneBack(t *testing.T) {
 	r.WaitAllServing(30 * time.Second)
 	hold(time.Second)
 	rep := tr.Stop()
-	rep.Record(t, "all_down_one_back")
-	rep.Check(t, lab.Criteria{})
-	r.CheckSettled(30 * time.Second)
+	conclude(t, r, rep, "all_down_one_back", lab.Criteria{})
 }
 
 // TestRealIPVSFlush flushes the whole IPVS table VIPCTL_REAL_FLUSH_CYCLES
@@ -379,7 +379,5 @@ func TestRealIPVSFlush(t *testing.T) {
 	}
 	rep := tr.Stop()
 	t.Logf("flush -> restored at worst %s", worst.Round(time.Millisecond))
-	rep.Record(t, "ipvs_flush")
-	rep.Check(t, lab.Criteria{AllowEmpty: true})
-	r.CheckSettled(30 * time.Second)
+	conclude(t, r, rep, "ipvs_flush", lab.Criteria{AllowEmpty: true})
 }

@@ -61,11 +61,7 @@ func run() error {
 		return err
 	}
 	if os.Args[1] == "bench-real" {
-		trials := "20"
-		if len(os.Args) > 2 {
-			trials = os.Args[2]
-		}
-		return benchReal(ctx, root, assets, trials)
+		return benchReal(ctx, root, assets, trialsArg())
 	}
 	share, err := os.MkdirTemp("", "vmlab-share-")
 	if err != nil {
@@ -74,7 +70,7 @@ func run() error {
 	defer os.RemoveAll(share)
 	args, env := []string{"-test.run=^TestDemo"}, map[string]string{"VIPCTL_DEMO": "1"}
 	var console io.Writer = demoFilter{os.Stdout}
-	var captured bytes.Buffer
+	var bc *benchConsole
 	switch os.Args[1] {
 	case "run":
 		env = nil
@@ -84,26 +80,16 @@ func run() error {
 		}
 		console = os.Stdout
 	case "bench":
-		trials := "20"
-		if len(os.Args) > 2 {
-			trials = os.Args[2]
-		}
 		if err := ensureNginx(ctx); err != nil {
 			return err
 		}
-		pattern := "^TestBench"
-		if p := os.Getenv("VIPCTL_BENCH_RUN"); p != "" {
-			pattern = p // a partial run: results are printed, docs are left alone
-		}
-		args = []string{"-test.run=" + pattern}
-		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trials}
-		full, err := os.Create(filepath.Join(os.TempDir(), "vmlab-bench-console.log"))
-		if err != nil {
+		args = []string{"-test.run=" + benchPattern("^TestBench")}
+		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trialsArg()}
+		if bc, err = newBenchConsole("vmlab-bench-console.log"); err != nil {
 			return err
 		}
-		defer full.Close()
-		fmt.Fprintf(os.Stderr, "vmlab: the VM's whole console goes to %s\n", full.Name())
-		console = io.MultiWriter(&captured, full, benchFilter{os.Stdout})
+		defer bc.Close()
+		console = bc.Writer()
 	}
 	fmt.Fprintln(os.Stderr, "vmlab: building vipctl and the in-VM scenarios")
 	if err := vm.BuildShare(ctx, root, share, args, env); err != nil {
@@ -117,8 +103,8 @@ func run() error {
 	if code != 0 {
 		return fmt.Errorf("the VM's run ended with exit code %d", code)
 	}
-	if os.Args[1] == "bench" && os.Getenv("VIPCTL_BENCH_RUN") != "" {
-		series, err := benchreport.Parse(&captured)
+	if os.Args[1] == "bench" && partialBench() {
+		series, err := benchreport.Parse(bytes.NewReader(bc.captured.Bytes()))
 		if err != nil {
 			return err
 		}
@@ -126,13 +112,57 @@ func run() error {
 		return nil
 	}
 	if os.Args[1] == "bench" {
-		if err := writeTimelines(root, bytes.NewReader(captured.Bytes())); err != nil {
+		if err := writeTimelines(root, bytes.NewReader(bc.captured.Bytes())); err != nil {
 			return err
 		}
-		return writeBenchmarks(root, assets, &captured)
+		return writeBenchmarks(root, assets, bytes.NewReader(bc.captured.Bytes()))
 	}
 	return nil
 }
+
+// trialsArg is the TRIALS argument of bench and bench-real, 20 by default.
+func trialsArg() string {
+	if len(os.Args) > 2 {
+		return os.Args[2]
+	}
+	return "20"
+}
+
+// partialBench tells whether VIPCTL_BENCH_RUN narrows the benchmarks: the
+// results are then printed and docs are left alone.
+func partialBench() bool { return os.Getenv("VIPCTL_BENCH_RUN") != "" }
+
+// benchPattern is the -test.run pattern of a benchmark VM: def unless
+// VIPCTL_BENCH_RUN narrows it.
+func benchPattern(def string) string {
+	if partialBench() {
+		return os.Getenv("VIPCTL_BENCH_RUN")
+	}
+	return def
+}
+
+// benchConsole is where a benchmark VM's console goes: all of it to a log
+// file in the temporary folder, the progress lines to stdout, and a copy
+// kept for its MEASURE lines.
+type benchConsole struct {
+	file     *os.File
+	captured bytes.Buffer
+}
+
+func newBenchConsole(name string) (*benchConsole, error) {
+	f, err := os.Create(filepath.Join(os.TempDir(), name))
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(os.Stderr, "vmlab: the VM's whole console goes to %s\n", f.Name())
+	return &benchConsole{file: f}, nil
+}
+
+func (b *benchConsole) Writer() io.Writer {
+	return io.MultiWriter(&b.captured, b.file, benchFilter{os.Stdout})
+}
+
+func (b *benchConsole) Close() { b.file.Close() }
 
 // benchReal runs the failover benchmarks against the real control plane:
 // three kube-apiservers and etcd on this host in network namespaces, the
@@ -159,34 +189,28 @@ func benchReal(ctx context.Context, root string, assets vm.Assets, trials string
 		return fmt.Errorf("start the control plane (logs in %s): %w", dir, err)
 	}
 	defer cp.Close()
-	full, err := os.Create(filepath.Join(os.TempDir(), "vmlab-bench-real-console.log"))
+	bc, err := newBenchConsole("vmlab-bench-real-console.log")
 	if err != nil {
 		return err
 	}
-	defer full.Close()
-	fmt.Fprintf(os.Stderr, "vmlab: the VM's whole console goes to %s\n", full.Name())
-	var captured bytes.Buffer
-	pattern := "^TestReal(KillRestart|Blackhole|IPVSFlush)$"
-	if p := os.Getenv("VIPCTL_BENCH_RUN"); p != "" {
-		pattern = p // a partial run: results are printed, docs are left alone
-	}
+	defer bc.Close()
 	env := map[string]string{"VIPCTL_REAL_CYCLES": trials, "VIPCTL_REAL_BLACKHOLE_CYCLES": trials, "VIPCTL_REAL_FLUSH_CYCLES": trials}
-	code, err := cp.RunVM(ctx, realcp.VMRun{Assets: assets, Root: root, TestArgs: []string{"-test.run=" + pattern}, Env: env,
-		Console: io.MultiWriter(&captured, full, benchFilter{os.Stdout})})
+	code, err := cp.RunVM(ctx, realcp.VMRun{Assets: assets, Root: root, Env: env, Console: bc.Writer(),
+		TestArgs: []string{"-test.run=" + benchPattern("^TestReal(KillRestart|Blackhole|IPVSFlush)$")}})
 	if err != nil {
 		return err
 	}
 	if code != 0 {
-		return fmt.Errorf("the VM's run ended with exit code %d (console: %s)", code, full.Name())
+		return fmt.Errorf("the VM's run ended with exit code %d (console: %s)", code, bc.file.Name())
 	}
-	series, err := benchreport.Parse(&captured)
+	series, err := benchreport.Parse(&bc.captured)
 	if err != nil {
 		return err
 	}
 	if len(series) == 0 {
 		return fmt.Errorf("the VM printed no MEASURE line")
 	}
-	if os.Getenv("VIPCTL_BENCH_RUN") != "" {
+	if partialBench() {
 		fmt.Fprint(os.Stderr, benchreport.Table(series))
 		return nil
 	}
