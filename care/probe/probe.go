@@ -1,9 +1,10 @@
 // Package probe checks a kube-apiserver's health: an HTTPS (or HTTP) GET of
 // a health path, with the server's certificate verified against the cluster
-// CA, or a bare TCP connect. A healthy answer's connection may be kept for
-// the next probes of the same master for a bounded time (Config.ReuseFor). It also holds an
-// idle keep-alive connection to a master (Hold) so that the watchdog learns
-// within milliseconds when the apiserver process dies and closes it.
+// CA, or a bare TCP connect. A healthy answer's connection may carry the
+// next probes of the same master for a bounded time (Config.ReuseFor). It
+// also holds an idle keep-alive connection to a master (Hold) so that the
+// watchdog learns within milliseconds when the apiserver process dies and
+// closes it.
 package probe
 
 import (
@@ -318,9 +319,6 @@ func (p *Prober) exchange(ctx context.Context, conn net.Conn, br *bufio.Reader, 
 		return nil, nil, err
 	}
 	defer resp.Body.Close()
-	if !closeAfter && resp.Close {
-		return nil, nil, errors.New("the server closes the connection after each request")
-	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if closeAfter {
 		// The status is what counts; a body cut short does not matter.

@@ -239,6 +239,18 @@ func TestConnectionClosedWhileIdleIsReplaced(t *testing.T) {
 	assert.Equal(t, int64(2), srv.conns.Load())
 }
 
+// A server that closes the connection after each answer is probed as any
+// other; its connection is simply not kept.
+func TestServerClosingAfterEachAnswerIsHealthy(t *testing.T) {
+	srv, p := reusing(t)
+	srv.Config.SetKeepAlivesEnabled(false)
+	for range 2 {
+		r := p.Probe(context.Background(), srv.target)
+		require.True(t, r.OK, r.Reason)
+	}
+	assert.Equal(t, int64(2), srv.conns.Load())
+}
+
 func TestUnhealthyAnswerIsNotKept(t *testing.T) {
 	srv, p := reusing(t)
 	srv.status.Store(500)
