@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	mobyipvs "github.com/moby/ipvs"
 	"go.uber.org/zap"
@@ -27,22 +26,10 @@ type Kernel struct {
 	// connTable is the kernel's IPVS connection table; a field so tests
 	// can point it elsewhere.
 	connTable string
-	// sched caches each service's scheduler (see get).
-	sched map[netip.AddrPort]schedulerSeen
 	// presence is the cheap existence check (see Present); nil when its
 	// socket could not be opened.
 	presence *presence
 }
-
-// schedulerSeen is a service's scheduler and when it was read.
-type schedulerSeen struct {
-	name string
-	at   time.Time
-}
-
-// schedulerRecheck bounds how stale a cached scheduler may be: a change
-// made behind vipctl's back is seen within this time.
-const schedulerRecheck = time.Second
 
 // NewKernel opens a netlink handle for IPVS in the current network
 // namespace. The ip_vs module must be loadable (moby/ipvs runs modprobe).
@@ -57,7 +44,7 @@ func NewKernel(log *zap.Logger) (*Kernel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open IPVS netlink handle (is the ip_vs module loaded?): %w", err)
 	}
-	k := &Kernel{log: log, h: h, connTable: "/proc/net/ip_vs_conn", sched: map[netip.AddrPort]schedulerSeen{}}
+	k := &Kernel{log: log, h: h, connTable: "/proc/net/ip_vs_conn"}
 	// A failing query here means the kernel has no IPVS at all: say so now
 	// rather than on the first Apply.
 	if _, err := h.GetServices(); err != nil {
@@ -135,31 +122,22 @@ func (k *Kernel) get(vip netip.AddrPort) (State, bool, error) {
 	if k.h == nil {
 		return State{}, false, errors.New("IPVS handle is closed")
 	}
-	// The real servers come first: one netlink request, all that a
-	// reconcile of a known service needs (the resync poll only asks
-	// Present). A service with real servers exists; its
-	// scheduler is read again (a second request) only when the list is
-	// empty (is there a service at all?) or the cached one is older than
-	// schedulerRecheck.
+	// Two netlink requests: the service (does it exist, which scheduler),
+	// then its real servers. The watchdog's frequent poll asks only
+	// Present; this full read serves its reconciles.
 	ms := toMobyService(Service{VIP: vip, Protocol: ProtocolTCP})
+	svc, err := k.h.GetService(ms)
+	if err != nil {
+		if isNotExist(err) {
+			return State{}, false, nil
+		}
+		return State{}, false, fmt.Errorf("virtual server %s: get: %w", vip, err)
+	}
 	dests, err := k.h.GetDestinations(ms)
 	if err != nil && !isNotExist(err) {
 		return State{}, false, fmt.Errorf("virtual server %s: list real servers: %w", vip, err)
 	}
-	c, cached := k.sched[vip]
-	if len(dests) == 0 || !cached || time.Since(c.at) >= schedulerRecheck {
-		svc, err := k.h.GetService(ms)
-		if err != nil {
-			delete(k.sched, vip)
-			if isNotExist(err) {
-				return State{}, false, nil
-			}
-			return State{}, false, fmt.Errorf("virtual server %s: get: %w", vip, err)
-		}
-		c = schedulerSeen{name: svc.SchedName, at: time.Now()}
-		k.sched[vip] = c
-	}
-	st := State{Service: Service{VIP: vip, Protocol: ProtocolTCP, Scheduler: c.name}}
+	st := State{Service: Service{VIP: vip, Protocol: ProtocolTCP, Scheduler: svc.SchedName}}
 	for _, d := range dests {
 		st.RealServers = append(st.RealServers, RealServerStatus{
 			RealServer:    RealServer{Addr: addrPort(d.Address, d.Port), Weight: d.Weight},
@@ -227,14 +205,12 @@ func (k *Kernel) Apply(ctx context.Context, d Desired) ([]Change, error) {
 		if err := k.h.NewService(ms); err != nil {
 			return done, fmt.Errorf("virtual server %s: create: %w", d.Service, err)
 		}
-		k.sched[d.Service.VIP] = schedulerSeen{name: d.Service.Scheduler, at: time.Now()}
 		next()
 	}
 	if p.UpdateService {
 		if err := k.h.UpdateService(ms); err != nil {
 			return done, fmt.Errorf("virtual server %s: set scheduler %s: %w", d.Service, d.Service.Scheduler, err)
 		}
-		k.sched[d.Service.VIP] = schedulerSeen{name: d.Service.Scheduler, at: time.Now()}
 		next()
 	}
 	for _, rs := range p.Delete {
@@ -268,7 +244,6 @@ func (k *Kernel) Delete(ctx context.Context, vip netip.AddrPort) ([]Change, erro
 	if k.h == nil {
 		return nil, errors.New("IPVS handle is closed")
 	}
-	delete(k.sched, vip)
 	err := k.h.DelService(toMobyService(Service{VIP: vip, Protocol: ProtocolTCP}))
 	if err != nil {
 		if isNotExist(err) {
