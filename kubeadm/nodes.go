@@ -56,30 +56,34 @@ func setScalar(m *yaml.Node, key, value, tag string) {
 // childMap returns the mapping under key in mapping m, creating it when
 // absent or null. where names the document for errors.
 func childMap(m *yaml.Node, where, key string) (*yaml.Node, error) {
-	v := lookup(m, key)
-	switch {
-	case v == nil:
-		v = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
-		m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, v)
-	case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
-		v.Kind, v.Tag, v.Value, v.Style = yaml.MappingNode, "!!map", "", 0
-	case v.Kind != yaml.MappingNode:
+	v, ok := ensure(m, key, yaml.MappingNode, "!!map")
+	if !ok {
 		return nil, fmt.Errorf("--config: %s %s: want a mapping, found %s", where, key, describe(v))
 	}
 	return v, nil
 }
 
+// ensure returns the node under key in mapping m, creating one of kind (with
+// tag) when absent or null. ok is false when a node of another kind is there.
+func ensure(m *yaml.Node, key string, kind yaml.Kind, tag string) (v *yaml.Node, ok bool) {
+	v = lookup(m, key)
+	switch {
+	case v == nil:
+		v = &yaml.Node{Kind: kind, Tag: tag}
+		m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, v)
+	case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
+		v.Kind, v.Tag, v.Value, v.Style = kind, tag, "", 0
+	case v.Kind != kind:
+		return v, false
+	}
+	return v, true
+}
+
 // appendUnique appends to the sequence under key in mapping m each value
 // that is not there yet (by same), creating the sequence when absent or null.
 func appendUnique(m *yaml.Node, where, key string, values []string, same func(a, b string) bool) error {
-	v := lookup(m, key)
-	switch {
-	case v == nil:
-		v = &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
-		m.Content = append(m.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: key}, v)
-	case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
-		v.Kind, v.Tag, v.Value, v.Style = yaml.SequenceNode, "!!seq", "", 0
-	case v.Kind != yaml.SequenceNode:
+	v, ok := ensure(m, key, yaml.SequenceNode, "!!seq")
+	if !ok {
 		return fmt.Errorf("--config: %s: want a list, found %s", where, describe(v))
 	}
 next:

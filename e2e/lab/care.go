@@ -49,9 +49,19 @@ func (s *syncBuffer) String() string {
 // CareArgs are the watchdog's arguments for this lab: every master, the lab
 // CA, JSON logs, plus extra.
 func (l *Lab) CareArgs(extra ...string) []string {
-	args := []string{"care", "--vip", VIPPort.String(), "--ca-file", l.CAFile, "--log-format", "json", "--metrics-addr", MetricsAddr}
-	for _, m := range l.Masters {
-		args = append(args, "--master", m.Addr.String())
+	addrs := make([]netip.AddrPort, len(l.Masters))
+	for i, m := range l.Masters {
+		addrs[i] = m.Addr
+	}
+	return careArgs(l.CAFile, addrs, extra)
+}
+
+// careArgs is a `vipctl care` command line for masters, verified against
+// caFile, with JSON logs and the lab's metrics address, plus extra.
+func careArgs(caFile string, masters []netip.AddrPort, extra []string) []string {
+	args := []string{"care", "--vip", VIPPort.String(), "--ca-file", caFile, "--log-format", "json", "--metrics-addr", MetricsAddr}
+	for _, m := range masters {
+		args = append(args, "--master", m.String())
 	}
 	return append(args, extra...)
 }

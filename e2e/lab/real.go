@@ -188,11 +188,11 @@ func (r *Real) run(name string, args ...string) (string, error) {
 // CareArgs are the watchdog's arguments for the real masters: the lab CA,
 // anonymous /readyz probes (the default), JSON logs, plus extra.
 func (r *Real) CareArgs(extra ...string) []string {
-	args := []string{"care", "--vip", VIPPort.String(), "--ca-file", r.CAFile, "--log-format", "json", "--metrics-addr", MetricsAddr}
-	for _, m := range r.Masters {
-		args = append(args, "--master", m.Addr.String())
+	addrs := make([]netip.AddrPort, len(r.Masters))
+	for i, m := range r.Masters {
+		addrs[i] = m.Addr
 	}
-	return append(args, extra...)
+	return careArgs(r.CAFile, addrs, extra)
 }
 
 // StartCare starts `vipctl care` for the real masters and waits until it

@@ -74,6 +74,17 @@ func (p joinPaths) flags() []string {
 	return []string{"--manifest-dir", p.manifestDir, "--modules-file", p.modules}
 }
 
+// joinScene is a node before `vipctl join`: a lab of n masters, the
+// node's /etc/hosts, the paths join writes, the kernel's state, and a
+// stand-in kubeadm that exits with exit.
+func joinScene(t *testing.T, n, exit int) (*lab.Lab, []byte, joinPaths, lab.Observed, *lab.FakeKubeadm) {
+	t.Helper()
+	l := lab.New(t, n)
+	base := realHosts(t)
+	p := newJoinPaths(t)
+	return l, base, p, lab.Observe(t), l.FakeKubeadm(exit)
+}
+
 func joinArgs(l *lab.Lab, fk *lab.FakeKubeadm, p joinPaths, extra ...string) []string {
 	args := []string{"join", "--vip", lab.VIPPort.String(), "--kubeadm", fk.Path, "--ca-file", l.CAFile, "--image", "e2e.local/vipctl:test"}
 	for _, m := range l.Masters {
@@ -126,11 +137,7 @@ func careCommand(t *testing.T, manifest string) []string {
 }
 
 func TestJoinWorkerThroughTheVIPThenReset(t *testing.T) {
-	l := lab.New(t, 3)
-	base := realHosts(t)
-	p := newJoinPaths(t)
-	clean := lab.Observe(t)
-	fk := l.FakeKubeadm(0)
+	l, base, p, clean, fk := joinScene(t, 3, 0)
 
 	stdout, stderr, err := l.RunWith(fk.Env, append(joinArgs(l, fk, p, "--"), kubeadmFlags...)...)
 	t.Logf("vipctl join stdout:\n%s\nstderr:\n%s", stdout, stderr)
@@ -194,11 +201,7 @@ func TestJoinWorkerThroughTheVIPThenReset(t *testing.T) {
 }
 
 func TestJoinFailingKubeadmLeavesTheNodeAsBefore(t *testing.T) {
-	l := lab.New(t, 3)
-	base := realHosts(t)
-	p := newJoinPaths(t)
-	clean := lab.Observe(t)
-	fk := l.FakeKubeadm(1)
+	l, base, p, clean, fk := joinScene(t, 3, 1)
 
 	stdout, stderr, err := l.RunWith(fk.Env, append(joinArgs(l, fk, p, "--"), kubeadmFlags...)...)
 	t.Logf("vipctl join stdout:\n%s\nstderr:\n%s", stdout, stderr)
@@ -220,11 +223,7 @@ func TestJoinFailingKubeadmLeavesTheNodeAsBefore(t *testing.T) {
 }
 
 func TestJoinMasterMapsTheNameToTheFirstMasterThenItself(t *testing.T) {
-	l := lab.New(t, 3)
-	base := realHosts(t)
-	p := newJoinPaths(t)
-	clean := lab.Observe(t)
-	fk := l.FakeKubeadm(0)
+	l, base, p, clean, fk := joinScene(t, 3, 0)
 
 	args := append(joinArgs(l, fk, p, "--control-plane", "--"), kubeadmFlags...)
 	args = append(args, "--certificate-key", e2eCertKey)
@@ -252,11 +251,7 @@ func TestJoinMasterMapsTheNameToTheFirstMasterThenItself(t *testing.T) {
 }
 
 func TestJoinDryRunChangesNothing(t *testing.T) {
-	l := lab.New(t, 2)
-	base := realHosts(t)
-	p := newJoinPaths(t)
-	clean := lab.Observe(t)
-	fk := l.FakeKubeadm(0)
+	l, base, p, clean, fk := joinScene(t, 2, 0)
 
 	stdout, stderr, err := l.RunWith(fk.Env, append(joinArgs(l, fk, p, "--dry-run", "--"), kubeadmFlags...)...)
 	require.NoError(t, err, stderr)
