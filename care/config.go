@@ -9,7 +9,7 @@
 // kernel on every decision, on every netlink event, every interval and on a
 // cheap poll every resync period, and serves metrics, /healthz, /readyz and
 // /status. It talks to the kernel only through the small interfaces below,
-// which *ipvs.Kernel satisfies in production and ipvs.Memory in tests.
+// which *kernel.Kernel satisfies in production and ipvstest.Memory in tests.
 package care
 
 import (

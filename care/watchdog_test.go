@@ -21,6 +21,7 @@ import (
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/ipvstest"
 )
 
 var (
@@ -45,8 +46,8 @@ func testConfig(masters ...netip.AddrPort) Config {
 // rig is a watchdog on an in-memory kernel.
 type rig struct {
 	w      *Watchdog
-	mem    *ipvs.Memory
-	plumb  *ipvs.MemoryPlumbing
+	mem    *ipvstest.Memory
+	plumb  *ipvstest.MemoryPlumbing
 	prober *fakeProber
 	logs   *observer.ObservedLogs
 }
@@ -54,7 +55,7 @@ type rig struct {
 func newRig(t *testing.T, cfg Config, mod func(*Deps)) *rig {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
-	r := &rig{mem: ipvs.NewMemory(), plumb: ipvs.NewMemoryPlumbing(), prober: newFakeProber(), logs: logs}
+	r := &rig{mem: ipvstest.NewMemory(), plumb: ipvstest.NewMemoryPlumbing(), prober: newFakeProber(), logs: logs}
 	d := Deps{Dataplane: r.mem, Plumbing: r.plumb, Closer: r.plumb, Prober: r.prober, Log: zap.New(core),
 		Rand: func() float64 { return 0.5 }}
 	if mod != nil {
@@ -537,7 +538,7 @@ func TestConfigValidate(t *testing.T) {
 		if assert.Error(t, err, tc.want) {
 			assert.Contains(t, err.Error(), tc.want)
 		}
-		_, err = New(c, Deps{Dataplane: ipvs.NewMemory(), Prober: newFakeProber()})
+		_, err = New(c, Deps{Dataplane: ipvstest.NewMemory(), Prober: newFakeProber()})
 		assert.Error(t, err, "New refuses it too")
 	}
 	route := good
@@ -547,10 +548,10 @@ func TestConfigValidate(t *testing.T) {
 
 // benchWatchdog is a watchdog with three healthy masters, once reconciled
 // against an in-memory kernel.
-func benchWatchdog(b *testing.B) (*Watchdog, *ipvs.Memory) {
+func benchWatchdog(b *testing.B) (*Watchdog, *ipvstest.Memory) {
 	b.Helper()
-	mem := ipvs.NewMemory()
-	w, err := New(testConfig(mA, mB, mC), Deps{Dataplane: mem, Plumbing: ipvs.NewMemoryPlumbing(), Prober: newFakeProber()})
+	mem := ipvstest.NewMemory()
+	w, err := New(testConfig(mA, mB, mC), Deps{Dataplane: mem, Plumbing: ipvstest.NewMemoryPlumbing(), Prober: newFakeProber()})
 	require.NoError(b, err)
 	require.NoError(b, w.Once(context.Background()))
 	b.ReportAllocs()

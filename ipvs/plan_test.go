@@ -1,10 +1,7 @@
 package ipvs
 
 import (
-	"context"
-	"errors"
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -83,62 +80,6 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestMemoryApplyIsMinimal(t *testing.T) {
-	ctx := context.Background()
-	m := NewMemory()
-	ch, err := m.Apply(ctx, desired("rr", RealServer{m1, 1}, RealServer{m2, 1}))
-	require.NoError(t, err)
-	assert.Len(t, ch, 3)
-	ch, err = m.Apply(ctx, desired("rr", RealServer{m2, 1}, RealServer{m1, 1}))
-	require.NoError(t, err)
-	assert.Empty(t, ch, "same set in another order changes nothing")
-	ch, err = m.Apply(ctx, desired("rr", RealServer{m1, 0}, RealServer{m2, 1}))
-	require.NoError(t, err)
-	require.Len(t, ch, 1)
-	assert.Equal(t, "update real server 10.103.97.2:6443 -> 192.0.2.11:6443 (weight 1 -> 0)", ch[0].String())
-	assert.Equal(t, 0, m.Ops("delete real server"), "a weight change never deletes")
-	st, err := m.Get(ctx, vip)
-	require.NoError(t, err)
-	assert.Len(t, st.RealServers, 2)
-
-	_, err = m.Get(ctx, netip.MustParseAddrPort("10.0.0.1:1"))
-	assert.ErrorIs(t, err, ErrNotFound)
-}
-
-func TestConvergeRollsBackOnFailure(t *testing.T) {
-	ctx := context.Background()
-	c := VIPConfig{Mode: ModeLink, Interface: DefaultInterface, VIP: vip.Addr(), NodeIP: netip.MustParseAddr("192.0.2.20")}
-
-	t.Run("new service", func(t *testing.T) {
-		tbl, pl := NewMemory(), NewMemoryPlumbing()
-		tbl.FailNext(errors.New("boom"))
-		_, err := Converge(ctx, tbl, pl, c, desired("rr", RealServer{m1, 1}))
-		require.ErrorContains(t, err, "boom")
-		_, err = tbl.Get(ctx, vip)
-		assert.ErrorIs(t, err, ErrNotFound, "no service is left behind")
-		assert.False(t, pl.Has(c), "the VIP plumbing created by this run is removed")
-	})
-	t.Run("existing service", func(t *testing.T) {
-		tbl, pl := NewMemory(), NewMemoryPlumbing()
-		_, err := Converge(ctx, tbl, pl, c, desired("rr", RealServer{m1, 1}))
-		require.NoError(t, err)
-		tbl.FailNext(errors.New("boom"))
-		_, err = Converge(ctx, tbl, pl, c, desired("rr", RealServer{m2, 1}))
-		require.ErrorContains(t, err, "boom")
-		st, err := tbl.Get(ctx, vip)
-		require.NoError(t, err)
-		require.Len(t, st.RealServers, 1)
-		assert.Equal(t, m1, st.RealServers[0].Addr, "the previous real servers are kept")
-		assert.True(t, pl.Has(c), "plumbing that existed before stays")
-	})
-	t.Run("vip mismatch", func(t *testing.T) {
-		c2 := c
-		c2.VIP = netip.MustParseAddr("10.103.97.3")
-		_, err := Converge(ctx, NewMemory(), NewMemoryPlumbing(), c2, desired("rr"))
-		assert.ErrorContains(t, err, "differs")
-	})
-}
-
 func TestParseEndpoint(t *testing.T) {
 	for in, want := range map[string]string{
 		"192.0.2.1":         "192.0.2.1:6443",
@@ -163,23 +104,4 @@ func TestParseEndpoint(t *testing.T) {
 		require.Error(t, err, in)
 		assert.Contains(t, err.Error(), want, in)
 	}
-}
-
-func TestParseConnTable(t *testing.T) {
-	in := strings.Join([]string{
-		"Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData",
-		"TCP 0A0A0001 A1B2 0A676102 192B 0A0A000B 192B ESTABLISHED 899",
-		"TCP 0A0A0001 A1B3 0A676102 192B 0A0A000C 192B TIME_WAIT   100",
-		"TCP 2001:0db8:0000:0000:0000:0000:0000:0001 1F90 2001:0db8:0000:0000:0000:0000:0000:0002 192B 2001:0db8:0000:0000:0000:0000:0000:000b 192B ESTABLISHED 10",
-		"garbage line",
-	}, "\n")
-	conns, err := ParseConnTable(strings.NewReader(in))
-	require.NoError(t, err)
-	require.Len(t, conns, 3)
-	assert.Equal(t, Conn{Protocol: "TCP", From: netip.MustParseAddrPort("10.10.0.1:41394"), To: netip.MustParseAddrPort("10.103.97.2:6443"),
-		Dest: netip.MustParseAddrPort("10.10.0.11:6443"), State: "ESTABLISHED"}, conns[0])
-	assert.Equal(t, "TIME_WAIT", conns[1].State)
-	assert.Equal(t, netip.MustParseAddrPort("[2001:db8::b]:6443"), conns[2].Dest)
-	assert.True(t, closable(conns[0].State))
-	assert.False(t, closable(conns[1].State))
 }

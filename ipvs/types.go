@@ -4,9 +4,10 @@
 //
 // The API is declarative: callers describe the desired service and real
 // servers, and Apply makes the kernel match with the fewest changes, never
-// deleting and re-creating what is already right. Table is the interface
-// other packages depend on; Kernel implements it on a real kernel and Memory
-// implements it in memory for tests.
+// deleting and re-creating what is already right. Table and Plumbing are the
+// interfaces other packages depend on; package ipvs/kernel implements them on
+// the running kernel and package ipvs/ipvstest in memory for tests. This
+// package itself never talks to the kernel.
 package ipvs
 
 import (

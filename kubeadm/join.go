@@ -33,7 +33,7 @@ const (
 	outputLines = 40
 )
 
-// Dataplane is the node's IPVS table and VIP plumbing; *ipvs.Kernel.
+// Dataplane is the node's IPVS table and VIP plumbing; *kernel.Kernel.
 type Dataplane interface {
 	ipvs.Table
 	ipvs.Plumbing

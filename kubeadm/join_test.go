@@ -20,11 +20,12 @@ import (
 
 	"github.com/vipctl/vipctl/hosts"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/ipvstest"
 )
 
 // The fakes of the join's interfaces. Files and the hosts file are real
 // files in a temporary folder, with failures injected on demand; IPVS is
-// ipvs.Memory and ipvs.MemoryPlumbing.
+// ipvstest.Memory and ipvstest.MemoryPlumbing.
 
 const (
 	testToken   = "abcdef.0123456789abcdef"
@@ -43,8 +44,8 @@ var (
 )
 
 type fakeDP struct {
-	*ipvs.Memory
-	*ipvs.MemoryPlumbing
+	*ipvstest.Memory
+	*ipvstest.MemoryPlumbing
 	ensureErr error
 	removeErr error
 }
@@ -245,7 +246,7 @@ func newWorld(t *testing.T) *world {
 	w.hostsPath = hp
 	w.hosts = &flakyHosts{File: hosts.File{Path: hp}}
 	w.files = &flakyFiles{writeErr: map[string]error{}, mkdirErr: map[string]error{}}
-	w.dp = &fakeDP{Memory: ipvs.NewMemory(), MemoryPlumbing: ipvs.NewMemoryPlumbing()}
+	w.dp = &fakeDP{Memory: ipvstest.NewMemory(), MemoryPlumbing: ipvstest.NewMemoryPlumbing()}
 	w.runner = &fakeRunner{missing: map[string]bool{}}
 	w.insp = &fakeInspector{w: w, ipvsLoaded: true, otherIfs: map[netip.Addr][]string{}, unreachable: map[netip.AddrPort]bool{}}
 	return w

@@ -24,9 +24,10 @@ import (
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/internal/version"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 )
 
-// careKernel is what the watchdog needs from the kernel; *ipvs.Kernel.
+// careKernel is what the watchdog needs from the kernel; *kernel.Kernel.
 type careKernel interface {
 	care.Dataplane
 	care.Plumbing
@@ -53,8 +54,8 @@ type careEnv struct {
 func defaultCareEnv() careEnv {
 	return careEnv{
 		getenv:       os.Getenv,
-		detectNodeIP: ipvs.DetectNodeIP,
-		newKernel:    func(l *zap.Logger) (careKernel, error) { return ipvs.NewKernel(l) },
+		detectNodeIP: kernel.DetectNodeIP,
+		newKernel:    func(l *zap.Logger) (careKernel, error) { return kernel.New(l) },
 		newProber:    func(c probe.Config) (careProber, error) { return probe.New(c) },
 		serve:        care.Serve,
 	}

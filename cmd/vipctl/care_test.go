@@ -19,12 +19,13 @@ import (
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/care/probe/probetest"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/ipvstest"
 )
 
 // fakeCareKernel is an in-memory kernel.
 type fakeCareKernel struct {
-	*ipvs.Memory
-	*ipvs.MemoryPlumbing
+	*ipvstest.Memory
+	*ipvstest.MemoryPlumbing
 	closed bool
 }
 
@@ -65,7 +66,7 @@ type careWorld struct {
 }
 
 func newCareWorld() *careWorld {
-	return &careWorld{env: map[string]string{}, kernel: &fakeCareKernel{Memory: ipvs.NewMemory(), MemoryPlumbing: ipvs.NewMemoryPlumbing()}}
+	return &careWorld{env: map[string]string{}, kernel: &fakeCareKernel{Memory: ipvstest.NewMemory(), MemoryPlumbing: ipvstest.NewMemoryPlumbing()}}
 }
 
 func (w *careWorld) careEnv() careEnv {

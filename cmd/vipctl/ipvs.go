@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 	"go.uber.org/zap"
 )
 
@@ -103,7 +104,7 @@ func (f *serviceFlags) parse(cmd *cobra.Command, needMasters bool) (parsedServic
 		}
 		p.vip.NodeIP = a.Unmap()
 	} else if len(p.desired.RealServers) > 0 {
-		a, err := ipvs.DetectNodeIP(cmd.Context(), p.desired.RealServers[0].Addr.Addr())
+		a, err := kernel.DetectNodeIP(cmd.Context(), p.desired.RealServers[0].Addr.Addr())
 		if err != nil {
 			return p, fmt.Errorf("--node-ip: %w", err)
 		}
@@ -143,7 +144,7 @@ func newIPVSApplyCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			k, err := ipvs.NewKernel(a.log)
+			k, err := kernel.New(a.log)
 			if err != nil {
 				return err
 			}
@@ -202,7 +203,7 @@ func newIPVSShowCmd(a *app) *cobra.Command {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("--output %q: want table or json", output)
 			}
-			k, err := ipvs.NewKernel(a.log)
+			k, err := kernel.New(a.log)
 			if err != nil {
 				return err
 			}
@@ -256,7 +257,7 @@ func newIPVSDeleteCmd(a *app) *cobra.Command {
 			default:
 				return fmt.Errorf("--mode %q: want link, route or empty for both", mode)
 			}
-			k, err := ipvs.NewKernel(a.log)
+			k, err := kernel.New(a.log)
 			if err != nil {
 				return err
 			}

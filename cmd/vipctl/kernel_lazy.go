@@ -5,7 +5,7 @@ package main
 import (
 	"go.uber.org/zap"
 
-	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 	"github.com/vipctl/vipctl/kubeadm"
 )
 
@@ -13,13 +13,13 @@ import (
 // whose dry runs or early failures never touch the kernel do not need IPVS.
 type lazyKernel struct {
 	log *zap.Logger
-	k   *ipvs.Kernel
+	k   *kernel.Kernel
 }
 
 // Dataplane returns the kernel handle, opening it the first time.
 func (l *lazyKernel) Dataplane() (kubeadm.Dataplane, error) {
 	if l.k == nil {
-		k, err := ipvs.NewKernel(l.log)
+		k, err := kernel.New(l.log)
 		if err != nil {
 			return nil, err
 		}

@@ -15,9 +15,10 @@ import (
 
 	"github.com/vipctl/vipctl/care"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 )
 
-// statusGetter reads the kernel's virtual service; *ipvs.Kernel.
+// statusGetter reads the kernel's virtual service; *kernel.Kernel.
 type statusGetter interface {
 	Get(ctx context.Context, vip netip.AddrPort) (ipvs.State, error)
 }
@@ -33,7 +34,7 @@ func defaultStatusEnv() statusEnv {
 	return statusEnv{
 		fetch: care.FetchStatus,
 		openIPVS: func(l *zap.Logger) (statusGetter, func() error, error) {
-			k, err := ipvs.NewKernel(l)
+			k, err := kernel.New(l)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/vipctl/vipctl/care"
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/ipvstest"
 )
 
 var (
@@ -32,7 +33,7 @@ var stNow = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 type statusWorld struct {
 	watchdog    *care.Status
 	watchdogErr error
-	kernel      *ipvs.Memory
+	kernel      *ipvstest.Memory
 	kernelErr   error
 	fetchedAddr string
 }
@@ -67,9 +68,9 @@ func runStatusCmd(t *testing.T, w *statusWorld, args ...string) (string, error) 
 	return out.String(), err
 }
 
-func kernelWith(t *testing.T, rs ...ipvs.RealServer) *ipvs.Memory {
+func kernelWith(t *testing.T, rs ...ipvs.RealServer) *ipvstest.Memory {
 	t.Helper()
-	m := ipvs.NewMemory()
+	m := ipvstest.NewMemory()
 	_, err := m.Apply(context.Background(), ipvs.Desired{Service: ipvs.Service{VIP: stVIP, Protocol: ipvs.ProtocolTCP, Scheduler: "rr"}, RealServers: rs})
 	require.NoError(t, err)
 	return m

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/vipctl/vipctl/e2e/lab"
-	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 )
 
 func applyArgs(l *lab.Lab, mode string, masters ...*lab.Master) []string {
@@ -195,7 +195,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 // kernel: absent, present with its scheduler, changed, deleted.
 func TestPresenceCheckFollowsTheKernel(t *testing.T) {
 	l := lab.New(t, 2)
-	k, err := ipvs.NewKernel(nil)
+	k, err := kernel.New(nil)
 	require.NoError(t, err)
 	defer k.Close()
 	ctx := context.Background()

@@ -1,4 +1,6 @@
-package ipvs
+// Package ipvstest holds in-memory implementations of the ipvs interfaces
+// for the tests of packages that manage IPVS without a kernel.
+package ipvstest
 
 import (
 	"context"
@@ -6,14 +8,16 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
-// Memory is an in-memory Table for tests of packages that manage IPVS
+// Memory is an in-memory ipvs.Table for tests of packages that manage IPVS
 // without a kernel. It applies the same plan the kernel implementation does
 // and counts the operations, so tests can assert that nothing was re-created.
 type Memory struct {
 	mu       sync.Mutex
-	services map[netip.AddrPort]*State
+	services map[netip.AddrPort]*ipvs.State
 	// Ops counts every kernel-like operation performed, by kind of change
 	// ("add virtual server", "update real server", ...).
 	ops map[string]int
@@ -24,7 +28,7 @@ type Memory struct {
 
 // NewMemory returns an empty in-memory table.
 func NewMemory() *Memory {
-	return &Memory{services: map[netip.AddrPort]*State{}, ops: map[string]int{}}
+	return &Memory{services: map[netip.AddrPort]*ipvs.State{}, ops: map[string]int{}}
 }
 
 // FailNext makes the next mutating call fail with err and change nothing.
@@ -64,8 +68,8 @@ func (m *Memory) SetConns(vip, rs netip.AddrPort, active, inactive int) {
 	}
 }
 
-// Apply implements Table.
-func (m *Memory) Apply(_ context.Context, d Desired) ([]Change, error) {
+// Apply implements ipvs.Table.
+func (m *Memory) Apply(_ context.Context, d ipvs.Desired) ([]ipvs.Change, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
@@ -76,20 +80,20 @@ func (m *Memory) Apply(_ context.Context, d Desired) ([]Change, error) {
 		return nil, fmt.Errorf("virtual server %s: %w", d.Service, err)
 	}
 	cur := m.services[d.Service.VIP]
-	var curCopy *State
+	var curCopy *ipvs.State
 	if cur != nil {
 		c := cloneState(*cur)
 		curCopy = &c
 	}
-	p := MakePlan(curCopy, d)
+	p := ipvs.MakePlan(curCopy, d)
 	changes := p.Changes(curCopy, d)
 	if cur == nil {
-		cur = &State{Service: d.Service}
+		cur = &ipvs.State{Service: d.Service}
 		m.services[d.Service.VIP] = cur
 	}
 	cur.Service = d.Service
 	for _, rs := range p.Delete {
-		cur.RealServers = slices.DeleteFunc(cur.RealServers, func(x RealServerStatus) bool { return x.Addr == rs.Addr })
+		cur.RealServers = slices.DeleteFunc(cur.RealServers, func(x ipvs.RealServerStatus) bool { return x.Addr == rs.Addr })
 	}
 	for _, rs := range p.Update {
 		for i := range cur.RealServers {
@@ -99,7 +103,7 @@ func (m *Memory) Apply(_ context.Context, d Desired) ([]Change, error) {
 		}
 	}
 	for _, rs := range p.Add {
-		cur.RealServers = append(cur.RealServers, RealServerStatus{RealServer: rs})
+		cur.RealServers = append(cur.RealServers, ipvs.RealServerStatus{RealServer: rs})
 	}
 	for _, c := range changes {
 		m.ops[string(c.Op)+" "+c.Kind]++
@@ -107,14 +111,14 @@ func (m *Memory) Apply(_ context.Context, d Desired) ([]Change, error) {
 	return changes, nil
 }
 
-// Get implements Table.
-func (m *Memory) Get(_ context.Context, vip netip.AddrPort) (State, error) {
+// Get implements ipvs.Table.
+func (m *Memory) Get(_ context.Context, vip netip.AddrPort) (ipvs.State, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.ops["get"]++
 	s := m.services[vip]
 	if s == nil {
-		return State{}, fmt.Errorf("virtual server %s: %w", vip, ErrNotFound)
+		return ipvs.State{}, fmt.Errorf("virtual server %s: %w", vip, ipvs.ErrNotFound)
 	}
 	return cloneState(*s), nil
 }
@@ -132,8 +136,8 @@ func (m *Memory) Present(_ context.Context, vip netip.AddrPort) (string, bool, e
 	return s.Service.Scheduler, true, nil
 }
 
-// Delete implements Table.
-func (m *Memory) Delete(_ context.Context, vip netip.AddrPort) ([]Change, error) {
+// Delete implements ipvs.Table.
+func (m *Memory) Delete(_ context.Context, vip netip.AddrPort) ([]ipvs.Change, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.failNext; err != nil {
@@ -145,19 +149,19 @@ func (m *Memory) Delete(_ context.Context, vip netip.AddrPort) ([]Change, error)
 	}
 	delete(m.services, vip)
 	m.ops["delete virtual server"]++
-	return []Change{{Op: OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
+	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
 }
 
-func cloneState(s State) State {
+func cloneState(s ipvs.State) ipvs.State {
 	s.RealServers = slices.Clone(s.RealServers)
 	return s
 }
 
-// MemoryPlumbing is an in-memory Plumbing and ConnCloser for tests. It
-// records the VIPs in place and the connection resets asked for.
+// MemoryPlumbing is an in-memory ipvs.Plumbing and ipvs.ConnCloser for
+// tests. It records the VIPs in place and the connection resets asked for.
 type MemoryPlumbing struct {
 	mu     sync.Mutex
-	vips   map[netip.Addr]VIPConfig
+	vips   map[netip.Addr]ipvs.VIPConfig
 	closed map[netip.AddrPort]int
 	calls  map[netip.AddrPort]int
 	// Conns, when set, tells CloseConnections how many sockets a real
@@ -167,11 +171,11 @@ type MemoryPlumbing struct {
 
 // NewMemoryPlumbing returns a MemoryPlumbing with no VIP in place.
 func NewMemoryPlumbing() *MemoryPlumbing {
-	return &MemoryPlumbing{vips: map[netip.Addr]VIPConfig{}, closed: map[netip.AddrPort]int{}, calls: map[netip.AddrPort]int{}}
+	return &MemoryPlumbing{vips: map[netip.Addr]ipvs.VIPConfig{}, closed: map[netip.AddrPort]int{}, calls: map[netip.AddrPort]int{}}
 }
 
-// EnsureVIP implements Plumbing.
-func (m *MemoryPlumbing) EnsureVIP(_ context.Context, c VIPConfig) ([]Change, error) {
+// EnsureVIP implements ipvs.Plumbing.
+func (m *MemoryPlumbing) EnsureVIP(_ context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -181,22 +185,22 @@ func (m *MemoryPlumbing) EnsureVIP(_ context.Context, c VIPConfig) ([]Change, er
 		return nil, nil
 	}
 	m.vips[c.VIP] = c
-	return []Change{{Op: OpAdd, Kind: "interface", Target: c.Interface, Detail: string(c.Mode)}}, nil
+	return []ipvs.Change{{Op: ipvs.OpAdd, Kind: "interface", Target: c.Interface, Detail: string(c.Mode)}}, nil
 }
 
-// RemoveVIP implements Plumbing.
-func (m *MemoryPlumbing) RemoveVIP(_ context.Context, c VIPConfig) ([]Change, error) {
+// RemoveVIP implements ipvs.Plumbing.
+func (m *MemoryPlumbing) RemoveVIP(_ context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.vips[c.VIP]; !ok {
 		return nil, nil
 	}
 	delete(m.vips, c.VIP)
-	return []Change{{Op: OpDelete, Kind: "interface", Target: c.Interface}}, nil
+	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "interface", Target: c.Interface}}, nil
 }
 
 // Has reports whether the VIP is in place as c describes.
-func (m *MemoryPlumbing) Has(c VIPConfig) bool {
+func (m *MemoryPlumbing) Has(c ipvs.VIPConfig) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur, ok := m.vips[c.VIP]
@@ -210,7 +214,7 @@ func (m *MemoryPlumbing) Drop(vip netip.Addr) {
 	delete(m.vips, vip)
 }
 
-// CloseConnections implements ConnCloser.
+// CloseConnections implements ipvs.ConnCloser.
 func (m *MemoryPlumbing) CloseConnections(_ context.Context, vip, rs netip.AddrPort) (int, error) {
 	n := 0
 	if m.Conns != nil {

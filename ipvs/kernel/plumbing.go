@@ -1,4 +1,4 @@
-package ipvs
+package kernel
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
 func hostPrefix(a netip.Addr) *net.IPNet {
@@ -29,7 +31,7 @@ func family(a netip.Addr) int {
 // localRoute is the VIP's route in the local table with its source set to
 // the node IP, so local clients connect from the node IP and masters can
 // answer without a route back to the VIP.
-func localRoute(c VIPConfig, linkIndex int) *netlink.Route {
+func localRoute(c ipvs.VIPConfig, linkIndex int) *netlink.Route {
 	return &netlink.Route{
 		Table:     unix.RT_TABLE_LOCAL,
 		Type:      unix.RTN_LOCAL,
@@ -43,7 +45,7 @@ func localRoute(c VIPConfig, linkIndex int) *netlink.Route {
 
 // vipRoute is route mode's VIP/32 route: out of the node IP's interface
 // with the node IP as source. IPVS catches the traffic in LOCAL_OUT.
-func vipRoute(c VIPConfig, linkIndex int) *netlink.Route {
+func vipRoute(c ipvs.VIPConfig, linkIndex int) *netlink.Route {
 	return &netlink.Route{
 		Table:     unix.RT_TABLE_MAIN,
 		Scope:     netlink.SCOPE_LINK,
@@ -95,25 +97,25 @@ func sameIP(a net.IP, b netip.Addr) bool {
 	return ok && x.Unmap() == b
 }
 
-// EnsureVIP implements Plumbing. It creates or repairs, in link mode, the
+// EnsureVIP implements ipvs.Plumbing. It creates or repairs, in link mode, the
 // dummy interface (up), VIP/32 on it and the VIP's local route with source
 // the node IP; in route mode the VIP/32 route. Only what is missing or wrong
 // is changed.
-func (k *Kernel) EnsureVIP(ctx context.Context, c VIPConfig) ([]Change, error) {
+func (k *Kernel) EnsureVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if c.Mode == ModeRoute {
+	if c.Mode == ipvs.ModeRoute {
 		return ensureRoute(c)
 	}
 	return ensureLink(c)
 }
 
-func ensureLink(c VIPConfig) ([]Change, error) {
-	var changes []Change
+func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
+	var changes []ipvs.Change
 	link, err := netlink.LinkByName(c.Interface)
 	var notFound netlink.LinkNotFoundError
 	switch {
@@ -122,7 +124,7 @@ func ensureLink(c VIPConfig) ([]Change, error) {
 		if err := netlink.LinkAdd(d); err != nil {
 			return changes, fmt.Errorf("interface %s: create dummy: %w", c.Interface, err)
 		}
-		changes = append(changes, Change{Op: OpAdd, Kind: "interface", Target: c.Interface, Detail: "dummy"})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: "interface", Target: c.Interface, Detail: "dummy"})
 		if link, err = netlink.LinkByName(c.Interface); err != nil {
 			return changes, fmt.Errorf("interface %s: %w", c.Interface, err)
 		}
@@ -135,7 +137,7 @@ func ensureLink(c VIPConfig) ([]Change, error) {
 		if err := netlink.LinkSetUp(link); err != nil {
 			return changes, fmt.Errorf("interface %s: set up: %w", c.Interface, err)
 		}
-		changes = append(changes, Change{Op: OpUpdate, Kind: "interface", Target: c.Interface, Detail: "up"})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: "interface", Target: c.Interface, Detail: "up"})
 	}
 	addrs, err := netlink.AddrList(link, family(c.VIP))
 	if err != nil {
@@ -156,7 +158,7 @@ func ensureLink(c VIPConfig) ([]Change, error) {
 		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 			return changes, fmt.Errorf("interface %s: add address %s: %w", c.Interface, addr.IPNet, err)
 		}
-		changes = append(changes, Change{Op: OpAdd, Kind: "address", Target: hostPrefix(c.VIP).String() + " dev " + c.Interface})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: "address", Target: hostPrefix(c.VIP).String() + " dev " + c.Interface})
 	}
 	r, err := findRoute(unix.RT_TABLE_LOCAL, c.VIP)
 	if err != nil {
@@ -167,12 +169,12 @@ func ensureLink(c VIPConfig) ([]Change, error) {
 		if err := netlink.RouteReplace(want); err != nil {
 			return changes, fmt.Errorf("route local %s: set src %s: %w", want.Dst, c.NodeIP, err)
 		}
-		changes = append(changes, Change{Op: OpUpdate, Kind: "route", Target: "local " + want.Dst.String() + " dev " + c.Interface, Detail: "src " + c.NodeIP.String()})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: "route", Target: "local " + want.Dst.String() + " dev " + c.Interface, Detail: "src " + c.NodeIP.String()})
 	}
 	return changes, nil
 }
 
-func ensureRoute(c VIPConfig) ([]Change, error) {
+func ensureRoute(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	link, err := linkOf(c.NodeIP)
 	if err != nil {
 		return nil, err
@@ -188,22 +190,22 @@ func ensureRoute(c VIPConfig) ([]Change, error) {
 	if err := netlink.RouteReplace(want); err != nil {
 		return nil, fmt.Errorf("route %s dev %s src %s: %w", want.Dst, link.Attrs().Name, c.NodeIP, err)
 	}
-	op := OpAdd
+	op := ipvs.OpAdd
 	if r != nil {
-		op = OpUpdate
+		op = ipvs.OpUpdate
 	}
-	return []Change{{Op: op, Kind: "route", Target: want.Dst.String() + " dev " + link.Attrs().Name, Detail: "src " + c.NodeIP.String()}}, nil
+	return []ipvs.Change{{Op: op, Kind: "route", Target: want.Dst.String() + " dev " + link.Attrs().Name, Detail: "src " + c.NodeIP.String()}}, nil
 }
 
-// RemoveVIP implements Plumbing. In link mode it removes the VIP address
+// RemoveVIP implements ipvs.Plumbing. In link mode it removes the VIP address
 // and deletes the dummy interface when no other address remains on it; in
 // route mode it deletes the VIP/32 route if it is vipctl's (source the node
 // IP). Nothing else is touched; removing what is absent is not an error.
-func (k *Kernel) RemoveVIP(ctx context.Context, c VIPConfig) ([]Change, error) {
+func (k *Kernel) RemoveVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if c.Mode == ModeRoute {
+	if c.Mode == ipvs.ModeRoute {
 		r, err := findRoute(unix.RT_TABLE_MAIN, c.VIP)
 		if err != nil || r == nil {
 			return nil, err
@@ -214,7 +216,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c VIPConfig) ([]Change, error) {
 		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
 			return nil, fmt.Errorf("route %s: delete: %w", r.Dst, err)
 		}
-		return []Change{{Op: OpDelete, Kind: "route", Target: r.Dst.String()}}, nil
+		return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "route", Target: r.Dst.String()}}, nil
 	}
 	link, err := netlink.LinkByName(c.Interface)
 	var notFound netlink.LinkNotFoundError
@@ -227,7 +229,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c VIPConfig) ([]Change, error) {
 	if link.Type() != "dummy" {
 		return nil, fmt.Errorf("interface %s: is a %s, not vipctl's dummy: left in place", c.Interface, link.Type())
 	}
-	var changes []Change
+	var changes []ipvs.Change
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: list addresses: %w", c.Interface, err)
@@ -238,7 +240,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c VIPConfig) ([]Change, error) {
 			if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				return changes, fmt.Errorf("interface %s: delete address %s: %w", c.Interface, a.IPNet, err)
 			}
-			changes = append(changes, Change{Op: OpDelete, Kind: "address", Target: a.IPNet.String() + " dev " + c.Interface})
+			changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: "address", Target: a.IPNet.String() + " dev " + c.Interface})
 			continue
 		}
 		if a.IP.IsLinkLocalUnicast() {
@@ -253,7 +255,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c VIPConfig) ([]Change, error) {
 	if err := netlink.LinkDel(link); err != nil {
 		return changes, fmt.Errorf("interface %s: delete: %w", c.Interface, err)
 	}
-	return append(changes, Change{Op: OpDelete, Kind: "interface", Target: c.Interface}), nil
+	return append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: "interface", Target: c.Interface}), nil
 }
 
 // DetectNodeIP returns the source address the kernel picks to reach to:

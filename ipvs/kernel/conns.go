@@ -1,4 +1,4 @@
-package ipvs
+package kernel
 
 import (
 	"bufio"
@@ -89,7 +89,7 @@ func closable(state string) bool {
 	return false
 }
 
-// CloseConnections implements ConnCloser. It finds, in the kernel's IPVS
+// CloseConnections implements ipvs.ConnCloser. It finds, in the kernel's IPVS
 // connection table, the connections from vip to realServer, and destroys
 // the local client sockets among them (SOCK_DESTROY): the client sees
 // ECONNABORTED at once and reconnects through the VIP, where IPVS picks a

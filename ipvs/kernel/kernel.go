@@ -1,4 +1,4 @@
-package ipvs
+package kernel
 
 import (
 	"context"
@@ -14,11 +14,13 @@ import (
 
 	mobyipvs "github.com/moby/ipvs"
 	"go.uber.org/zap"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
-// Kernel implements Table, Plumbing and ConnCloser on the running kernel
-// through netlink (generic netlink for IPVS, rtnetlink for links, addresses
-// and routes, sock_diag for connection resets).
+// Kernel implements ipvs.Table, ipvs.Plumbing and ipvs.ConnCloser through
+// netlink (generic netlink for IPVS, rtnetlink for links, addresses and
+// routes, sock_diag for connection resets).
 type Kernel struct {
 	log *zap.Logger
 	mu  sync.Mutex // moby/ipvs handles are not safe for concurrent use
@@ -31,9 +33,9 @@ type Kernel struct {
 	presence *presence
 }
 
-// NewKernel opens a netlink handle for IPVS in the current network
+// New opens a netlink handle for IPVS in the current network
 // namespace. The ip_vs module must be loadable (moby/ipvs runs modprobe).
-func NewKernel(log *zap.Logger) (*Kernel, error) {
+func New(log *zap.Logger) (*Kernel, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -71,7 +73,7 @@ func (k *Kernel) Close() error {
 	return nil
 }
 
-func toMobyService(s Service) *mobyipvs.Service {
+func toMobyService(s ipvs.Service) *mobyipvs.Service {
 	fam := uint16(syscall.AF_INET)
 	mask := uint32(0xffffffff)
 	if s.VIP.Addr().Is6() {
@@ -88,7 +90,7 @@ func toMobyService(s Service) *mobyipvs.Service {
 	}
 }
 
-func toMobyDest(rs RealServer) *mobyipvs.Destination {
+func toMobyDest(rs ipvs.RealServer) *mobyipvs.Destination {
 	fam := uint16(syscall.AF_INET)
 	if rs.Addr.Addr().Is6() {
 		fam = syscall.AF_INET6
@@ -118,29 +120,29 @@ func isNotExist(err error) bool {
 
 // get reads the service at vip; the caller holds k.mu. The second result
 // is false when there is no such service.
-func (k *Kernel) get(vip netip.AddrPort) (State, bool, error) {
+func (k *Kernel) get(vip netip.AddrPort) (ipvs.State, bool, error) {
 	if k.h == nil {
-		return State{}, false, errors.New("IPVS handle is closed")
+		return ipvs.State{}, false, errors.New("IPVS handle is closed")
 	}
 	// Two netlink requests: the service (does it exist, which scheduler),
 	// then its real servers. The watchdog's frequent poll asks only
 	// Present; this full read serves its reconciles.
-	ms := toMobyService(Service{VIP: vip, Protocol: ProtocolTCP})
+	ms := toMobyService(ipvs.Service{VIP: vip, Protocol: ipvs.ProtocolTCP})
 	svc, err := k.h.GetService(ms)
 	if err != nil {
 		if isNotExist(err) {
-			return State{}, false, nil
+			return ipvs.State{}, false, nil
 		}
-		return State{}, false, fmt.Errorf("virtual server %s: get: %w", vip, err)
+		return ipvs.State{}, false, fmt.Errorf("virtual server %s: get: %w", vip, err)
 	}
 	dests, err := k.h.GetDestinations(ms)
 	if err != nil && !isNotExist(err) {
-		return State{}, false, fmt.Errorf("virtual server %s: list real servers: %w", vip, err)
+		return ipvs.State{}, false, fmt.Errorf("virtual server %s: list real servers: %w", vip, err)
 	}
-	st := State{Service: Service{VIP: vip, Protocol: ProtocolTCP, Scheduler: svc.SchedName}}
+	st := ipvs.State{Service: ipvs.Service{VIP: vip, Protocol: ipvs.ProtocolTCP, Scheduler: svc.SchedName}}
 	for _, d := range dests {
-		st.RealServers = append(st.RealServers, RealServerStatus{
-			RealServer:    RealServer{Addr: addrPort(d.Address, d.Port), Weight: d.Weight},
+		st.RealServers = append(st.RealServers, ipvs.RealServerStatus{
+			RealServer:    ipvs.RealServer{Addr: addrPort(d.Address, d.Port), Weight: d.Weight},
 			ActiveConns:   d.ActiveConnections,
 			InactiveConns: d.InactiveConnections,
 		})
@@ -150,32 +152,32 @@ func (k *Kernel) get(vip netip.AddrPort) (State, bool, error) {
 			st.RealServers[len(st.RealServers)-1].Weight = -1
 		}
 	}
-	slices.SortFunc(st.RealServers, func(a, b RealServerStatus) int { return a.Addr.Compare(b.Addr) })
+	slices.SortFunc(st.RealServers, func(a, b ipvs.RealServerStatus) int { return a.Addr.Compare(b.Addr) })
 	return st, true, nil
 }
 
-// Get implements Table.
-func (k *Kernel) Get(ctx context.Context, vip netip.AddrPort) (State, error) {
+// Get implements ipvs.Table.
+func (k *Kernel) Get(ctx context.Context, vip netip.AddrPort) (ipvs.State, error) {
 	if err := ctx.Err(); err != nil {
-		return State{}, err
+		return ipvs.State{}, err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	st, ok, err := k.get(vip)
 	if err != nil {
-		return State{}, err
+		return ipvs.State{}, err
 	}
 	if !ok {
-		return State{}, fmt.Errorf("virtual server %s: %w", vip, ErrNotFound)
+		return ipvs.State{}, fmt.Errorf("virtual server %s: %w", vip, ipvs.ErrNotFound)
 	}
 	return st, nil
 }
 
-// Apply implements Table. It reads the service, plans the fewest changes
+// Apply implements ipvs.Table. It reads the service, plans the fewest changes
 // and carries them out: the service is created or edited in place, real
 // servers are added, re-weighted or deleted one by one. When a step fails
 // the changes already made are reported together with the error.
-func (k *Kernel) Apply(ctx context.Context, d Desired) ([]Change, error) {
+func (k *Kernel) Apply(ctx context.Context, d ipvs.Desired) ([]ipvs.Change, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
@@ -188,16 +190,16 @@ func (k *Kernel) Apply(ctx context.Context, d Desired) ([]Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	var cur *State
+	var cur *ipvs.State
 	if ok {
 		cur = &st
 	}
-	p := MakePlan(cur, d)
+	p := ipvs.MakePlan(cur, d)
 	if p.Empty() {
 		return nil, nil
 	}
 	all := p.Changes(cur, d)
-	var done []Change
+	var done []ipvs.Change
 	ms := toMobyService(d.Service)
 	// The changes come out of Plan.Changes in the order they are made here.
 	next := func() { done = append(done, all[len(done)]) }
@@ -234,8 +236,8 @@ func (k *Kernel) Apply(ctx context.Context, d Desired) ([]Change, error) {
 	return done, nil
 }
 
-// Delete implements Table.
-func (k *Kernel) Delete(ctx context.Context, vip netip.AddrPort) ([]Change, error) {
+// Delete implements ipvs.Table.
+func (k *Kernel) Delete(ctx context.Context, vip netip.AddrPort) ([]ipvs.Change, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -244,12 +246,12 @@ func (k *Kernel) Delete(ctx context.Context, vip netip.AddrPort) ([]Change, erro
 	if k.h == nil {
 		return nil, errors.New("IPVS handle is closed")
 	}
-	err := k.h.DelService(toMobyService(Service{VIP: vip, Protocol: ProtocolTCP}))
+	err := k.h.DelService(toMobyService(ipvs.Service{VIP: vip, Protocol: ipvs.ProtocolTCP}))
 	if err != nil {
 		if isNotExist(err) {
 			return nil, nil
 		}
 		return nil, fmt.Errorf("virtual server %s: delete: %w", vip, err)
 	}
-	return []Change{{Op: OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
+	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
 }
