@@ -526,9 +526,9 @@ func (w *Watchdog) finish(errs []error) error {
 // that measurements can be derived from the log.
 func (w *Watchdog) logChanges(trigger string, changes []ipvs.Change) {
 	for _, c := range changes {
-		w.met.actions.WithLabelValues(string(c.Op), c.Kind).Inc()
+		w.met.actions.WithLabelValues(string(c.Op), string(c.Kind)).Inc()
 		w.log.Info("reconcile action", zap.String("trigger", trigger), zap.String("op", string(c.Op)),
-			zap.String("kind", c.Kind), zap.String("target", c.Target), zap.String("detail", c.Detail))
+			zap.String("kind", string(c.Kind)), zap.String("target", c.Target), zap.String("detail", c.Detail))
 	}
 }
 

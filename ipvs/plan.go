@@ -68,10 +68,10 @@ func (p Plan) Changes(current *State, d Desired) []Change {
 	var out []Change
 	svc := d.Service.String()
 	if p.CreateService {
-		out = append(out, Change{Op: OpAdd, Kind: "virtual server", Target: svc, Detail: "scheduler " + d.Service.Scheduler})
+		out = append(out, Change{Op: OpAdd, Kind: KindVirtualServer, Target: svc, Detail: "scheduler " + d.Service.Scheduler})
 	}
 	if p.UpdateService && current != nil {
-		out = append(out, Change{Op: OpUpdate, Kind: "virtual server", Target: svc,
+		out = append(out, Change{Op: OpUpdate, Kind: KindVirtualServer, Target: svc,
 			Detail: fmt.Sprintf("scheduler %s -> %s", current.Service.Scheduler, d.Service.Scheduler)})
 	}
 	old := map[netip.AddrPort]int{}
@@ -81,13 +81,13 @@ func (p Plan) Changes(current *State, d Desired) []Change {
 		}
 	}
 	for _, rs := range p.Delete {
-		out = append(out, Change{Op: OpDelete, Kind: "real server", Target: svc + " -> " + rs.Addr.String()})
+		out = append(out, Change{Op: OpDelete, Kind: KindRealServer, Target: svc + " -> " + rs.Addr.String()})
 	}
 	for _, rs := range p.Add {
-		out = append(out, Change{Op: OpAdd, Kind: "real server", Target: svc + " -> " + rs.Addr.String(), Detail: fmt.Sprintf("weight %d", rs.Weight)})
+		out = append(out, Change{Op: OpAdd, Kind: KindRealServer, Target: svc + " -> " + rs.Addr.String(), Detail: fmt.Sprintf("weight %d", rs.Weight)})
 	}
 	for _, rs := range p.Update {
-		out = append(out, Change{Op: OpUpdate, Kind: "real server", Target: svc + " -> " + rs.Addr.String(),
+		out = append(out, Change{Op: OpUpdate, Kind: KindRealServer, Target: svc + " -> " + rs.Addr.String(),
 			Detail: fmt.Sprintf("weight %d -> %d", old[rs.Addr], rs.Weight)})
 	}
 	return out

@@ -83,10 +83,22 @@ const (
 	OpDelete Op = "delete"
 )
 
+// Kind is what a Change changed.
+type Kind string
+
+// The kinds of things Apply, Delete and the VIP plumbing change.
+const (
+	KindVirtualServer Kind = "virtual server"
+	KindRealServer    Kind = "real server"
+	KindInterface     Kind = "interface"
+	KindAddress       Kind = "address"
+	KindRoute         Kind = "route"
+)
+
 // Change is one modification made to the kernel.
 type Change struct {
 	Op     Op     `json:"op"`
-	Kind   string `json:"kind"`   // "virtual server", "real server", "interface", "address", "route"
+	Kind   Kind   `json:"kind"`
 	Target string `json:"target"` // what was changed, e.g. "10.103.97.2:6443 -> 192.0.2.11:6443"
 	Detail string `json:"detail,omitempty"`
 }

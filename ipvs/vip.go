@@ -64,6 +64,11 @@ type Plumbing interface {
 	EnsureVIP(ctx context.Context, c VIPConfig) ([]Change, error)
 	// RemoveVIP removes exactly what EnsureVIP creates.
 	RemoveVIP(ctx context.Context, c VIPConfig) ([]Change, error)
+	// SnapshotVIP reads what EnsureVIP may change for c (the interface,
+	// its state, the VIP address and route) and returns a function that
+	// puts exactly that back: what EnsureVIP added goes, what it replaced
+	// returns. It changes nothing itself.
+	SnapshotVIP(ctx context.Context, c VIPConfig) (restore func(context.Context) error, err error)
 }
 
 // ConnCloser resets the established local connections that IPVS forwards

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vipctl/vipctl/hosts"
+	"github.com/vipctl/vipctl/internal/rollback"
 	"github.com/vipctl/vipctl/ipvs"
 )
 
@@ -189,43 +189,12 @@ func (e *JoinError) Error() string {
 
 func (e *JoinError) Unwrap() error { return e.Err }
 
-// undoStack holds what a run changed, to undo it in reverse order.
-type undoStack struct {
-	items []undoItem
-}
-
-type undoItem struct {
-	what string
-	fn   func(context.Context) error
-}
-
-func (u *undoStack) push(what string, fn func(context.Context) error) {
-	u.items = append(u.items, undoItem{what, fn})
-}
-
-// run undoes everything, last change first, going on after an error.
-func (u *undoStack) run(ctx context.Context, log *zap.Logger) ([]string, error) {
-	var done []string
-	var errs []error
-	for i := len(u.items) - 1; i >= 0; i-- {
-		it := u.items[i]
-		if err := it.fn(ctx); err != nil {
-			log.Error("undo failed", zap.String("change", it.what), zap.Error(err))
-			errs = append(errs, fmt.Errorf("%s: %w", it.what, err))
-			continue
-		}
-		log.Info("undone", zap.String("change", it.what))
-		done = append(done, it.what)
-	}
-	return done, errors.Join(errs...)
-}
-
 // joinRun is the state of one Join call.
 type joinRun struct {
 	j    *Joiner
 	o    JoinOptions
 	log  *zap.Logger
-	undo undoStack
+	undo rollback.Stack
 	// dp is the dataplane, opened by the preflight on a worker.
 	dp Dataplane
 	// desired is what the join applies: the masters that accepted a
@@ -371,7 +340,7 @@ func (r *joinRun) say(format string, a ...any) {
 func (r *joinRun) fail(ctx context.Context, step string, err error, output string) error {
 	e := &JoinError{Step: step, Err: err, Output: output}
 	r.log.Error("join step failed, undoing this run's changes", zap.String("step", step), zap.Error(err))
-	e.Undone, e.UndoErr = r.undo.run(context.WithoutCancel(ctx), r.log)
+	e.Undone, e.UndoErr = r.undo.Undo(ctx, r.log)
 	return e
 }
 
@@ -438,7 +407,7 @@ func (r *joinRun) setHosts(ctx context.Context, addr netip.Addr, step string) er
 	changed, err := r.j.Hosts.Set(ctx, ControlPlaneHost, addr)
 	if changed || err != nil {
 		// Restore even after an error: the file may have changed.
-		r.undo.push("hosts file restored", func(ctx context.Context) error {
+		r.undo.Push("hosts file restored", func(ctx context.Context) error {
 			_, err := r.j.Hosts.Restore(ctx, snap)
 			return err
 		})
@@ -470,54 +439,21 @@ func (r *joinRun) applyIPVS(ctx context.Context) error {
 	if dp == nil {
 		return r.fail(ctx, StepIPVS, errors.New("IPVS dataplane not opened"), "")
 	}
-	vip := o.Service.Service.VIP
-	before, err := dp.Get(ctx, vip)
-	existed := err == nil
-	if err != nil && !errors.Is(err, ipvs.ErrNotFound) {
-		return r.fail(ctx, StepIPVS, err, "")
-	}
-	changes, err := ipvs.Converge(ctx, dp, dp, o.VIP, r.desired)
+	changes, undo, err := ipvs.Converge(ctx, dp, dp, o.VIP, r.desired)
 	if err != nil {
 		// Converge has undone its own changes.
 		return r.fail(ctx, StepIPVS, err, "")
 	}
 	for _, c := range changes {
-		r.log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", c.Kind), zap.String("target", c.Target), zap.String("detail", c.Detail))
+		r.log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", string(c.Kind)), zap.String("target", c.Target), zap.String("detail", c.Detail))
 		r.say("[%s] %s", StepIPVS, c)
 	}
 	if len(changes) == 0 {
 		r.say("[%s] the virtual server and the VIP are already in place", StepIPVS)
 	}
-	// What this run added to the plumbing is removed on undo. (An empty
-	// dummy interface vipctl0 found in place is vipctl's own leftover: it
-	// goes too.)
-	if slices.ContainsFunc(changes, func(c ipvs.Change) bool {
-		return c.Op == ipvs.OpAdd && (c.Kind == "interface" || c.Kind == "address" || c.Kind == "route")
-	}) {
-		r.undo.push("VIP plumbing removed", func(ctx context.Context) error {
-			_, err := dp.RemoveVIP(ctx, o.VIP)
-			return err
-		})
-	}
-	svcChanged := slices.ContainsFunc(changes, func(c ipvs.Change) bool {
-		return c.Kind == "virtual server" || c.Kind == "real server"
-	})
-	switch {
-	case svcChanged && existed:
-		prev := ipvs.Desired{Service: before.Service}
-		for _, rs := range before.RealServers {
-			prev.RealServers = append(prev.RealServers, rs.RealServer)
-		}
-		r.undo.push("virtual server "+vip.String()+" restored", func(ctx context.Context) error {
-			_, err := dp.Apply(ctx, prev)
-			return err
-		})
-	case svcChanged:
-		r.undo.push("virtual server "+vip.String()+" deleted", func(ctx context.Context) error {
-			_, err := dp.Delete(ctx, vip)
-			return err
-		})
-	}
+	// A later step's failure puts the virtual server and the VIP plumbing
+	// back as they were, by Converge's own record.
+	r.undo.Adopt(undo)
 	return nil
 }
 
@@ -553,7 +489,7 @@ func (r *joinRun) writeFile(ctx context.Context, step, path string, data []byte,
 	created, err := files.MkdirAll(dirOf(path), dirPerm)
 	for i := range created {
 		dir := created[i]
-		r.undo.push("folder "+dir+" removed", func(context.Context) error {
+		r.undo.Push("folder "+dir+" removed", func(context.Context) error {
 			err := files.Remove(dir)
 			if err != nil && isNotEmpty(err) {
 				r.log.Warn("folder not removed: something else wrote into it", zap.String("folder", dir))
@@ -569,9 +505,9 @@ func (r *joinRun) writeFile(ctx context.Context, step, path string, data []byte,
 		return r.fail(ctx, step, fmt.Errorf("write %s: %w", path, err), "")
 	}
 	if existed {
-		r.undo.push(path+" restored", func(context.Context) error { return files.WriteFile(path, old, perm) })
+		r.undo.Push(path+" restored", func(context.Context) error { return files.WriteFile(path, old, perm) })
 	} else {
-		r.undo.push(path+" removed", func(context.Context) error { return files.Remove(path) })
+		r.undo.Push(path+" removed", func(context.Context) error { return files.Remove(path) })
 	}
 	r.say("[%s] wrote %s", step, path)
 	return nil

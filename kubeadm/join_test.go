@@ -663,7 +663,7 @@ func TestJoinLeavesUnreachableMastersToTheWatchdog(t *testing.T) {
 func TestJoinAdoptsVipctlsOwnVirtualServer(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
-	_, err := ipvs.Converge(ctx, w.dp, w.dp, w.vipConfig(), desired(testMasters...))
+	_, _, err := ipvs.Converge(ctx, w.dp, w.dp, w.vipConfig(), desired(testMasters...))
 	require.NoError(t, err)
 	before := w.state()
 	require.NoError(t, w.joiner().Join(ctx, w.workerOpts()))
@@ -814,4 +814,34 @@ func TestJoinValidate(t *testing.T) {
 			assert.Equal(t, before, w.state())
 		})
 	}
+}
+
+func TestJoinFailureRestoresVIPPlumbingFoundInPlace(t *testing.T) {
+	ctx := context.Background()
+	t.Run("address added to an existing interface", func(t *testing.T) {
+		w := newWorld(t)
+		other := netip.MustParseAddr("10.103.97.9")
+		w.dp.AddLink(w.vipConfig().Interface, other)
+		w.runner.run = func(context.Context, string, []string, io.Writer) error { return errors.New("exit status 1") }
+		err := w.joiner().Join(ctx, w.workerOpts())
+		var je *JoinError
+		require.ErrorAs(t, err, &je)
+		require.NoError(t, je.UndoErr)
+		addrs, ok := w.dp.Link(w.vipConfig().Interface)
+		assert.True(t, ok, "the interface found in place stays")
+		assert.Equal(t, []netip.Addr{other}, addrs, "the VIP address the join added is removed")
+	})
+	t.Run("route replaced", func(t *testing.T) {
+		w := newWorld(t)
+		was := w.vipConfig()
+		was.NodeIP = netip.MustParseAddr("192.0.2.99")
+		_, err := w.dp.MemoryPlumbing.EnsureVIP(ctx, was)
+		require.NoError(t, err)
+		w.runner.run = func(context.Context, string, []string, io.Writer) error { return errors.New("exit status 1") }
+		err = w.joiner().Join(ctx, w.workerOpts())
+		var je *JoinError
+		require.ErrorAs(t, err, &je)
+		require.NoError(t, je.UndoErr)
+		assert.True(t, w.dp.Has(was), "the VIP's route is back with its old source")
+	})
 }

@@ -135,7 +135,7 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 			}
 		}
 		for _, c := range changes {
-			log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", c.Kind), zap.String("target", c.Target))
+			log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", string(c.Kind)), zap.String("target", c.Target))
 			say("[ipvs] %s", c)
 		}
 		if len(changes) == 0 {

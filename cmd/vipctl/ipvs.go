@@ -149,12 +149,12 @@ func newIPVSApplyCmd(a *app) *cobra.Command {
 				return err
 			}
 			defer k.Close()
-			changes, err := ipvs.Converge(cmd.Context(), k, k, p.vip, p.desired)
+			changes, _, err := ipvs.Converge(cmd.Context(), k, k, p.vip, p.desired)
 			if err != nil {
 				return err
 			}
 			for _, c := range changes {
-				a.log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", c.Kind), zap.String("target", c.Target), zap.String("detail", c.Detail))
+				a.log.Info("changed", zap.String("op", string(c.Op)), zap.String("kind", string(c.Kind)), zap.String("target", c.Target), zap.String("detail", c.Detail))
 			}
 			return printChanges(cmd.OutOrStdout(), output, changes)
 		},

@@ -5,6 +5,7 @@ package ipvstest
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -106,7 +107,7 @@ func (m *Memory) Apply(_ context.Context, d ipvs.Desired) ([]ipvs.Change, error)
 		cur.RealServers = append(cur.RealServers, ipvs.RealServerStatus{RealServer: rs})
 	}
 	for _, c := range changes {
-		m.ops[string(c.Op)+" "+c.Kind]++
+		m.ops[string(c.Op)+" "+string(c.Kind)]++
 	}
 	return changes, nil
 }
@@ -149,7 +150,7 @@ func (m *Memory) Delete(_ context.Context, vip netip.AddrPort) ([]ipvs.Change, e
 	}
 	delete(m.services, vip)
 	m.ops["delete virtual server"]++
-	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
+	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: ipvs.KindVirtualServer, Target: vip.String()}}, nil
 }
 
 func cloneState(s ipvs.State) ipvs.State {
@@ -158,10 +159,18 @@ func cloneState(s ipvs.State) ipvs.State {
 }
 
 // MemoryPlumbing is an in-memory ipvs.Plumbing and ipvs.ConnCloser for
-// tests. It records the VIPs in place and the connection resets asked for.
+// tests. It models what the kernel implementation touches: dummy
+// interfaces (up or down) with their addresses, the local route the kernel
+// adds with each address (route source unset), and route mode's routes. It
+// also records the connection resets asked for.
 type MemoryPlumbing struct {
-	mu     sync.Mutex
-	vips   map[netip.Addr]ipvs.VIPConfig
+	mu    sync.Mutex
+	links map[string]*memLink
+	// local is the local table's route to each address: its interface and
+	// source (invalid when unset).
+	local map[netip.Addr]memRoute
+	// routes is route mode's VIP/32 route in the main table, by VIP.
+	routes map[netip.Addr]memRoute
 	closed map[netip.AddrPort]int
 	calls  map[netip.AddrPort]int
 	// Conns, when set, tells CloseConnections how many sockets a real
@@ -169,10 +178,31 @@ type MemoryPlumbing struct {
 	Conns func(vip, rs netip.AddrPort) int
 }
 
+type memLink struct {
+	up    bool
+	addrs map[netip.Addr]bool
+}
+
+func (l *memLink) clone() *memLink {
+	if l == nil {
+		return nil
+	}
+	return &memLink{up: l.up, addrs: maps.Clone(l.addrs)}
+}
+
+type memRoute struct {
+	dev string
+	src netip.Addr
+}
+
 // NewMemoryPlumbing returns a MemoryPlumbing with no VIP in place.
 func NewMemoryPlumbing() *MemoryPlumbing {
-	return &MemoryPlumbing{vips: map[netip.Addr]ipvs.VIPConfig{}, closed: map[netip.AddrPort]int{}, calls: map[netip.AddrPort]int{}}
+	return &MemoryPlumbing{links: map[string]*memLink{}, local: map[netip.Addr]memRoute{}, routes: map[netip.Addr]memRoute{},
+		closed: map[netip.AddrPort]int{}, calls: map[netip.AddrPort]int{}}
 }
+
+// routeDev is the interface a route-mode route leaves through.
+const routeDev = "eth0"
 
 // EnsureVIP implements ipvs.Plumbing.
 func (m *MemoryPlumbing) EnsureVIP(_ context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
@@ -181,37 +211,156 @@ func (m *MemoryPlumbing) EnsureVIP(_ context.Context, c ipvs.VIPConfig) ([]ipvs.
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cur, ok := m.vips[c.VIP]; ok && cur == c {
-		return nil, nil
+	if c.Mode == ipvs.ModeRoute {
+		want := memRoute{dev: routeDev, src: c.NodeIP}
+		cur, ok := m.routes[c.VIP]
+		if ok && cur == want {
+			return nil, nil
+		}
+		m.routes[c.VIP] = want
+		op := ipvs.OpAdd
+		if ok {
+			op = ipvs.OpUpdate
+		}
+		return []ipvs.Change{{Op: op, Kind: ipvs.KindRoute, Target: c.VIP.String() + "/32 dev " + routeDev, Detail: "src " + c.NodeIP.String()}}, nil
 	}
-	m.vips[c.VIP] = c
-	return []ipvs.Change{{Op: ipvs.OpAdd, Kind: "interface", Target: c.Interface, Detail: string(c.Mode)}}, nil
+	var changes []ipvs.Change
+	l := m.links[c.Interface]
+	if l == nil {
+		// A new interface comes up with the VIP and its route, reported as
+		// one change (the kernel reports each step).
+		m.links[c.Interface] = &memLink{up: true, addrs: map[netip.Addr]bool{c.VIP: true}}
+		m.local[c.VIP] = memRoute{dev: c.Interface, src: c.NodeIP}
+		return []ipvs.Change{{Op: ipvs.OpAdd, Kind: ipvs.KindInterface, Target: c.Interface, Detail: "dummy"}}, nil
+	}
+	if !l.up {
+		l.up = true
+		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: ipvs.KindInterface, Target: c.Interface, Detail: "up"})
+	}
+	if !l.addrs[c.VIP] {
+		l.addrs[c.VIP] = true
+		m.local[c.VIP] = memRoute{dev: c.Interface}
+		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: ipvs.KindAddress, Target: c.VIP.String() + " dev " + c.Interface})
+	}
+	if want := (memRoute{dev: c.Interface, src: c.NodeIP}); m.local[c.VIP] != want {
+		m.local[c.VIP] = want
+		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: ipvs.KindRoute, Target: "local " + c.VIP.String() + " dev " + c.Interface, Detail: "src " + c.NodeIP.String()})
+	}
+	return changes, nil
 }
 
 // RemoveVIP implements ipvs.Plumbing.
 func (m *MemoryPlumbing) RemoveVIP(_ context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.vips[c.VIP]; !ok {
+	if c.Mode == ipvs.ModeRoute {
+		if _, ok := m.routes[c.VIP]; !ok {
+			return nil, nil
+		}
+		delete(m.routes, c.VIP)
+		return []ipvs.Change{{Op: ipvs.OpDelete, Kind: ipvs.KindRoute, Target: c.VIP.String() + "/32"}}, nil
+	}
+	l := m.links[c.Interface]
+	if l == nil {
 		return nil, nil
 	}
-	delete(m.vips, c.VIP)
-	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "interface", Target: c.Interface}}, nil
+	var changes []ipvs.Change
+	if l.addrs[c.VIP] {
+		delete(l.addrs, c.VIP)
+		delete(m.local, c.VIP)
+		changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: ipvs.KindAddress, Target: c.VIP.String() + " dev " + c.Interface})
+	}
+	if len(l.addrs) == 0 {
+		delete(m.links, c.Interface)
+		changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: ipvs.KindInterface, Target: c.Interface})
+	}
+	return changes, nil
+}
+
+// SnapshotVIP implements ipvs.Plumbing.
+func (m *MemoryPlumbing) SnapshotVIP(_ context.Context, c ipvs.VIPConfig) (func(context.Context) error, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	link := m.links[c.Interface].clone()
+	local, hadLocal := m.local[c.VIP]
+	route, hadRoute := m.routes[c.VIP]
+	return func(context.Context) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if c.Mode == ipvs.ModeRoute {
+			restore(m.routes, c.VIP, route, hadRoute)
+			return nil
+		}
+		if link == nil {
+			delete(m.links, c.Interface)
+		} else {
+			m.links[c.Interface] = link.clone()
+		}
+		restore(m.local, c.VIP, local, hadLocal)
+		return nil
+	}, nil
+}
+
+func restore[K comparable, V any](m map[K]V, k K, v V, had bool) {
+	if had {
+		m[k] = v
+	} else {
+		delete(m, k)
+	}
+}
+
+// AddLink adds an interface that is up, holding addrs (each with its local
+// route, source unset), as if someone else had made it.
+func (m *MemoryPlumbing) AddLink(name string, addrs ...netip.Addr) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := &memLink{up: true, addrs: map[netip.Addr]bool{}}
+	for _, a := range addrs {
+		l.addrs[a] = true
+		m.local[a] = memRoute{dev: name}
+	}
+	m.links[name] = l
+}
+
+// Link reports whether the interface exists and its addresses, sorted.
+func (m *MemoryPlumbing) Link(name string) ([]netip.Addr, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := m.links[name]
+	if l == nil {
+		return nil, false
+	}
+	return slices.SortedFunc(maps.Keys(l.addrs), netip.Addr.Compare), true
 }
 
 // Has reports whether the VIP is in place as c describes.
 func (m *MemoryPlumbing) Has(c ipvs.VIPConfig) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	cur, ok := m.vips[c.VIP]
-	return ok && cur == c
+	if c.Mode == ipvs.ModeRoute {
+		return m.routes[c.VIP] == memRoute{dev: routeDev, src: c.NodeIP}
+	}
+	l := m.links[c.Interface]
+	return l != nil && l.up && l.addrs[c.VIP] && m.local[c.VIP] == memRoute{dev: c.Interface, src: c.NodeIP}
 }
 
-// Drop forgets a VIP, as if someone deleted the interface behind vipctl's back.
+// Drop forgets a VIP, as if someone deleted the interface holding it (or
+// its route) behind vipctl's back.
 func (m *MemoryPlumbing) Drop(vip netip.Addr) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	delete(m.vips, vip)
+	for name, l := range m.links {
+		if l.addrs[vip] {
+			for a := range l.addrs {
+				delete(m.local, a)
+			}
+			delete(m.links, name)
+		}
+	}
+	delete(m.routes, vip)
 }
 
 // CloseConnections implements ipvs.ConnCloser.

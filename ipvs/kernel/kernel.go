@@ -253,5 +253,5 @@ func (k *Kernel) Delete(ctx context.Context, vip netip.AddrPort) ([]ipvs.Change,
 		}
 		return nil, fmt.Errorf("virtual server %s: delete: %w", vip, err)
 	}
-	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "virtual server", Target: vip.String()}}, nil
+	return []ipvs.Change{{Op: ipvs.OpDelete, Kind: ipvs.KindVirtualServer, Target: vip.String()}}, nil
 }

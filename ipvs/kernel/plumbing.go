@@ -124,7 +124,7 @@ func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 		if err := netlink.LinkAdd(d); err != nil {
 			return changes, fmt.Errorf("interface %s: create dummy: %w", c.Interface, err)
 		}
-		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: "interface", Target: c.Interface, Detail: "dummy"})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: ipvs.KindInterface, Target: c.Interface, Detail: "dummy"})
 		if link, err = netlink.LinkByName(c.Interface); err != nil {
 			return changes, fmt.Errorf("interface %s: %w", c.Interface, err)
 		}
@@ -137,7 +137,7 @@ func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 		if err := netlink.LinkSetUp(link); err != nil {
 			return changes, fmt.Errorf("interface %s: set up: %w", c.Interface, err)
 		}
-		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: "interface", Target: c.Interface, Detail: "up"})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: ipvs.KindInterface, Target: c.Interface, Detail: "up"})
 	}
 	addrs, err := netlink.AddrList(link, family(c.VIP))
 	if err != nil {
@@ -158,7 +158,7 @@ func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 			return changes, fmt.Errorf("interface %s: add address %s: %w", c.Interface, addr.IPNet, err)
 		}
-		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: "address", Target: hostPrefix(c.VIP).String() + " dev " + c.Interface})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: ipvs.KindAddress, Target: hostPrefix(c.VIP).String() + " dev " + c.Interface})
 	}
 	r, err := findRoute(unix.RT_TABLE_LOCAL, c.VIP)
 	if err != nil {
@@ -169,7 +169,7 @@ func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 		if err := netlink.RouteReplace(want); err != nil {
 			return changes, fmt.Errorf("route local %s: set src %s: %w", want.Dst, c.NodeIP, err)
 		}
-		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: "route", Target: "local " + want.Dst.String() + " dev " + c.Interface, Detail: "src " + c.NodeIP.String()})
+		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: ipvs.KindRoute, Target: "local " + want.Dst.String() + " dev " + c.Interface, Detail: "src " + c.NodeIP.String()})
 	}
 	return changes, nil
 }
@@ -194,7 +194,7 @@ func ensureRoute(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	if r != nil {
 		op = ipvs.OpUpdate
 	}
-	return []ipvs.Change{{Op: op, Kind: "route", Target: want.Dst.String() + " dev " + link.Attrs().Name, Detail: "src " + c.NodeIP.String()}}, nil
+	return []ipvs.Change{{Op: op, Kind: ipvs.KindRoute, Target: want.Dst.String() + " dev " + link.Attrs().Name, Detail: "src " + c.NodeIP.String()}}, nil
 }
 
 // RemoveVIP implements ipvs.Plumbing. In link mode it removes the VIP address
@@ -216,7 +216,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change
 		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
 			return nil, fmt.Errorf("route %s: delete: %w", r.Dst, err)
 		}
-		return []ipvs.Change{{Op: ipvs.OpDelete, Kind: "route", Target: r.Dst.String()}}, nil
+		return []ipvs.Change{{Op: ipvs.OpDelete, Kind: ipvs.KindRoute, Target: r.Dst.String()}}, nil
 	}
 	link, err := netlink.LinkByName(c.Interface)
 	var notFound netlink.LinkNotFoundError
@@ -240,7 +240,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change
 			if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 				return changes, fmt.Errorf("interface %s: delete address %s: %w", c.Interface, a.IPNet, err)
 			}
-			changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: "address", Target: a.IPNet.String() + " dev " + c.Interface})
+			changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: ipvs.KindAddress, Target: a.IPNet.String() + " dev " + c.Interface})
 			continue
 		}
 		if a.IP.IsLinkLocalUnicast() {
@@ -255,7 +255,7 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change
 	if err := netlink.LinkDel(link); err != nil {
 		return changes, fmt.Errorf("interface %s: delete: %w", c.Interface, err)
 	}
-	return append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: "interface", Target: c.Interface}), nil
+	return append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: ipvs.KindInterface, Target: c.Interface}), nil
 }
 
 // DetectNodeIP returns the source address the kernel picks to reach to:
