@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/vipctl/vipctl/care/carestatus"
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/ipvs"
@@ -56,7 +57,7 @@ type Watchdog struct {
 
 	mu     sync.Mutex // guards status
 	status Status
-	kernel map[netip.AddrPort]KernelRealServer
+	kernel map[netip.AddrPort]carestatus.Kernel
 
 	// Loop state, owned by the loop goroutine.
 	results  chan probeResult
@@ -131,7 +132,7 @@ func (w *Watchdog) Status() Status {
 	defer w.mu.Unlock()
 	s := w.status
 	s.Ready = w.ready.Load()
-	s.Masters = append([]MasterStatus(nil), w.status.Masters...)
+	s.Masters = append([]carestatus.Master(nil), w.status.Masters...)
 	return s
 }
 
@@ -542,10 +543,10 @@ func (w *Watchdog) fail(stage string, err error) {
 }
 
 func (w *Watchdog) setKernel(cur *ipvs.State) {
-	k := map[netip.AddrPort]KernelRealServer{}
+	k := map[netip.AddrPort]carestatus.Kernel{}
 	if cur != nil {
 		for _, rs := range cur.RealServers {
-			k[rs.Addr] = KernelRealServer{Weight: rs.Weight, ActiveConns: rs.ActiveConns, InactiveConns: rs.InactiveConns}
+			k[rs.Addr] = carestatus.Kernel{Weight: rs.Weight, ActiveConns: rs.ActiveConns, InactiveConns: rs.InactiveConns}
 		}
 	}
 	w.mu.Lock()
@@ -555,9 +556,8 @@ func (w *Watchdog) setKernel(cur *ipvs.State) {
 
 // refreshStatus rebuilds the status and the per-master gauges.
 func (w *Watchdog) refreshStatus() {
-	snap := w.tracker.Snapshot()
-	masters := make([]MasterStatus, len(snap))
-	for i, s := range snap {
+	masters := w.tracker.Snapshot()
+	for _, s := range masters {
 		a := s.Address.String()
 		up := 0.0
 		if s.Phase == health.Up {
@@ -571,7 +571,6 @@ func (w *Watchdog) refreshStatus() {
 			}
 			w.met.membership.WithLabelValues(a, string(m)).Set(v)
 		}
-		masters[i] = MasterStatus{MasterStatus: s}
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

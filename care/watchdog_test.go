@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/ipvs"
@@ -38,7 +39,7 @@ func testConfig(masters ...netip.AddrPort) Config {
 		VIP:          ipvs.VIPConfig{Mode: ipvs.ModeLink, Interface: ipvs.DefaultInterface, VIP: vip.Addr(), NodeIP: node},
 		Health:       health.DefaultConfig(),
 		Timeout:      500 * time.Millisecond,
-		ResyncPeriod: DefaultResyncPeriod,
+		ResyncPeriod: careconfig.DefaultResyncPeriod,
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
-	"github.com/vipctl/vipctl/care"
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/care/probe/probetest"
 	"github.com/vipctl/vipctl/ipvs"
@@ -107,7 +107,7 @@ func parseCare(t *testing.T, w *careWorld, args ...string) (careSetup, error) {
 	if err := cmd.ParseFlags(args); err != nil {
 		return careSetup{}, err
 	}
-	return f.build(context.Background(), cmd.Flags(), w.careEnv())
+	return f.build(context.Background(), w.careEnv())
 }
 
 // runCareCmd runs `vipctl care args...` in w until ctx ends.
@@ -124,8 +124,8 @@ func testCA(t *testing.T) string {
 
 func defaultCAMissing(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(care.DefaultCAFile); err == nil {
-		t.Skipf("%s exists on this machine: the missing-CA behaviour cannot be tested", care.DefaultCAFile)
+	if _, err := os.Stat(careconfig.DefaultCAFile); err == nil {
+		t.Skipf("%s exists on this machine: the missing-CA behaviour cannot be tested", careconfig.DefaultCAFile)
 	}
 }
 
