@@ -150,6 +150,9 @@ func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOpti
 			return o, fmt.Errorf("watchdog manifest: %w", err)
 		}
 		c = care
+		for _, w := range care.Warnings() {
+			fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+		}
 	}
 	p, err := serviceOf(cmd.Context(), c)
 	if err != nil {
