@@ -66,7 +66,7 @@ var flags = []flag{
 		fs.StringVar(&f.c.Interface, n, f.c.Interface, "dummy interface holding the VIP in link mode")
 	}},
 	{"node-ip", func(f *Flags, fs *pflag.FlagSet, n string) {
-		fs.StringVar(&f.nodeIP, n, f.nodeIP, "this node's IP, the source of connections to the masters (default: $"+LvscareNodeIPEnv+", else detected from the route to the first master)")
+		fs.StringVar(&f.nodeIP, n, f.nodeIP, "this node's IP, the source of connections to the masters (default: detected from the route to the first master; the watchdog reads $"+LvscareNodeIPEnv+" first)")
 	}},
 	{"scheduler", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.StringVar(&f.c.Scheduler, n, f.c.Scheduler, "IPVS scheduler: "+strings.Join(Schedulers, ", "))
