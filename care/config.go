@@ -17,9 +17,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/ipvs"
@@ -64,28 +64,10 @@ type Sentinel interface {
 	Hold(ctx context.Context, target netip.AddrPort, idle func()) (established bool, err error)
 }
 
-// Defaults of the `vipctl care` flags.
-const (
-	DefaultHealthPath = "/readyz"
-	// LivenessPath is what --liveness-path is typically set to: probed
-	// before resetting a master's connections (see Deps.Liveness). Off by
-	// default, see docs/care.md.
-	LivenessPath        = "/livez"
-	DefaultCAFile       = "/etc/kubernetes/pki/ca.crt"
-	DefaultMetricsAddr  = "127.0.0.1:9282"
-	DefaultResyncPeriod = 100 * time.Millisecond
-	// DefaultProbeReuse is how long a probe connection that answered
-	// healthy carries the next probes of its master: ten probes at the
-	// default interval share one TCP and TLS handshake, which is most of a
-	// probe's cost, while a fresh connection (and certificate check) still
-	// happens every 10 s. See probe.Config.ReuseFor.
-	DefaultProbeReuse = 10 * time.Second
-	// MinResyncPeriod keeps the kernel poll from becoming a busy loop.
-	MinResyncPeriod = 10 * time.Millisecond
-)
-
-// Config is the watchdog's validated configuration. Validate names the
-// `vipctl care` flag behind each field.
+// Config is the watchdog loop's configuration, in the types it acts with.
+// FromConfig derives it from the one configuration of the watchdog,
+// careconfig.Config; Validate checks it with careconfig's rules and names
+// the `vipctl care` flag behind each field.
 type Config struct {
 	// Service is the virtual service (--vip, --scheduler).
 	Service ipvs.Service
@@ -106,82 +88,63 @@ type Config struct {
 	Version string
 }
 
-// Validate checks c before anything is touched. Errors name the flag and
-// the value.
+// FromConfig turns the watchdog's configuration, with its node IP known,
+// into the loop's: the IPVS service, the VIP plumbing and the decision
+// core's settings. version is reported by /status.
+func FromConfig(c careconfig.Config, version string) (Config, error) {
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	if err := c.ValidateNodeIP(); err != nil {
+		return Config{}, err
+	}
+	h := health.DefaultConfig()
+	h.Rise, h.Fall, h.Interval = c.Rise, c.Fall, c.Interval
+	h.FastRetry = min(h.FastRetry, max(c.Interval/2, time.Millisecond))
+	h.HoldDown, h.MaxHoldDown, h.DrainTimeout = c.HoldDown, c.MaxHoldDown, c.DrainTimeout
+	cfg := Config{
+		Service:      ipvs.Service{VIP: c.VIP, Protocol: ipvs.ProtocolTCP, Scheduler: c.Scheduler},
+		Masters:      slices.Clone(c.Masters),
+		VIP:          ipvs.VIPConfig{Mode: ipvs.Mode(c.Mode), Interface: c.Interface, VIP: c.VIP.Addr(), NodeIP: c.NodeIP},
+		Health:       h,
+		Timeout:      c.EffectiveTimeout(),
+		ResyncPeriod: c.ResyncPeriod,
+		Version:      version,
+	}
+	return cfg, cfg.Validate()
+}
+
+// flags is c as the `vipctl care` flags it stands for, so that the rules
+// of package careconfig check it.
+func (c Config) flags() careconfig.Config {
+	f := careconfig.Default()
+	f.VIP, f.Masters, f.Scheduler = c.Service.VIP, c.Masters, c.Service.Scheduler
+	f.Mode, f.Interface, f.NodeIP = careconfig.Mode(c.VIP.Mode), c.VIP.Interface, c.VIP.NodeIP
+	f.Interval, f.Timeout, f.Rise, f.Fall = c.Health.Interval, c.Timeout, c.Health.Rise, c.Health.Fall
+	f.HoldDown, f.MaxHoldDown, f.DrainTimeout = c.Health.HoldDown, c.Health.MaxHoldDown, c.Health.DrainTimeout
+	f.ResyncPeriod = c.ResyncPeriod
+	return f
+}
+
+// Validate checks c before anything is touched, with the rules of the
+// `vipctl care` flags (package careconfig), so errors name the flag and the
+// value; the node IP is required.
 func (c Config) Validate() error {
-	vip := c.Service.VIP
-	if !vip.IsValid() || vip.Port() == 0 {
-		return fmt.Errorf("--vip %q: want IP[:PORT]", vip)
-	}
-	if a := vip.Addr(); a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.Zone() != "" {
-		return fmt.Errorf("--vip %s: address %s cannot be a virtual IP", vip, a)
-	}
-	if !slices.Contains(ipvs.Schedulers, c.Service.Scheduler) {
-		return fmt.Errorf("--scheduler %q: want one of %s", c.Service.Scheduler, strings.Join(ipvs.Schedulers, ", "))
-	}
-	if len(c.Masters) == 0 {
-		return fmt.Errorf("--master: at least one master is required")
-	}
-	seen := map[netip.AddrPort]bool{}
-	for _, m := range c.Masters {
-		switch {
-		case !m.IsValid() || m.Port() == 0:
-			return fmt.Errorf("--master %q: want IP[:PORT]", m)
-		case m.Addr() == vip.Addr():
-			return fmt.Errorf("--master %s: same address as --vip %s", m, vip)
-		case m.Addr().Is4() != vip.Addr().Is4():
-			return fmt.Errorf("--master %s: address family differs from --vip %s", m, vip)
-		case m.Addr().IsUnspecified() || m.Addr().IsLoopback() || m.Addr().IsMulticast():
-			return fmt.Errorf("--master %s: address %s cannot be a real server", m, m.Addr())
-		case seen[m]:
-			return fmt.Errorf("--master %s: listed twice", m)
-		}
-		seen[m] = true
-	}
-	h := c.Health
-	switch {
-	case h.Rise < 1:
-		return fmt.Errorf("--rise %d: want at least 1", h.Rise)
-	case h.Fall < 1:
-		return fmt.Errorf("--fall %d: want at least 1", h.Fall)
-	case h.Interval <= 0:
-		return fmt.Errorf("--interval %s: want a positive duration", h.Interval)
-	case c.Timeout <= 0:
+	f := c.flags()
+	if c.Timeout <= 0 {
 		return fmt.Errorf("--timeout %s: want a positive duration", c.Timeout)
-	case c.Timeout >= h.Interval:
-		return fmt.Errorf("--timeout %s: must be shorter than --interval %s", c.Timeout, h.Interval)
-	case c.ResyncPeriod < MinResyncPeriod:
-		return fmt.Errorf("--resync-period %s: want at least %s", c.ResyncPeriod, MinResyncPeriod)
-	case h.DrainTimeout < 0:
-		return fmt.Errorf("--drain-timeout %s: want 0 or more", h.DrainTimeout)
-	case h.HoldDown < 0:
-		return fmt.Errorf("--hold-down %s: want 0 or more", h.HoldDown)
-	case h.MaxHoldDown < h.HoldDown:
-		return fmt.Errorf("--max-hold-down %s: shorter than --hold-down %s", h.MaxHoldDown, h.HoldDown)
 	}
-	if err := h.Validate(); err != nil {
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	if err := f.ValidateNodeIP(); err != nil {
+		return err
+	}
+	if err := c.Health.Validate(); err != nil {
 		return fmt.Errorf("health settings: %w", err)
 	}
-	switch c.VIP.Mode {
-	case ipvs.ModeLink:
-		if c.VIP.Interface == "" || len(c.VIP.Interface) > 15 || strings.ContainsAny(c.VIP.Interface, "/ \t") {
-			return fmt.Errorf("--interface %q: want a name of 1 to 15 characters without / or spaces", c.VIP.Interface)
-		}
-	case ipvs.ModeRoute:
-	default:
-		return fmt.Errorf("--mode %q: want %s or %s", c.VIP.Mode, ipvs.ModeLink, ipvs.ModeRoute)
-	}
-	if c.VIP.VIP != vip.Addr() {
-		return fmt.Errorf("--vip %s: differs from the plumbing's VIP %s", vip, c.VIP.VIP)
-	}
-	n := c.VIP.NodeIP
-	switch {
-	case !n.IsValid() || n.IsUnspecified() || n.IsMulticast():
-		return fmt.Errorf("--node-ip %q: not a usable unicast address", n)
-	case n == vip.Addr():
-		return fmt.Errorf("--node-ip %s: equal to --vip", n)
-	case n.Is4() != vip.Addr().Is4():
-		return fmt.Errorf("--node-ip %s: address family differs from --vip %s", n, vip)
+	if c.VIP.VIP != c.Service.VIP.Addr() {
+		return fmt.Errorf("--vip %s: differs from the plumbing's VIP %s", c.Service.VIP, c.VIP.VIP)
 	}
 	if err := c.VIP.Validate(); err != nil {
 		return fmt.Errorf("VIP plumbing: %w", err)

@@ -22,6 +22,10 @@ type fakeProber struct {
 	// delay makes a master's probes take this long; the result is the one
 	// set when the probe started.
 	delay map[netip.AddrPort]time.Duration
+	// linger is how long a probe takes to give up once its context ends.
+	linger time.Duration
+	// block, when set, holds every probe until it is closed.
+	block chan struct{}
 }
 
 func newFakeProber() *fakeProber {
@@ -56,18 +60,35 @@ func (f *fakeProber) count(m netip.AddrPort) int {
 	return f.calls[m]
 }
 
+// runningNow is the number of probes of m running.
+func (f *fakeProber) runningNow(m netip.AddrPort) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.running[m]
+}
+
 func (f *fakeProber) Probe(ctx context.Context, m netip.AddrPort) probe.Result {
 	f.mu.Lock()
 	f.calls[m]++
 	f.running[m]++
 	f.parallel[m] = max(f.parallel[m], f.running[m])
 	d, silent := f.silent[m]
+	block, linger := f.block, f.linger
 	f.mu.Unlock()
 	defer func() {
+		if ctx.Err() != nil && linger > 0 {
+			time.Sleep(linger) // a slow give-up, for Run to wait for
+		}
 		f.mu.Lock()
 		f.running[m]--
 		f.mu.Unlock()
 	}()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+		}
+	}
 	if silent {
 		select { // the probe's own duration: a silent host answers nothing
 		case <-time.After(d):
@@ -137,66 +158,4 @@ func (f *fakeSentinel) drop(m netip.AddrPort) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	close(f.holding[m])
-}
-
-// manualClock is a Clock whose time moves only when told.
-type manualClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*manualTimer
-}
-
-type manualTimer struct {
-	c  *manualClock
-	ch chan time.Time
-	at time.Time
-	on bool
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) NewTimer(d time.Duration) Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := &manualTimer{c: c, ch: make(chan time.Time, 1), at: c.now.Add(d), on: true}
-	c.timers = append(c.timers, t)
-	return t
-}
-
-// Advance moves time forward and fires the timers that are due.
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	for _, t := range c.timers {
-		if t.on && !t.at.After(c.now) {
-			t.on = false
-			select {
-			case t.ch <- c.now:
-			default:
-			}
-		}
-	}
-}
-
-func (t *manualTimer) C() <-chan time.Time { return t.ch }
-
-func (t *manualTimer) Reset(d time.Duration) {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	select {
-	case <-t.ch:
-	default:
-	}
-	t.at, t.on = t.c.now.Add(d), true
-}
-
-func (t *manualTimer) Stop() {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	t.on = false
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
-	"github.com/vipctl/vipctl/care/health"
+	"github.com/vipctl/vipctl/care/carestatus"
 	"github.com/vipctl/vipctl/ipvs"
 )
 
@@ -33,23 +33,8 @@ type Status struct {
 	// LastReconcile is the time of the last successful reconcile.
 	LastReconcile time.Time `json:"lastReconcile,omitzero"`
 	// LastError is the last reconcile error, cleared by a success.
-	LastError string         `json:"lastError,omitempty"`
-	Masters   []MasterStatus `json:"masters"`
-}
-
-// MasterStatus is one master: the watchdog's state and what the kernel had
-// at the last reconcile.
-type MasterStatus struct {
-	health.MasterStatus
-	// Kernel is nil when the kernel's service has no such real server.
-	Kernel *KernelRealServer `json:"kernel,omitempty"`
-}
-
-// KernelRealServer is a real server as the kernel reported it.
-type KernelRealServer struct {
-	Weight        int `json:"weight"`
-	ActiveConns   int `json:"activeConns"`
-	InactiveConns int `json:"inactiveConns"`
+	LastError string              `json:"lastError,omitempty"`
+	Masters   []carestatus.Master `json:"masters"`
 }
 
 // Handler serves /metrics, /healthz (the loop is ticking), /readyz (the

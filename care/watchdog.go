@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"k8s.io/utils/clock"
 
+	"github.com/vipctl/vipctl/care/carestatus"
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/ipvs"
@@ -33,8 +35,9 @@ type Deps struct {
 	// that it still serves.
 	Liveness Prober
 	Log      *zap.Logger
-	// Clock defaults to the system clock.
-	Clock Clock
+	// Clock defaults to the system clock; tests pass
+	// k8s.io/utils/clock/testing's FakeClock.
+	Clock clock.WithTicker
 	// Rand returns numbers in [0, 1) for the probe jitter; defaults to
 	// math/rand/v2.
 	Rand func() float64
@@ -45,7 +48,7 @@ type Watchdog struct {
 	cfg     Config
 	d       Deps
 	log     *zap.Logger
-	clock   Clock
+	clock   clock.WithTicker
 	rnd     func() float64
 	tracker *health.Tracker
 	met     *metrics
@@ -56,28 +59,52 @@ type Watchdog struct {
 
 	mu     sync.Mutex // guards status
 	status Status
-	kernel map[netip.AddrPort]KernelRealServer
+	kernel map[netip.AddrPort]carestatus.Kernel
 
-	// Loop state, owned by the loop goroutine.
+	// Loop state, owned by the loop goroutine (or by Once).
 	results  chan probeResult
 	triggers chan netip.AddrPort
-	kicks    map[netip.AddrPort]chan struct{}
-	inFlight map[netip.AddrPort]int       // probes running: 0, 1, or 2 with a hedge
-	started  map[netip.AddrPort]time.Time // when the running probe started
-	hedged   map[netip.AddrPort]bool      // a hedge probe was sent for it
+	lively   chan livenessResult
+	masters  map[netip.AddrPort]*master
+	// pending counts the liveness checks running; Once waits for them.
+	pending int
+	// wg counts the goroutines the watchdog started (probes, liveness
+	// checks, sentinels): Run and Once wait for them before returning.
+	wg sync.WaitGroup
+}
+
+// master is the loop's state of one master: its probes and its sentinel.
+type master struct {
+	// kick wakes its sentinel at once when it comes back up.
+	kick chan struct{}
+	// inFlight is the number of probes running: 0, 1, or 2 with a hedge.
+	inFlight int
+	// started is when the running probe started.
+	started time.Time
+	// hedged is set when a hedge probe was sent alongside it.
+	hedged bool
 	// retrigger marks a master whose sentinel fired while a probe was
 	// running: it is probed again as soon as that probe returns.
-	retrigger map[netip.AddrPort]bool
+	retrigger bool
 	// closed marks a master whose sentinel connection it closed, until a
 	// probe answers or the master goes down: a refused probe then is
 	// conclusive (health.Outcome.Conclusive).
-	closed map[netip.AddrPort]bool
-	due    map[netip.AddrPort]time.Time
+	closed bool
+	// due is when its next scheduled probe is.
+	due time.Time
 }
 
 type probeResult struct {
 	addr netip.AddrPort
 	r    probe.Result
+}
+
+// livenessResult is the answer of a master's liveness check, asked before
+// resetting its connections.
+type livenessResult struct {
+	addr    netip.AddrPort
+	trigger string
+	live    bool
 }
 
 // New checks cfg and returns a watchdog; nothing is touched yet.
@@ -93,28 +120,23 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 		return nil, err
 	}
 	w := &Watchdog{cfg: cfg, d: d, log: d.Log, clock: d.Clock, rnd: d.Rand, tracker: t, met: newMetrics(),
-		results:   make(chan probeResult, 2*len(cfg.Masters)),
-		triggers:  make(chan netip.AddrPort, len(cfg.Masters)),
-		kicks:     map[netip.AddrPort]chan struct{}{},
-		inFlight:  map[netip.AddrPort]int{},
-		started:   map[netip.AddrPort]time.Time{},
-		hedged:    map[netip.AddrPort]bool{},
-		retrigger: map[netip.AddrPort]bool{},
-		closed:    map[netip.AddrPort]bool{},
-		due:       map[netip.AddrPort]time.Time{},
+		results:  make(chan probeResult, 2*len(cfg.Masters)),
+		triggers: make(chan netip.AddrPort, len(cfg.Masters)),
+		lively:   make(chan livenessResult, len(cfg.Masters)),
+		masters:  map[netip.AddrPort]*master{},
 	}
 	if w.log == nil {
 		w.log = zap.NewNop()
 	}
 	if w.clock == nil {
-		w.clock = RealClock{}
+		w.clock = clock.RealClock{}
 	}
 	if w.rnd == nil {
 		w.rnd = rand.Float64
 	}
 	w.errLog = &errLimiter{last: map[string]errLogged{}, every: 30 * time.Second}
 	for _, m := range cfg.Masters {
-		w.kicks[m] = make(chan struct{}, 1)
+		w.masters[m] = &master{kick: make(chan struct{}, 1)}
 	}
 	w.status = Status{VIP: cfg.Service.VIP, Scheduler: cfg.Service.Scheduler, Mode: cfg.VIP.Mode, NodeIP: cfg.VIP.NodeIP, Version: cfg.Version}
 	if cfg.VIP.Mode == ipvs.ModeLink {
@@ -131,22 +153,35 @@ func (w *Watchdog) Status() Status {
 	defer w.mu.Unlock()
 	s := w.status
 	s.Ready = w.ready.Load()
-	s.Masters = append([]MasterStatus(nil), w.status.Masters...)
+	s.Masters = append([]carestatus.Master(nil), w.status.Masters...)
 	return s
 }
 
 // Once adopts the kernel's state, probes every master once, reconciles once
 // (plumbing included) and returns the reconcile's error.
 func (w *Watchdog) Once(ctx context.Context) error {
+	defer w.wg.Wait()
 	w.adopt(ctx)
 	w.firstRound(ctx)
-	return w.reconcile(ctx, "once", true)
+	err := w.reconcile(ctx, "once", true)
+	for ; w.pending > 0; w.pending-- {
+		select {
+		case lr := <-w.lively:
+			if cerr := w.closeConns(ctx, lr); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		}
+	}
+	return err
 }
 
 // Run adopts the kernel's state, probes every master, reconciles, and then
-// keeps doing so until ctx ends. It returns nil when ctx ends: the kernel's
-// rules are left in place (`vipctl ipvs delete` removes them). Kernel errors
-// are logged and retried, never fatal.
+// keeps doing so until ctx ends. It returns nil when ctx ends, once every
+// goroutine it started (probes, liveness checks, sentinels) has returned:
+// the kernel's rules are left in place (`vipctl ipvs delete` removes them).
+// Kernel errors are logged and retried, never fatal.
 func (w *Watchdog) Run(ctx context.Context) error {
 	w.log.Info("watchdog starting",
 		zap.Stringer("vip", w.cfg.Service.VIP), zap.Stringers("masters", w.cfg.Masters),
@@ -154,6 +189,8 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		zap.Duration("interval", w.cfg.Health.Interval), zap.Duration("timeout", w.cfg.Timeout),
 		zap.Int("rise", w.cfg.Health.Rise), zap.Int("fall", w.cfg.Health.Fall),
 		zap.Duration("resyncPeriod", w.cfg.ResyncPeriod), zap.Bool("sentinel", w.d.Sentinel != nil))
+	// Every goroutine the watchdog starts ends with ctx; Run returns after.
+	defer w.wg.Wait()
 	w.adopt(ctx)
 	w.firstRound(ctx)
 	_ = w.reconcile(ctx, "start", true)
@@ -161,11 +198,9 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		return nil
 	}
 	events := w.subscribe(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	if w.d.Sentinel != nil {
 		for _, m := range w.cfg.Masters {
-			wg.Go(func() { w.sentinel(ctx, m, w.kicks[m]) })
+			w.wg.Go(func() { w.sentinel(ctx, m, w.masters[m].kick) })
 		}
 	}
 	probeTimer := w.clock.NewTimer(w.untilDue())
@@ -181,36 +216,39 @@ func (w *Watchdog) Run(ctx context.Context) error {
 			w.log.Info("watchdog stopping; kernel rules stay in place")
 			return nil
 		case pr := <-w.results:
-			if w.inFlight[pr.addr]--; w.inFlight[pr.addr] <= 0 {
-				w.inFlight[pr.addr], w.hedged[pr.addr] = 0, false
+			m := w.masters[pr.addr]
+			if m.inFlight--; m.inFlight <= 0 {
+				m.inFlight, m.hedged = 0, false
 			}
 			if w.observe(pr.addr, pr.r) {
 				_ = w.reconcile(ctx, "probe", false)
 			}
-			if w.inFlight[pr.addr] == 0 && w.retrigger[pr.addr] {
+			if m.inFlight == 0 && m.retrigger {
 				// The sentinel fired while this probe was running: its
 				// answer may predate the death, so probe again now.
-				w.retrigger[pr.addr] = false
+				m.retrigger = false
 				w.launch(ctx, pr.addr)
 			}
 			probeTimer.Reset(w.untilDue())
 		case addr := <-w.triggers:
-			w.closed[addr] = true
-			if w.inFlight[addr] == 0 {
+			m := w.masters[addr]
+			m.closed = true
+			if m.inFlight == 0 {
 				w.launch(ctx, addr)
 			} else {
-				w.retrigger[addr] = true
+				m.retrigger = true
 			}
+		case lr := <-w.lively:
+			w.pending--
+			_ = w.closeConns(ctx, lr)
 		case <-probeTimer.C():
-			now := w.clock.Now()
-			for _, m := range w.cfg.Masters {
-				switch {
-				case w.inFlight[m] == 0 && !now.Before(w.due[m]):
-					w.launch(ctx, m)
-				case w.hedgeDue(m, now):
-					w.hedged[m] = true
-					w.launch(ctx, m)
-				}
+			launch, hedge, _ := schedule(w.clock.Now(), w.slots(), w.hedgeAfter(), w.cfg.Health.Interval)
+			for _, i := range launch {
+				w.launch(ctx, w.cfg.Masters[i])
+			}
+			for _, i := range hedge {
+				w.masters[w.cfg.Masters[i]].hedged = true
+				w.launch(ctx, w.cfg.Masters[i])
 			}
 			probeTimer.Reset(w.untilDue())
 		case <-resync.C():
@@ -290,54 +328,82 @@ func (w *Watchdog) firstRound(ctx context.Context) {
 }
 
 func (w *Watchdog) launch(ctx context.Context, addr netip.AddrPort) {
-	if w.inFlight[addr] == 0 {
-		w.started[addr] = w.clock.Now()
+	m := w.masters[addr]
+	if m.inFlight == 0 {
+		m.started = w.clock.Now()
 	}
-	w.inFlight[addr]++
-	go func() {
+	m.inFlight++
+	w.wg.Go(func() {
 		r := w.d.Prober.Probe(ctx, addr)
 		w.results <- probeResult{addr: addr, r: r} // buffered: at most two in flight per master
-	}()
+	})
 }
 
 // hedgeAfter is how long a probe of a master in service may run before a
-// second, hedging probe is sent alongside it.
+// second, hedging probe is sent alongside it. An unreachable master answers
+// nothing, so each probe takes the whole timeout; with a hedge the --fall
+// confirmations overlap instead of following each other, and a silent
+// master is out after about 1.5 timeouts rather than 2 timeouts plus a
+// re-probe delay. A slow but healthy master costs one extra probe.
 func (w *Watchdog) hedgeAfter() time.Duration { return w.cfg.Timeout / 2 }
 
-// hedgeDue reports whether master m, in service, has had a single probe
-// running for hedgeAfter. An unreachable master answers nothing, so each
-// probe takes the whole timeout; with a hedge the --fall confirmations
-// overlap instead of following each other, and a silent master is out
-// after about 1.5 timeouts rather than 2 timeouts plus a re-probe delay.
-// A slow but healthy master costs one extra probe.
-func (w *Watchdog) hedgeDue(m netip.AddrPort, now time.Time) bool {
-	return w.inFlight[m] == 1 && !w.hedged[m] && w.tracker.InService(m) &&
-		now.Sub(w.started[m]) >= w.hedgeAfter()
+// slot is what scheduling knows of one master.
+type slot struct {
+	inFlight  int       // probes running
+	hedged    bool      // a hedge was sent for the running probe
+	inService bool      // only a master in service is hedged
+	started   time.Time // when the running probe started
+	due       time.Time // when the next scheduled probe is
 }
 
-// untilDue is the time until the earliest scheduled probe.
+// slots returns every master's slot, in the order of the configuration.
+func (w *Watchdog) slots() []slot {
+	out := make([]slot, len(w.cfg.Masters))
+	for i, a := range w.cfg.Masters {
+		m := w.masters[a]
+		out[i] = slot{inFlight: m.inFlight, hedged: m.hedged, inService: w.tracker.InService(a), started: m.started, due: m.due}
+	}
+	return out
+}
+
+// schedule decides, at now, which masters to probe (launch: none running
+// and due) and which to hedge (one probe running for hedgeAfter on a
+// master in service, not hedged yet), and how long until the next such
+// decision; idle when every master has probes running (a result comes
+// first). It is pure: the loop calls it when its timer fires.
+func schedule(now time.Time, slots []slot, hedgeAfter, idle time.Duration) (launch, hedge []int, wait time.Duration) {
+	wait = -1
+	next := func(at time.Time) {
+		if d := max(at.Sub(now), 0); wait < 0 || d < wait {
+			wait = d
+		}
+	}
+	for i, s := range slots {
+		hedgeable := s.inFlight == 1 && !s.hedged && s.inService
+		switch {
+		case s.inFlight == 0 && !now.Before(s.due):
+			launch = append(launch, i)
+		case hedgeable && now.Sub(s.started) >= hedgeAfter:
+			hedge = append(hedge, i)
+		case s.inFlight == 0:
+			next(s.due)
+		case hedgeable:
+			next(s.started.Add(hedgeAfter))
+		}
+	}
+	if wait < 0 {
+		wait = idle
+	}
+	if len(launch) > 0 || len(hedge) > 0 {
+		wait = 0 // decided now; the caller asks again after launching
+	}
+	return launch, hedge, wait
+}
+
+// untilDue is the time until the earliest scheduled probe or hedge.
 func (w *Watchdog) untilDue() time.Duration {
-	now := w.clock.Now()
-	next := time.Duration(-1)
-	for _, m := range w.cfg.Masters {
-		if w.inFlight[m] > 0 {
-			if w.inFlight[m] == 1 && !w.hedged[m] && w.tracker.InService(m) {
-				d := max(w.started[m].Add(w.hedgeAfter()).Sub(now), 0)
-				if next < 0 || d < next {
-					next = d
-				}
-			}
-			continue
-		}
-		d := max(w.due[m].Sub(now), 0)
-		if next < 0 || d < next {
-			next = d
-		}
-	}
-	if next < 0 {
-		return w.cfg.Health.Interval // every master in flight; a result resets the timer
-	}
-	return next
+	_, _, wait := schedule(w.clock.Now(), w.slots(), w.hedgeAfter(), w.cfg.Health.Interval)
+	return wait
 }
 
 // observe feeds a probe result to the tracker, logs and schedules the next
@@ -351,17 +417,18 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 	w.met.probeDuration.WithLabelValues(addr.String(), result).Observe(r.Latency.Seconds())
 	w.log.Debug("probe", zap.Stringer("master", addr), zap.Bool("ok", r.OK), zap.Int("status", r.Status),
 		zap.String("reason", r.Reason), zap.Duration("latency", r.Latency))
-	conclusive := !r.OK && r.Refused && w.closed[addr]
+	m := w.masters[addr]
+	conclusive := !r.OK && r.Refused && m.closed
 	if r.OK || r.Status != 0 {
-		w.closed[addr] = false // it answers: whatever closed the sentinel, it lives
+		m.closed = false // it answers: whatever closed the sentinel, it lives
 	}
 	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency, Conclusive: conclusive}, now)
 	w.emit(events)
-	w.due[addr] = now.Add(w.tracker.NextProbe(addr, w.rnd()))
+	m.due = now.Add(w.tracker.NextProbe(addr, w.rnd()))
 	w.refreshStatus()
 	for _, e := range events {
 		if e.Kind == health.EventTransition {
-			w.closed[addr] = false
+			m.closed = false
 			return true
 		}
 	}
@@ -391,7 +458,7 @@ func (w *Watchdog) emit(events []health.Event) {
 			}
 			if e.To == string(health.Up) {
 				select {
-				case w.kicks[e.Master] <- struct{}{}:
+				case w.masters[e.Master].kick <- struct{}{}:
 				default:
 				}
 			}
@@ -468,36 +535,60 @@ func (w *Watchdog) reconcile(ctx context.Context, trigger string, plumbing bool)
 		if w.d.Closer == nil {
 			continue
 		}
-		if w.stillLive(ctx, a) {
-			w.log.Info("reconcile action", zap.String("trigger", trigger), zap.String("op", "keep"),
-				zap.String("kind", "connections"), zap.String("target", w.cfg.Service.VIP.String()+" -> "+a.String()),
-				zap.String("reason", "master answers its liveness check: draining without resetting its connections"))
+		if w.d.Liveness != nil && w.tracker.LastStatus(a) != 0 {
+			// It answered unhealthily: ask its liveness first, without
+			// holding up the loop (the resync repair runs meanwhile).
+			w.pending++
+			w.wg.Go(func() {
+				live := w.d.Liveness.Probe(ctx, a).OK
+				select {
+				case w.lively <- livenessResult{addr: a, trigger: trigger, live: live}:
+				case <-ctx.Done():
+				}
+			})
 			continue
 		}
-		n, err := w.d.Closer.CloseConnections(ctx, w.cfg.Service.VIP, a)
-		w.met.connsReset.WithLabelValues(a.String()).Add(float64(n))
-		if err != nil {
-			w.fail("close", err)
-			errs = append(errs, fmt.Errorf("reset connections to %s: %w", a, err))
-			continue
+		if err := w.closeConns(ctx, livenessResult{addr: a, trigger: trigger}); err != nil {
+			errs = append(errs, err)
 		}
-		w.log.Info("reconcile action", zap.String("trigger", trigger), zap.String("op", "reset"),
-			zap.String("kind", "connections"), zap.String("target", w.cfg.Service.VIP.String()+" -> "+a.String()), zap.Int("count", n))
 	}
 	return w.finish(errs)
 }
 
-// stillLive reports whether master a, taken out because it answered its
-// health check with an unhealthy status, still answers its liveness check:
-// an apiserver in its shutdown delay (readyz 500, livez 200) keeps serving
-// the requests on its connections, so they are left to finish. A master
-// that did not answer at all (refused, reset, timeout), or whose liveness
-// fails too (etcd lost), has its connections reset.
-func (w *Watchdog) stillLive(ctx context.Context, a netip.AddrPort) bool {
-	if w.d.Liveness == nil || w.tracker.LastStatus(a) == 0 {
-		return false
+// closeConns resets the connections to master lr.addr, unless it answered
+// its liveness check (lr.live): an apiserver in its shutdown delay (readyz
+// 500, livez 200) keeps serving the requests on its connections, so they
+// are left to finish. A master that did not answer at all (refused, reset,
+// timeout) is not asked, and one whose liveness fails too (etcd lost) has
+// them reset. A master back in service by the time the answer comes keeps
+// them.
+func (w *Watchdog) closeConns(ctx context.Context, lr livenessResult) error {
+	a := lr.addr
+	target := w.cfg.Service.VIP.String() + " -> " + a.String()
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case lr.live:
+		w.log.Info("reconcile action", zap.String("trigger", lr.trigger), zap.String("op", "keep"),
+			zap.String("kind", "connections"), zap.String("target", target),
+			zap.String("reason", "master answers its liveness check: draining without resetting its connections"))
+		return nil
+	case w.tracker.InService(a):
+		return nil
 	}
-	return w.d.Liveness.Probe(ctx, a).OK
+	n, err := w.d.Closer.CloseConnections(ctx, w.cfg.Service.VIP, a)
+	w.met.connsReset.WithLabelValues(a.String()).Add(float64(n))
+	if err != nil {
+		w.fail("close", err)
+		err = fmt.Errorf("reset connections to %s: %w", a, err)
+		w.mu.Lock()
+		w.status.LastError = err.Error()
+		w.mu.Unlock()
+		return err
+	}
+	w.log.Info("reconcile action", zap.String("trigger", lr.trigger), zap.String("op", "reset"),
+		zap.String("kind", "connections"), zap.String("target", target), zap.Int("count", n))
+	return nil
 }
 
 // finish records the outcome of a reconcile.
@@ -542,10 +633,10 @@ func (w *Watchdog) fail(stage string, err error) {
 }
 
 func (w *Watchdog) setKernel(cur *ipvs.State) {
-	k := map[netip.AddrPort]KernelRealServer{}
+	k := map[netip.AddrPort]carestatus.Kernel{}
 	if cur != nil {
 		for _, rs := range cur.RealServers {
-			k[rs.Addr] = KernelRealServer{Weight: rs.Weight, ActiveConns: rs.ActiveConns, InactiveConns: rs.InactiveConns}
+			k[rs.Addr] = carestatus.Kernel{Weight: rs.Weight, ActiveConns: rs.ActiveConns, InactiveConns: rs.InactiveConns}
 		}
 	}
 	w.mu.Lock()
@@ -555,9 +646,8 @@ func (w *Watchdog) setKernel(cur *ipvs.State) {
 
 // refreshStatus rebuilds the status and the per-master gauges.
 func (w *Watchdog) refreshStatus() {
-	snap := w.tracker.Snapshot()
-	masters := make([]MasterStatus, len(snap))
-	for i, s := range snap {
+	masters := w.tracker.Snapshot()
+	for _, s := range masters {
 		a := s.Address.String()
 		up := 0.0
 		if s.Phase == health.Up {
@@ -571,7 +661,6 @@ func (w *Watchdog) refreshStatus() {
 			}
 			w.met.membership.WithLabelValues(a, string(m)).Set(v)
 		}
-		masters[i] = MasterStatus{MasterStatus: s}
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -17,7 +17,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/care/health"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/ipvs"
@@ -39,7 +41,7 @@ func testConfig(masters ...netip.AddrPort) Config {
 		VIP:          ipvs.VIPConfig{Mode: ipvs.ModeLink, Interface: ipvs.DefaultInterface, VIP: vip.Addr(), NodeIP: node},
 		Health:       health.DefaultConfig(),
 		Timeout:      500 * time.Millisecond,
-		ResyncPeriod: DefaultResyncPeriod,
+		ResyncPeriod: careconfig.DefaultResyncPeriod,
 	}
 }
 
@@ -234,7 +236,7 @@ func TestMasterDownDrainsThenDeletes(t *testing.T) {
 	r.mem.SetConns(vip, mA, 3, 1)
 
 	r.w.observe(mA, refused())
-	assert.Equal(t, cfg.Health.FastRetry, r.w.due[mA].Sub(r.w.clock.Now()).Round(time.Millisecond), "re-probed at once")
+	assert.Equal(t, cfg.Health.FastRetry, r.w.masters[mA].due.Sub(r.w.clock.Now()).Round(time.Millisecond), "re-probed at once")
 	require.True(t, r.w.observe(mA, refused()), "fall 2 reached")
 	require.NoError(t, r.w.reconcile(ctx, "probe", false))
 	assert.Equal(t, map[netip.AddrPort]int{mA: 0, mB: 1}, r.weights(), "weight 0 first")
@@ -293,23 +295,27 @@ func TestApplyFailureIsRetriedAndConnsResetAfter(t *testing.T) {
 	assert.Empty(t, r.w.Status().LastError)
 }
 
+// A killed master is out after --fall probes spaced by the fast retry, not
+// by the interval: with an interval of an hour, only the fast retry can take
+// it out within the test.
 func TestKilledMasterRemovedQuickly(t *testing.T) {
 	cfg := testConfig(mA, mB)
-	cfg.Health.Interval = 200 * time.Millisecond
+	cfg.Health.Interval = time.Hour // no scheduled probe during the test
 	cfg.Timeout = 100 * time.Millisecond
 	cfg.Health.FastRetry = 20 * time.Millisecond
 	cfg.ResyncPeriod = 10 * time.Millisecond
 	r := newRig(t, cfg, nil)
 	r.run(t)
-	r.prober.set(mA, refused())
-	start := time.Now()
-	require.Eventually(t, func() bool { return r.weights()[mA] == 0 }, 5*time.Second, time.Millisecond)
-	took := time.Since(start)
-	// How fast is measured in the VM benchmarks, not asserted here; the
-	// retry schedule itself is the tracker's (TestNextProbe).
-	t.Logf("out after %s", took)
-	require.Eventually(t, func() bool { _, ok := r.weights()[mA]; return !ok }, 5*time.Second, time.Millisecond, "deleted: no active connections")
-	assert.Equal(t, 1, r.plumb.CloseCalls(mA))
+	before := r.prober.count(mA)
+	// Killed: its connections are reset. The sentinel notices (a reset is
+	// not conclusive, unlike a refused connection), and a probe follows.
+	r.prober.set(mA, probe.Result{Fast: true, Reason: "connection reset by peer"})
+	r.w.triggers <- mA
+	require.Eventually(t, func() bool { w, ok := r.weights()[mA]; return ok && w == 0 }, 5*time.Second, time.Millisecond,
+		"out without waiting for the interval")
+	assert.Equal(t, before+cfg.Health.Fall, r.prober.count(mA), "out after --fall probes: the triggered one, then fast retries")
+	assert.Equal(t, 1, r.plumb.CloseCalls(mA), "its connections are reset")
+	assert.Equal(t, map[netip.AddrPort]int{mA: 0, mB: 1}, r.weights(), "the other master is untouched")
 }
 
 // A master in service whose probe runs past half the timeout gets a second,
@@ -384,13 +390,13 @@ func TestSentinelCloseAnsweredIsForgotten(t *testing.T) {
 	require.NoError(t, r.w.Once(context.Background()))
 	phase := func() health.Phase { return r.w.tracker.Snapshot()[0].Phase }
 
-	r.w.closed[mA] = true // the sentinel connection ended
+	r.w.masters[mA].closed = true // the sentinel connection ended
 	r.w.observe(mA, healthy())
 	r.w.observe(mA, refused())
 	assert.Equal(t, health.Up, phase(), "it answered after the close: one refused probe is not enough")
 
 	r.w.observe(mA, healthy())
-	r.w.closed[mA] = true
+	r.w.masters[mA].closed = true
 	r.w.observe(mA, refused())
 	assert.Equal(t, health.Down, phase(), "closed, then refused: out at once")
 }
@@ -412,7 +418,7 @@ func TestEventReassertsPlumbing(t *testing.T) {
 
 func TestStatusAndEndpoints(t *testing.T) {
 	cfg := testConfig(mA, mB)
-	clock := &manualClock{now: time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)}
+	clock := testingclock.NewFakeClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC))
 	r := newRig(t, cfg, func(d *Deps) { d.Clock = clock })
 	srv := httptest.NewServer(r.w.Handler())
 	defer srv.Close()
@@ -474,7 +480,7 @@ func TestStatusAndEndpoints(t *testing.T) {
 	}
 
 	// The loop is not running: /healthz notices once time moves on.
-	clock.Advance(time.Minute)
+	clock.Step(time.Minute)
 	code, body = get("/healthz")
 	assert.Equal(t, http.StatusServiceUnavailable, code)
 	assert.Contains(t, body, "loop stuck")
@@ -635,4 +641,88 @@ func TestSentinelDuringARunningProbeIsNotLost(t *testing.T) {
 	r.w.triggers <- mA          // and the sentinel notices
 	require.Eventually(t, func() bool { return r.weights()[mA] == 0 }, 5*time.Second, time.Millisecond,
 		"taken out without waiting for a scheduled probe")
+}
+
+// Run returns only once the goroutines it started have: a probe still
+// running when ctx ends (here, one that takes a moment to give up) is
+// waited for.
+func TestRunWaitsForItsProbes(t *testing.T) {
+	cfg := testConfig(mA, mB)
+	cfg.Health.Interval = 100 * time.Millisecond
+	cfg.Timeout = 50 * time.Millisecond
+	cfg.Health.FastRetry = 10 * time.Millisecond
+	r := newRig(t, cfg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.w.Run(ctx) }()
+	require.Eventually(t, r.w.ready.Load, 5*time.Second, time.Millisecond, "first reconcile")
+	// The next probes run until ctx ends, and take a moment to give up.
+	r.prober.mu.Lock()
+	r.prober.delay[mA] = time.Hour
+	r.prober.linger = 50 * time.Millisecond
+	r.prober.mu.Unlock()
+	require.Eventually(t, func() bool { return r.prober.runningNow(mA) > 0 }, 5*time.Second, time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	assert.Zero(t, r.prober.runningNow(mA), "no probe outlives Run")
+}
+
+// The liveness check asked before resetting a master's connections runs
+// beside the loop: while it waits, the resync poll still repairs a flushed
+// table.
+func TestLivenessCheckDoesNotStallTheLoop(t *testing.T) {
+	cfg := testConfig(mA, mB)
+	cfg.Health.Interval = 100 * time.Millisecond
+	cfg.Health.FastRetry = 10 * time.Millisecond
+	cfg.Timeout = 50 * time.Millisecond
+	cfg.ResyncPeriod = 10 * time.Millisecond
+	live := newFakeProber()
+	release := make(chan struct{})
+	live.block = release // the liveness check answers when released
+	r := newRig(t, cfg, func(d *Deps) { d.Liveness = live })
+	r.run(t)
+	r.prober.set(mA, probe.Result{Fast: true, Status: 500, Reason: "HTTP 500 (want 200)"})
+	require.Eventually(t, func() bool { return live.count(mA) == 1 }, 5*time.Second, time.Millisecond, "liveness asked")
+	r.mem.Flush()
+	require.Nil(t, r.weights())
+	require.Eventually(t, func() bool { return r.weights()[mB] == 1 }, 5*time.Second, time.Millisecond,
+		"the flush is repaired while the liveness check runs")
+	assert.Equal(t, 1, live.count(mA), "asked once")
+	assert.Zero(t, r.plumb.CloseCalls(mA), "no reset before the answer")
+	close(release) // live: its connections are kept
+	require.Eventually(t, func() bool {
+		return len(r.logs.FilterMessage("reconcile action").FilterField(zap.String("op", "keep")).All()) == 1
+	}, 5*time.Second, time.Millisecond)
+	assert.Zero(t, r.plumb.CloseCalls(mA))
+}
+
+func TestSchedule(t *testing.T) {
+	t0 := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	const hedgeAfter, idle = 250 * time.Millisecond, time.Second
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name          string
+		slots         []slot
+		launch, hedge []int
+		wait          time.Duration
+	}{
+		{"nothing due: wait for the earliest", []slot{{due: t0.Add(300 * ms)}, {due: t0.Add(100 * ms)}}, nil, nil, 100 * ms},
+		{"due now or past", []slot{{due: t0}, {due: t0.Add(-time.Second)}, {due: t0.Add(ms)}}, []int{0, 1}, nil, 0},
+		{"running: not launched again", []slot{{inFlight: 1, started: t0, due: t0.Add(-ms)}}, nil, nil, idle},
+		{"in service, slow: hedged", []slot{{inFlight: 1, inService: true, started: t0.Add(-hedgeAfter)}}, nil, []int{0}, 0},
+		{"in service, not slow yet", []slot{{inFlight: 1, inService: true, started: t0.Add(-100 * ms)}}, nil, nil, 150 * ms},
+		{"hedged once only", []slot{{inFlight: 1, hedged: true, inService: true, started: t0.Add(-time.Second)}}, nil, nil, idle},
+		{"two running", []slot{{inFlight: 2, inService: true, started: t0.Add(-time.Second)}}, nil, nil, idle},
+		{"out of service: never hedged", []slot{{inFlight: 1, started: t0.Add(-time.Second)}, {due: t0.Add(400 * ms)}}, nil, nil, 400 * ms},
+	} {
+		launch, hedge, wait := schedule(t0, tc.slots, hedgeAfter, idle)
+		assert.Equal(t, tc.launch, launch, tc.name)
+		assert.Equal(t, tc.hedge, hedge, tc.name)
+		assert.Equal(t, tc.wait, wait, tc.name)
+	}
 }

@@ -289,7 +289,7 @@ func desired(masters ...netip.AddrPort) ipvs.Desired {
 	return d
 }
 
-const testManifest = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - /vipctl\n    - care\n    - --metrics-addr=127.0.0.1:9282\n"
+const testManifest = "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - /vipctl\n    - care\n    - --master=192.0.2.11\n    - --metrics-addr=127.0.0.1:9282\n"
 
 func (w *world) workerOpts() JoinOptions {
 	return JoinOptions{

@@ -7,12 +7,13 @@ import (
 	"io"
 	"io/fs"
 	"net/netip"
-	"regexp"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/manifests"
 )
 
 // DefaultWatchdogWait bounds how long reset waits for the kubelet to stop
@@ -50,9 +51,6 @@ type Resetter struct {
 	Out       io.Writer
 	Log       *zap.Logger
 }
-
-// metricsAddrFlag finds the watchdog's metrics address in its manifest.
-var metricsAddrFlag = regexp.MustCompile(`--metrics-addr=([^\s"']+)`)
 
 // Reset removes, in this order, the watchdog's static pod (and waits for
 // the kubelet to stop it, so that it does not put the rules back), the
@@ -95,8 +93,10 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 	case err != nil:
 		fail(StepManifest, err)
 	default:
-		if m := metricsAddrFlag.FindSubmatch(manifest); m != nil {
-			watchdog = string(m[1])
+		if c, _, err := manifests.ReadCare(manifest); err != nil {
+			log.Warn("cannot read the watchdog's metrics address from its manifest: waiting at the default", zap.String("address", watchdog), zap.Error(err))
+		} else {
+			watchdog = c.MetricsAddr
 		}
 		if o.DryRun {
 			say("[manifest] would remove %s", o.ManifestPath)
@@ -174,14 +174,13 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 // waitWatchdog polls the watchdog's metrics address until it stops
 // answering or wait passes.
 func (r *Resetter) waitWatchdog(ctx context.Context, addr string, wait time.Duration, say func(string, ...any), log *zap.Logger) {
-	ap, err := netip.ParseAddrPort(addr)
+	m, err := careconfig.ParseMetricsAddr(addr)
 	if err != nil {
-		log.Debug("watchdog address not IP:PORT: not waiting for it", zap.String("address", addr))
+		log.Warn("not waiting for the watchdog", zap.Error(err))
+		say("[manifest] warning: not waiting for the watchdog: %v", err)
 		return
 	}
-	if ap.Addr().IsUnspecified() {
-		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port())
-	}
+	ap := m.Local()
 	up := func() bool { return r.Inspector.Dial(ctx, ap, 500*time.Millisecond) == nil }
 	if !up() {
 		return

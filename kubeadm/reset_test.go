@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,6 +93,25 @@ func TestResetWaitsForTheWatchdog(t *testing.T) {
 	assert.Equal(t, int32(4), dials.Load(), "polled until the watchdog stopped answering")
 	assert.Contains(t, w.out.String(), "the watchdog stopped")
 	assert.Empty(t, w.state().Service)
+}
+
+func TestResetWaitsForAWatchdogListeningOnEveryAddress(t *testing.T) {
+	w := newWorld(t)
+	w.join()
+	// The manifest's --metrics-addr has no host: the watchdog listens on
+	// every address and is reached on loopback.
+	manifest := strings.Replace(testManifest, "--metrics-addr=127.0.0.1:9282", "--metrics-addr=:9300", 1)
+	require.NoError(t, os.WriteFile(w.manifestPath(), []byte(manifest), 0o600))
+	var dials atomic.Int32
+	var dialedAt netip.AddrPort
+	w.insp.watchdogUp = func(a netip.AddrPort) bool {
+		dialedAt = a
+		return dials.Add(1) <= 2
+	}
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:9300"), dialedAt, "waited at the manifest's address")
+	assert.Equal(t, int32(3), dials.Load())
+	assert.Contains(t, w.out.String(), "the watchdog stopped")
 }
 
 func TestResetGivesUpWaitingForAWatchdogThatStaysUp(t *testing.T) {

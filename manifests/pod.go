@@ -3,6 +3,7 @@ package manifests
 import (
 	"fmt"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/internal/version"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -38,24 +39,28 @@ type Options struct {
 	// Image is the container image; DefaultImage() when empty. It must hold
 	// vipctl at BinaryPath.
 	Image string
-	// Care is the watchdog's command line.
-	Care Care
+	// Care is the watchdog's configuration, its command line.
+	Care careconfig.Config
 }
 
 // CarePod builds the static pod running `vipctl care` with o.Care's flags.
 func CarePod(o Options) (*corev1.Pod, error) {
-	if err := o.Care.Validate(); err != nil {
+	if err := o.Care.ValidateForPod(); err != nil {
 		return nil, err
 	}
 	image := o.Image
 	if image == "" {
 		image = DefaultImage()
 	}
-	probeHost, probePort, err := o.Care.probeTarget()
+	metrics, err := careconfig.ParseMetricsAddr(o.Care.MetricsAddr)
 	if err != nil {
 		return nil, err
 	}
-	caFile := o.Care.caFile()
+	// The kubelet probes the endpoints where a client on the node reaches
+	// them: the host, or loopback when the watchdog listens on every address.
+	probeAddr := metrics.Local()
+	probeHost, probePort := probeAddr.Addr().String(), int(probeAddr.Port())
+	caFile := o.Care.CAFile
 	hostPathDir := corev1.HostPathDirectory
 	hostPathFile := corev1.HostPathFile
 	root := int64(0)
@@ -97,7 +102,7 @@ func CarePod(o Options) (*corev1.Pod, error) {
 				Name:            "care",
 				Image:           image,
 				ImagePullPolicy: corev1.PullIfNotPresent,
-				Command:         append([]string{BinaryPath, "care"}, o.Care.Args()...),
+				Command:         append([]string{BinaryPath, "care"}, careArgs(o.Care)...),
 				Ports: []corev1.ContainerPort{{
 					Name:          "metrics",
 					ContainerPort: int32(probePort),

@@ -8,37 +8,34 @@ import (
 	"testing"
 	"time"
 
+	"net/netip"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	"github.com/vipctl/vipctl/care/careconfig"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
 
-func minimalCare() Care {
-	return Care{VIP: "10.103.97.2:6443", Masters: []string{"192.168.0.2:6443", "192.168.0.3"}}
+func minimalCare() careconfig.Config {
+	c := careconfig.Default()
+	c.Masters = []netip.AddrPort{netip.MustParseAddrPort("192.168.0.2:6443"), netip.MustParseAddrPort("192.168.0.3:6443")}
+	return c
 }
 
-func fullCare() Care {
-	return Care{
-		VIP:          "10.103.97.2:6443",
-		Masters:      []string{"192.168.0.2:6443", "192.168.0.3:6443", "192.168.0.4:6443"},
-		Mode:         "route",
-		Interface:    "vip9",
-		NodeIP:       "192.168.0.10",
-		Scheduler:    "wrr",
-		HealthPath:   "/livez",
-		HealthScheme: "https",
-		CAFile:       "/etc/pki/k8s-ca.pem",
-		Interval:     2 * time.Second,
-		Timeout:      1500 * time.Millisecond,
-		Rise:         3,
-		Fall:         4,
-		MetricsAddr:  "0.0.0.0:9300",
-		Extra:        []string{"--hold-down=5s", "--sentinel=false"},
-	}
+func fullCare() careconfig.Config {
+	c := careconfig.Default()
+	c.Masters = []netip.AddrPort{netip.MustParseAddrPort("192.168.0.2:6443"), netip.MustParseAddrPort("192.168.0.3:6443"), netip.MustParseAddrPort("192.168.0.4:6443")}
+	c.Mode, c.Interface, c.NodeIP, c.Scheduler = careconfig.ModeRoute, "vip9", netip.MustParseAddr("192.168.0.10"), "wrr"
+	c.HealthPath, c.HealthScheme, c.CAFile = "/livez", careconfig.HTTP, "/etc/pki/k8s-ca.pem"
+	c.Interval, c.Timeout, c.Rise, c.Fall = 2*time.Second, 1500*time.Millisecond, 3, 4
+	c.MetricsAddr = "0.0.0.0:9300"
+	c.HoldDown, c.Sentinel = 10*time.Second, false
+	return c
 }
 
 func TestRenderGolden(t *testing.T) {
@@ -91,9 +88,9 @@ func TestRenderDecodesToPod(t *testing.T) {
 	assert.Equal(t, []string{
 		"/vipctl", "care",
 		"--vip=10.103.97.2:6443",
-		"--master=192.168.0.2:6443", "--master=192.168.0.3",
-		"--ca-file=" + DefaultCAFile,
-		"--metrics-addr=" + DefaultMetricsAddr,
+		"--master=192.168.0.2:6443", "--master=192.168.0.3:6443",
+		"--ca-file=" + careconfig.DefaultCAFile,
+		"--metrics-addr=" + careconfig.DefaultMetricsAddr,
 		"--log-format=json",
 	}, c.Command)
 
@@ -132,7 +129,7 @@ func TestRenderDecodesToPod(t *testing.T) {
 		require.NotNil(t, p.HTTPGet, path)
 		assert.Equal(t, path, p.HTTPGet.Path)
 		assert.Equal(t, "127.0.0.1", p.HTTPGet.Host)
-		assert.Equal(t, DefaultMetricsPort, p.HTTPGet.Port.IntValue())
+		assert.Equal(t, careconfig.DefaultMetricsPort, p.HTTPGet.Port.IntValue())
 		assert.Equal(t, corev1.URISchemeHTTP, p.HTTPGet.Scheme)
 	}
 
@@ -149,12 +146,12 @@ func TestRenderFollowsCareFlags(t *testing.T) {
 	pod := decode(t, out)
 	c := pod.Spec.Containers[0]
 	assert.Equal(t, "example.org/vipctl:x", c.Image)
-	assert.Equal(t, append([]string{"/vipctl", "care"}, care.Args()...), c.Command)
+	assert.Equal(t, append(append([]string{"/vipctl", "care"}, care.Args()...), "--log-format=json"), c.Command)
 	for _, want := range []string{
 		"--mode=route", "--interface=vip9", "--node-ip=192.168.0.10", "--scheduler=wrr",
-		"--health-path=/livez", "--health-scheme=https", "--ca-file=/etc/pki/k8s-ca.pem",
+		"--health-path=/livez", "--health-scheme=http", "--ca-file=/etc/pki/k8s-ca.pem",
 		"--interval=2s", "--timeout=1.5s", "--rise=3", "--fall=4", "--metrics-addr=0.0.0.0:9300",
-		"--hold-down=5s", "--sentinel=false",
+		"--hold-down=10s", "--sentinel=false",
 	} {
 		assert.Contains(t, c.Command, want)
 	}
@@ -184,27 +181,24 @@ func TestRenderFollowsCareFlags(t *testing.T) {
 func TestRenderRejectsBadFlags(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		change func(*Care)
+		change func(*careconfig.Config)
 		want   []string // substrings of the error: the flag and the value
 	}{
-		{"no vip", func(c *Care) { c.VIP = "" }, []string{"--vip", `""`}},
-		{"vip hostname", func(c *Care) { c.VIP = "vip.example.com:6443" }, []string{"--vip", "vip.example.com:6443"}},
-		{"no masters", func(c *Care) { c.Masters = nil }, []string{"--master"}},
-		{"bad master port", func(c *Care) { c.Masters = []string{"10.0.0.1:99999"} }, []string{"--master", "10.0.0.1:99999"}},
-		{"duplicate master", func(c *Care) { c.Masters = []string{"10.0.0.1:6443", "10.0.0.1:6443"} }, []string{"--master", "twice"}},
-		{"mode", func(c *Care) { c.Mode = "tunnel" }, []string{"--mode", "tunnel"}},
-		{"node ip", func(c *Care) { c.NodeIP = "node1" }, []string{"--node-ip", "node1"}},
-		{"scheme", func(c *Care) { c.HealthScheme = "ftp" }, []string{"--health-scheme", "ftp"}},
-		{"health path", func(c *Care) { c.HealthPath = "readyz" }, []string{"--health-path", "readyz"}},
-		{"relative ca", func(c *Care) { c.CAFile = "ca.crt" }, []string{"--ca-file", "ca.crt"}},
-		{"interval", func(c *Care) { c.Interval = -time.Second }, []string{"--interval", "-1s"}},
-		{"rise", func(c *Care) { c.Rise = -1 }, []string{"--rise", "-1"}},
-		{"metrics addr", func(c *Care) { c.MetricsAddr = "localhost" }, []string{"--metrics-addr", "localhost"}},
-		{"metrics host", func(c *Care) { c.MetricsAddr = "localhost:9282" }, []string{"--metrics-addr", "localhost:9282"}},
-		{"extra not a flag", func(c *Care) { c.Extra = []string{"hold-down=5s"} }, []string{"hold-down=5s"}},
-		{"extra repeats a field", func(c *Care) { c.Extra = []string{"--ca-file=/x"} }, []string{"--ca-file=/x", "--ca-file"}},
-		{"extra log format", func(c *Care) { c.Extra = []string{"--log-format=console"} }, []string{"--log-format=console"}},
-		{"metrics port", func(c *Care) { c.MetricsAddr = "127.0.0.1:0" }, []string{"--metrics-addr", "127.0.0.1:0"}},
+		{"no masters", func(c *careconfig.Config) { c.Masters = nil }, []string{"--master"}},
+		{"duplicate master", func(c *careconfig.Config) { c.Masters = append(c.Masters, c.Masters[0]) }, []string{"--master", "twice"}},
+		{"mode", func(c *careconfig.Config) { c.Mode = "tunnel" }, []string{"--mode", "tunnel"}},
+		{"scheme", func(c *careconfig.Config) { c.HealthScheme = "ftp" }, []string{"--health-scheme", "ftp"}},
+		{"health path", func(c *careconfig.Config) { c.HealthPath = "readyz" }, []string{"--health-path", "readyz"}},
+		{"health path control", func(c *careconfig.Config) { c.HealthPath = "/readyz\n" }, []string{"--health-path"}},
+		{"interface", func(c *careconfig.Config) { c.Interface = "a/b" }, []string{"--interface", "a/b"}},
+		{"scheduler", func(c *careconfig.Config) { c.Scheduler = "foo" }, []string{"--scheduler", "foo"}},
+		{"timeout", func(c *careconfig.Config) { c.Timeout = 2 * time.Second }, []string{"--timeout 2s", "--interval 1s"}},
+		{"relative ca", func(c *careconfig.Config) { c.CAFile = "ca.crt" }, []string{"--ca-file", "ca.crt"}},
+		{"interval", func(c *careconfig.Config) { c.Interval = -time.Second }, []string{"--interval", "-1s"}},
+		{"rise", func(c *careconfig.Config) { c.Rise = -1 }, []string{"--rise", "-1"}},
+		{"metrics addr", func(c *careconfig.Config) { c.MetricsAddr = "localhost" }, []string{"--metrics-addr", "localhost"}},
+		{"metrics port", func(c *careconfig.Config) { c.MetricsAddr = "127.0.0.1:0" }, []string{"--metrics-addr", "127.0.0.1:0"}},
+		{"once", func(c *careconfig.Config) { c.Once = true }, []string{"--once"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			care := minimalCare()
@@ -217,4 +211,16 @@ func TestRenderRejectsBadFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestReadCareGivesBackTheConfig(t *testing.T) {
+	for _, c := range []careconfig.Config{minimalCare(), fullCare()} {
+		out, err := Render(Options{Care: c})
+		require.NoError(t, err)
+		got, _, err := ReadCare(out)
+		require.NoError(t, err)
+		assert.Equal(t, c, got)
+	}
+	_, _, err := ReadCare([]byte("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: x\n    command: [/bin/sh]\n"))
+	assert.ErrorContains(t, err, "no container runs")
 }

@@ -17,36 +17,39 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vipctl/vipctl/care/carestatus"
 	"github.com/vipctl/vipctl/ipvs"
 )
 
-// Phase is what the watchdog believes about a master's health.
-type Phase string
+// Phase is what the watchdog believes about a master's health (reported
+// as carestatus.Phase).
+type Phase = carestatus.Phase
 
 // The phases of a master.
 const (
 	// Unknown: never probed and no evidence from the kernel. The first probe
 	// decides (success: Up, failure: Down) so that a fresh start or --once
 	// needs a single probe round.
-	Unknown Phase = "unknown"
+	Unknown = carestatus.Unknown
 	// Up: healthy. Leaves after Fall consecutive failures.
-	Up Phase = "up"
+	Up = carestatus.Up
 	// Down: unhealthy. Leaves after Rise consecutive successes, and not
 	// before its hold-down ends (unless no master is Up).
-	Down Phase = "down"
+	Down = carestatus.Down
 )
 
-// Membership is where a master stands in the IPVS service.
-type Membership string
+// Membership is where a master stands in the IPVS service (reported as
+// carestatus.Membership).
+type Membership = carestatus.Membership
 
 // The memberships of a master.
 const (
 	// InService: in the service with the normal weight.
-	InService Membership = "in-service"
+	InService = carestatus.InService
 	// Draining: in the service with weight 0; new connections go elsewhere.
-	Draining Membership = "draining"
+	Draining = carestatus.Draining
 	// Removed: not in the service.
-	Removed Membership = "removed"
+	Removed = carestatus.Removed
 )
 
 // Config tunes the state machine. Validate it (or use the flag validation of
@@ -564,37 +567,12 @@ func (t *Tracker) ConnsClosed(addr netip.AddrPort) {
 // down.
 func (t *Tracker) FailOpen() bool { return t.failOpen }
 
-// MasterStatus is one master's state, for /status and metrics.
-type MasterStatus struct {
-	Address    netip.AddrPort `json:"address"`
-	Phase      Phase          `json:"state"`
-	Since      time.Time      `json:"since,omitzero"`
-	Membership Membership     `json:"membership"`
-	// Weight is the weight the watchdog wants; -1 when removed.
-	Weight     int       `json:"weight"`
-	Successes  int       `json:"consecutiveSuccesses"`
-	Failures   int       `json:"consecutiveFailures"`
-	Flaps      int       `json:"flaps"`
-	HoldUntil  time.Time `json:"holdDownUntil,omitzero"`
-	DrainSince time.Time `json:"drainingSince,omitzero"`
-	// LastProbe is nil before the first probe.
-	LastProbe *ProbeStatus `json:"lastProbe,omitempty"`
-}
-
-// ProbeStatus is the last probe of a master.
-type ProbeStatus struct {
-	At      time.Time `json:"time"`
-	OK      bool      `json:"ok"`
-	Status  int       `json:"httpStatus,omitempty"`
-	Reason  string    `json:"reason"`
-	Latency float64   `json:"latencySeconds"`
-}
-
-// Snapshot returns every master's state, in the order given to NewTracker.
-func (t *Tracker) Snapshot() []MasterStatus {
-	out := make([]MasterStatus, 0, len(t.masters))
+// Snapshot returns every master's state, in the order given to NewTracker,
+// for /status and the metrics; Kernel is left nil.
+func (t *Tracker) Snapshot() []carestatus.Master {
+	out := make([]carestatus.Master, 0, len(t.masters))
 	for _, m := range t.masters {
-		s := MasterStatus{Address: m.addr, Phase: m.phase, Since: m.since, Membership: m.member,
+		s := carestatus.Master{Address: m.addr, Phase: m.phase, Since: m.since, Membership: m.member,
 			Successes: m.successes, Failures: m.failures, Flaps: m.flaps, HoldUntil: m.holdUntil}
 		switch m.member {
 		case InService:
@@ -605,7 +583,7 @@ func (t *Tracker) Snapshot() []MasterStatus {
 			s.Weight = -1
 		}
 		if m.probed {
-			s.LastProbe = &ProbeStatus{At: m.lastAt, OK: m.last.OK, Status: m.last.Status, Reason: m.last.Reason, Latency: m.last.Latency.Seconds()}
+			s.LastProbe = &carestatus.Probe{At: m.lastAt, OK: m.last.OK, Status: m.last.Status, Reason: m.last.Reason, Latency: m.last.Latency.Seconds()}
 		}
 		out = append(out, s)
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +28,24 @@ type server struct {
 	status atomic.Int64
 	body   atomic.Value
 	target netip.AddrPort
+	mu     sync.Mutex
+	open   []net.Conn // the connections accepted, for resetIdle
+}
+
+// resetIdle resets every connection the server accepted (RST, not FIN), as
+// a crashed or restarted server's kernel does when a packet arrives.
+func (s *server) resetIdle(t *testing.T) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.open {
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		require.NoError(t, c.(*net.TCPConn).SetLinger(0))
+		_ = c.Close()
+	}
+	s.open = nil
 }
 
 func newServer(t *testing.T, ca *probetest.CA, clientCA *probetest.CA, sanIP string) *server {
@@ -43,10 +62,13 @@ func newServer(t *testing.T, ca *probetest.CA, clientCA *probetest.CA, sanIP str
 		_, _ = io.WriteString(w, s.body.Load().(string))
 	}))
 	s.Config.ErrorLog = log.New(io.Discard, "", 0) // handshake failures are expected here
-	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+	s.Config.ConnState = func(c net.Conn, st http.ConnState) {
 		switch st {
 		case http.StateNew:
 			s.conns.Add(1)
+			s.mu.Lock()
+			s.open = append(s.open, c)
+			s.mu.Unlock()
 		case http.StateIdle:
 			s.idle.Add(1)
 		}
@@ -237,6 +259,17 @@ func TestConnectionClosedWhileIdleIsReplaced(t *testing.T) {
 	r := p.Probe(context.Background(), srv.target)
 	assert.True(t, r.OK, r.Reason)
 	assert.Equal(t, int64(2), srv.conns.Load())
+}
+
+// A kept connection reset while idle (the server's kernel answers RST: the
+// apiserver restarted, a conntrack entry expired) is not a failure either.
+func TestConnectionResetWhileIdleIsReplaced(t *testing.T) {
+	srv, p := reusing(t)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	srv.resetIdle(t)
+	r := p.Probe(context.Background(), srv.target)
+	assert.True(t, r.OK, r.Reason)
+	assert.Equal(t, int64(2), srv.conns.Load(), "over a fresh connection")
 }
 
 // A server that closes the connection after each answer is probed as any

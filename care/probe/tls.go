@@ -73,11 +73,13 @@ func LoadClientCert(certFile, keyFile string) (tls.Certificate, error) {
 // insecure), client certificates, TLS 1.2 at least. The server name is set
 // per probe to the master's IP, which kube-apiserver certificates carry.
 //
-// Sessions are resumed: every probe still opens a new TCP connection and
-// completes a TLS handshake with the master (so a dead or replaced server
-// cannot hide behind a pooled connection), but after the first full,
-// verified handshake it is an abbreviated one, without the certificate
-// chain and its signature checks, which are most of a probe's CPU.
+// Sessions are resumed. A probe that opens a connection (the first to a
+// master, one after Config.ReuseFor, after an unhealthy answer or when the
+// kept connection was closed or reset) completes a TLS handshake, and after
+// the first full, verified handshake it is an abbreviated one, without the
+// certificate chain and its signature checks, which are most of a probe's
+// CPU. Probes in between travel on the connection kept from a healthy
+// answer (Config.ReuseFor), with no handshake at all.
 func TLSConfig(roots *x509.CertPool, certs []tls.Certificate, insecure bool) *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, Certificates: certs, InsecureSkipVerify: insecure,
 		ClientSessionCache: tls.NewLRUClientSessionCache(64)}

@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
-	"github.com/vipctl/vipctl/care"
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/care/probe/probetest"
 	"github.com/vipctl/vipctl/ipvs"
@@ -108,7 +108,7 @@ func parseCare(t *testing.T, w *careWorld, args ...string) (careSetup, error) {
 	if err := cmd.ParseFlags(args); err != nil {
 		return careSetup{}, err
 	}
-	return f.build(context.Background(), cmd.Flags(), w.careEnv())
+	return f.build(context.Background(), w.careEnv())
 }
 
 // runCareCmd runs `vipctl care args...` in w until ctx ends.
@@ -125,8 +125,8 @@ func testCA(t *testing.T) string {
 
 func defaultCAMissing(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(care.DefaultCAFile); err == nil {
-		t.Skipf("%s exists on this machine: the missing-CA behaviour cannot be tested", care.DefaultCAFile)
+	if _, err := os.Stat(careconfig.DefaultCAFile); err == nil {
+		t.Skipf("%s exists on this machine: the missing-CA behaviour cannot be tested", careconfig.DefaultCAFile)
 	}
 }
 
@@ -211,6 +211,13 @@ func TestCareFlagsInterval(t *testing.T) {
 	}
 }
 
+func TestCareWarnsOfMetricsOnTheNetwork(t *testing.T) {
+	s, err := parseCare(t, newCareWorld(), "--master", "192.0.2.11", "--ca-file", testCA(t), "--node-ip", "192.0.2.20", "--metrics-addr", "0.0.0.0:9282")
+	require.NoError(t, err)
+	require.Len(t, s.warnings, 1)
+	assert.Contains(t, s.warnings[0], "--metrics-addr 0.0.0.0:9282: not a loopback address")
+}
+
 func TestCareFlagsNodeIPDetected(t *testing.T) {
 	w := newCareWorld()
 	s, err := parseCare(t, w, "--master", "192.0.2.11", "--ca-file", testCA(t))
@@ -278,6 +285,10 @@ func TestCareBadInput(t *testing.T) {
 		{with("--scheduler", "fifo"), nil, `--scheduler "fifo"`},
 		{with("--mode", "tunnel"), nil, `--mode "tunnel"`},
 		{with("--interface", "an-interface-name-too-long"), nil, `--interface "an-interface-name-too-long"`},
+		{with("--interface", "a/b"), nil, `--interface "a/b"`},
+		{with("--health-path", "/readyz\r\nX: y"), nil, `--health-path "/readyz\r\nX: y"`},
+		{with("--liveness-path", "livez"), nil, `--liveness-path "livez"`},
+		{with("--interval", "1e300"), nil, `invalid argument "1e300" for "--interval"`},
 		{with("--node-ip", "node1"), nil, `--node-ip "node1"`},
 		{with("--node-ip", "10.103.97.2"), nil, "--node-ip 10.103.97.2: equal to --vip"},
 		{with("--node-ip", "2001:db8::1"), nil, "--node-ip 2001:db8::1: address family"},

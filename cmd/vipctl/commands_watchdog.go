@@ -9,3 +9,8 @@ import "github.com/spf13/cobra"
 // version) without linking the Kubernetes API types, whose package
 // initialisation alone costs several MB of resident memory.
 func nodeCommands(*app) []*cobra.Command { return nil }
+
+// watchdogManifestMetricsAddr reads no manifest in the watchdog build: the
+// manifests package links the Kubernetes API types. `vipctl status` there
+// asks the default address or --metrics-addr.
+func watchdogManifestMetricsAddr() (string, bool, error) { return "", false, nil }

@@ -1,48 +1,39 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"slices"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/ipvs/kernel"
-	"go.uber.org/zap"
 )
 
 // DefaultVIP is the virtual IP sealos/lvscare made the convention.
-const DefaultVIP = "10.103.97.2"
+const DefaultVIP = careconfig.DefaultVIP
 
 // DefaultAPIPort is the kube-apiserver's port.
-const DefaultAPIPort = 6443
+const DefaultAPIPort = careconfig.DefaultPort
 
 // serviceFlags are the flags that describe the virtual service and the VIP
-// plumbing, shared by `ipvs apply`, `care` and `join`.
+// plumbing, shared by `ipvs apply` and `join`: the watchdog's flags of the
+// same names (package careconfig), with the same rules.
 type serviceFlags struct {
-	vip       string
-	masters   []string
-	mode      string
-	iface     string
-	nodeIP    string
-	scheduler string
+	cfg *careconfig.Flags
 }
 
-func (f *serviceFlags) register(cmd *cobra.Command, withMasters bool) {
-	fs := cmd.Flags()
-	fs.StringVar(&f.vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT] (port defaults to 6443)")
-	if withMasters {
-		fs.StringArrayVar(&f.masters, "master", nil, "a master's apiserver address, IP[:PORT]; repeat for each master")
-	}
-	fs.StringVar(&f.mode, "mode", string(ipvs.ModeLink), "how the VIP is reachable locally: link (dummy interface) or route (VIP/32 route)")
-	fs.StringVar(&f.iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
-	fs.StringVar(&f.nodeIP, "node-ip", "", "this node's IP, the source of connections to the masters (default: detected from the route to the first master)")
-	fs.StringVar(&f.scheduler, "scheduler", ipvs.DefaultScheduler, "IPVS scheduler: "+strings.Join(ipvs.Schedulers, ", "))
+// register adds the service flags and the further watchdog flags more.
+func (f *serviceFlags) register(cmd *cobra.Command, more ...string) {
+	f.cfg = careconfig.NewFlags(careconfig.Default())
+	f.cfg.Register(cmd.Flags(), append(slices.Clone(careconfig.ServiceFlags), more...)...)
 }
 
 // parsedService is serviceFlags validated.
@@ -53,67 +44,31 @@ type parsedService struct {
 
 // parseVIP validates --vip.
 func parseVIP(s string) (netip.AddrPort, error) {
-	v, err := ipvs.ParseEndpoint(s, DefaultAPIPort)
-	if err != nil {
-		return v, fmt.Errorf("--vip %q: %w", s, err)
-	}
-	return v, nil
+	return careconfig.ParseVIP(s)
 }
 
-// parse validates every flag before anything is touched; errors name the
-// flag and the value. The node IP is detected only when all else is valid.
-func (f *serviceFlags) parse(cmd *cobra.Command, needMasters bool) (parsedService, error) {
+// serviceOf is the virtual service and VIP plumbing of a validated
+// configuration. A node IP not given is detected from the route to the
+// first master.
+func serviceOf(ctx context.Context, c careconfig.Config) (parsedService, error) {
 	var p parsedService
-	vip, err := ipvs.ParseEndpoint(f.vip, DefaultAPIPort)
-	if err != nil {
-		return p, fmt.Errorf("--vip %q: %v", f.vip, err)
-	}
-	if !slices.Contains(ipvs.Schedulers, f.scheduler) {
-		return p, fmt.Errorf("--scheduler %q: want one of %s", f.scheduler, strings.Join(ipvs.Schedulers, ", "))
-	}
-	if f.mode != string(ipvs.ModeLink) && f.mode != string(ipvs.ModeRoute) {
-		return p, fmt.Errorf("--mode %q: want link or route", f.mode)
-	}
-	if needMasters && len(f.masters) == 0 {
-		return p, errors.New("--master: at least one master is required")
-	}
-	p.desired.Service = ipvs.Service{VIP: vip, Protocol: ipvs.ProtocolTCP, Scheduler: f.scheduler}
-	seen := map[netip.AddrPort]string{}
-	for _, m := range f.masters {
-		a, err := ipvs.ParseEndpoint(m, DefaultAPIPort)
-		if err != nil {
-			return p, fmt.Errorf("--master %q: %v", m, err)
-		}
-		if a.Addr() == vip.Addr() {
-			return p, fmt.Errorf("--master %q: same address as --vip %s", m, vip.Addr())
-		}
-		if prev, dup := seen[a]; dup {
-			return p, fmt.Errorf("--master %q: duplicate of --master %q", m, prev)
-		}
-		seen[a] = m
-		p.desired.RealServers = append(p.desired.RealServers, ipvs.RealServer{Addr: a, Weight: ipvs.DefaultWeight})
+	p.desired.Service = ipvs.Service{VIP: c.VIP, Protocol: ipvs.ProtocolTCP, Scheduler: c.Scheduler}
+	for _, m := range c.Masters {
+		p.desired.RealServers = append(p.desired.RealServers, ipvs.RealServer{Addr: m, Weight: ipvs.DefaultWeight})
 	}
 	if err := p.desired.Validate(); err != nil {
 		return p, err
 	}
-	p.vip = ipvs.VIPConfig{Mode: ipvs.Mode(f.mode), Interface: f.iface, VIP: vip.Addr()}
-	if f.nodeIP != "" {
-		a, err := netip.ParseAddr(f.nodeIP)
-		if err != nil {
-			return p, fmt.Errorf("--node-ip %q: not an IP address", f.nodeIP)
-		}
-		p.vip.NodeIP = a.Unmap()
-	} else if len(p.desired.RealServers) > 0 {
-		a, err := kernel.DetectNodeIP(cmd.Context(), p.desired.RealServers[0].Addr.Addr())
+	p.vip = ipvs.VIPConfig{Mode: ipvs.Mode(c.Mode), Interface: c.Interface, VIP: c.VIP.Addr(), NodeIP: c.NodeIP}
+	if !p.vip.NodeIP.IsValid() {
+		a, err := kernel.DetectNodeIP(ctx, c.Masters[0].Addr())
 		if err != nil {
 			return p, fmt.Errorf("--node-ip: %w", err)
 		}
 		p.vip.NodeIP = a
 	}
-	if p.vip.NodeIP.IsValid() {
-		if err := p.vip.Validate(); err != nil {
-			return p, fmt.Errorf("--node-ip/--interface: %w", err)
-		}
+	if err := p.vip.Validate(); err != nil {
+		return p, fmt.Errorf("--node-ip/--interface: %w", err)
 	}
 	return p, nil
 }
@@ -140,7 +95,11 @@ func newIPVSApplyCmd(a *app) *cobra.Command {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
 			}
-			p, err := f.parse(cmd, true)
+			c, _, err := f.cfg.Config()
+			if err != nil {
+				return err
+			}
+			p, err := serviceOf(cmd.Context(), c)
 			if err != nil {
 				return err
 			}
@@ -159,7 +118,7 @@ func newIPVSApplyCmd(a *app) *cobra.Command {
 			return printChanges(cmd.OutOrStdout(), output, changes)
 		},
 	}
-	f.register(cmd, true)
+	f.register(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	return cmd
 }

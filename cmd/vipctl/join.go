@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/hosts"
 	"github.com/vipctl/vipctl/kubeadm"
 	"github.com/vipctl/vipctl/manifests"
@@ -30,8 +31,6 @@ type joinFlags struct {
 	podSubnet      string
 	allowInService bool
 	image          string
-	caFile         string
-	metricsAddr    string
 	careFlags      []string
 	hostsFile      string
 	manifestDir    string
@@ -94,7 +93,8 @@ step, with kubeadm's output. Token and certificate key are never printed.
 			return join(cmd, o, f.hostsFile)
 		},
 	}
-	f.svc.register(cmd, true)
+	// The watchdog's flags: the service's, its tuning and the pod's.
+	f.svc.register(cmd, append(append([]string(nil), careconfig.TuningFlags...), careconfig.PodFlags...)...)
 	fs := cmd.Flags()
 	fs.BoolVar(&f.controlPlane, "control-plane", false, "join a master: hosts file -> first --master, kubeadm join --control-plane, hosts file -> --node-ip; no IPVS")
 	fs.StringVar(&f.kubeadm, "kubeadm", "kubeadm", "the kubeadm command, a name in PATH or a path")
@@ -103,9 +103,7 @@ step, with kubeadm's output. Token and certificate key are never printed.
 	fs.StringVar(&f.podSubnet, "pod-subnet", "", "the cluster's pod subnet, CIDR[,CIDR]: the VIP must be outside it (default: unknown, not checked)")
 	fs.BoolVar(&f.allowInService, "allow-vip-in-service-subnet", false, "only warn when --service-subnet holds the VIP (e.g. kubeadm's default 10.96.0.0/12 with 10.103.97.2; see docs/join.md)")
 	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
-	fs.StringVar(&f.caFile, "ca-file", manifests.DefaultCAFile, "watchdog --ca-file: the cluster CA on the node (kubeadm join writes it)")
-	fs.StringVar(&f.metricsAddr, "metrics-addr", manifests.DefaultMetricsAddr, "watchdog --metrics-addr: IP:PORT of its /metrics, /healthz and /readyz")
-	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value (e.g. --care-flag=--hold-down=10s); repeat")
+	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value (e.g. --care-flag=--hold-down=10s), checked as the watchdog checks it; repeat")
 	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
 	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
 	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
@@ -124,18 +122,44 @@ func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOpti
 		return o, fmt.Errorf("unexpected argument %q: kubeadm's arguments go after --", kubeadm.RedactArgs(args[:1])[0])
 	}
 	o.KubeadmArgs = args
-	if f.controlPlane && f.svc.nodeIP == "" {
+	c, _, err := f.svc.cfg.Config()
+	if err != nil {
+		return o, err
+	}
+	controlPlane := f.controlPlane || hasArg(args, "--control-plane")
+	if controlPlane && !c.NodeIP.IsValid() {
 		// A master's own address: kubeadm's advertise address when given.
 		if v := flagValue(args, "--apiserver-advertise-address"); v != "" {
-			f.svc.nodeIP = v
+			a, err := netip.ParseAddr(v)
+			if err != nil {
+				return o, fmt.Errorf("--apiserver-advertise-address %q: not an IP address (give --node-ip)", v)
+			}
+			c.NodeIP = a.Unmap()
+			if err := c.ValidateNodeIP(); err != nil {
+				return o, fmt.Errorf("--apiserver-advertise-address %s: %w", a, err)
+			}
 		}
 	}
-	p, err := f.svc.parse(cmd, true)
+	var care careconfig.Config
+	if !controlPlane {
+		// The watchdog's configuration, checked before anything is detected.
+		if care, err = c.ApplyArgs(f.careFlags, f.svc.cfg.Changed, "--care-flag"); err != nil {
+			return o, err
+		}
+		if err := care.ValidateForPod(); err != nil {
+			return o, fmt.Errorf("watchdog manifest: %w", err)
+		}
+		c = care
+		for _, w := range care.Warnings() {
+			fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+		}
+	}
+	p, err := serviceOf(cmd.Context(), c)
 	if err != nil {
 		return o, err
 	}
 	o.Service, o.VIP = p.desired, p.vip
-	o.ControlPlane = f.controlPlane || hasArg(args, "--control-plane")
+	o.ControlPlane = controlPlane
 	o.Kubeadm = f.kubeadm
 	o.DryRun = f.dryRun
 	o.DialTimeout = f.dialTimeout
@@ -157,19 +181,7 @@ func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOpti
 	}
 	o.ManifestPath = filepath.Join(f.manifestDir, filepath.Base(manifests.DefaultPath))
 	o.ModulesFile = f.modulesFile
-	care := manifests.Care{
-		VIP:         p.desired.Service.VIP.String(),
-		Mode:        f.svc.mode,
-		Interface:   f.svc.iface,
-		NodeIP:      f.svc.nodeIP, // only when given: the watchdog detects it as the join did
-		Scheduler:   f.svc.scheduler,
-		CAFile:      f.caFile,
-		MetricsAddr: f.metricsAddr,
-		Extra:       f.careFlags,
-	}
-	for _, rs := range p.desired.RealServers {
-		care.Masters = append(care.Masters, rs.Addr.String())
-	}
+	// The node IP only when given: the watchdog detects it as the join did.
 	if o.Manifest, err = manifests.Render(manifests.Options{Image: f.image, Care: care}); err != nil {
 		return o, fmt.Errorf("watchdog manifest: %w", err)
 	}

@@ -70,8 +70,21 @@ func TestJoinCmdWorkerOptions(t *testing.T) {
 	c := pod.Spec.Containers[0]
 	assert.Equal(t, "registry.local/vipctl:v1", c.Image)
 	assert.Equal(t, []string{"/vipctl", "care", "--vip=10.103.97.2:6443", "--master=192.0.2.11:6443", "--master=192.0.2.12:6443",
-		"--mode=route", "--interface=vipctl0", "--node-ip=192.0.2.20", "--scheduler=rr", "--ca-file=/srv/ca.crt",
+		"--mode=route", "--node-ip=192.0.2.20", "--ca-file=/srv/ca.crt",
 		"--metrics-addr=127.0.0.1:9282", "--hold-down=10s", "--log-format=json"}, c.Command)
+}
+
+func TestJoinCmdWatchdogTuning(t *testing.T) {
+	o, _, err := runJoinFlags(t, "--master", "192.0.2.11,192.0.2.12", "--node-ip", "192.0.2.20",
+		"--health-path", "/livez", "--interval", "2s", "--timeout", "1s", "--rise", "3", "--fall", "4",
+		"--", "--token", testJoinToken)
+	require.NoError(t, err)
+	require.Len(t, o.Service.RealServers, 2, "--master takes commas")
+	var pod corev1.Pod
+	require.NoError(t, yaml.UnmarshalStrict(o.Manifest, &pod))
+	assert.Equal(t, []string{"/vipctl", "care", "--vip=10.103.97.2:6443", "--master=192.0.2.11:6443", "--master=192.0.2.12:6443",
+		"--node-ip=192.0.2.20", "--health-path=/livez", "--ca-file=/etc/kubernetes/pki/ca.crt", "--interval=2s", "--timeout=1s",
+		"--rise=3", "--fall=4", "--metrics-addr=127.0.0.1:9282", "--log-format=json"}, pod.Spec.Containers[0].Command)
 }
 
 func TestJoinCmdMasterOptions(t *testing.T) {
@@ -100,7 +113,18 @@ func TestJoinCmdBadInput(t *testing.T) {
 		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--service-subnet", "10.96.0.0"}, `--service-subnet "10.96.0.0"`},
 		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--pod-subnet", "10.244.0.0/16,nope"}, `--pod-subnet "10.244.0.0/16,nope": "nope"`},
 		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--dial-timeout", "0s"}, "--dial-timeout 0s"},
-		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag", "hold-down"}, `extra care argument "hold-down"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag", "hold-down"}, `--care-flag "hold-down"`},
+		// What the watchdog refuses, so that its pod would crash-loop.
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--interface", "a/b"}, `--interface "a/b"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--scheduler", "foo"}, `--scheduler "foo"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--timeout", "1s"}, "--timeout 1s: must be shorter than --interval 1s"},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag=--timeout=2s"}, "--timeout 2s: must be shorter than --interval 1s"},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag=--bogus=1"}, `--care-flag "--bogus=1": --bogus is not a flag of the watchdog`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag=--scheduler=foo"}, `--scheduler "foo"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--health-path", "/readyz\n"}, `--health-path "/readyz\n"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag=--health-path=/x\x01"}, `--health-path "/x\x01"`},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--health-path", "/livez", "--care-flag=--health-path=/readyz"}, "--health-path is given as a flag already"},
+		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--care-flag=--metrics-addr="}, `--metrics-addr ""`},
 		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--token", testJoinToken}, "kubeadm's own flags go after --"},
 		{[]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", testJoinToken}, `unexpected argument "<redacted>"`},
 	} {

@@ -3,30 +3,54 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/manifests"
 )
+
+// manifestCareFlags are the watchdog flags `vipctl manifest` offers itself;
+// any other follows "--".
+var manifestCareFlags = append(append(append([]string(nil), careconfig.ServiceFlags...), careconfig.TuningFlags...),
+	"health-scheme", "ca-file", "metrics-addr")
+
+// watchdogConfig validates the watchdog's flags of a command, with the
+// further care flags extra (as --flag=value items, what names them in
+// errors), into the configuration its static pod runs.
+func watchdogConfig(f *careconfig.Flags, extra []string, what string) (careconfig.Config, error) {
+	c, _, err := f.Config()
+	if err != nil {
+		return c, err
+	}
+	if c, err = c.ApplyArgs(extra, f.Changed, what); err != nil {
+		return c, err
+	}
+	return c, c.ValidateForPod()
+}
 
 func newManifestCmd(a *app) *cobra.Command {
 	var (
 		output string
 		image  string
-		c      manifests.Care
+		care   = careconfig.NewFlags(careconfig.Default())
 	)
 	cmd := &cobra.Command{
 		Use:   "manifest [--output-file FILE|-] [--image IMAGE] --master IP[:PORT]... [care flags] [-- extra care flags]",
 		Short: "Print or write the static pod that runs the vipctl care watchdog",
 		Long: `Print (or write with --output-file) the kube-system/vipctl-care static pod,
 which runs "vipctl care" with the flags given here on the host network with
-the NET_ADMIN capability only. Care flags left unset are left out of the pod,
-so the watchdog's defaults apply; --ca-file and --metrics-addr are always
-written because the pod mounts the CA and probes /healthz and /readyz there.
-Further care flags may follow "--", e.g. -- --hold-down=5s.
+the NET_ADMIN capability only. Care flags left at their defaults are left out
+of the pod, so the watchdog's defaults apply; --ca-file and --metrics-addr are
+always written because the pod mounts the CA and probes /healthz and /readyz
+there. Further care flags may follow "--", e.g. -- --hold-down=10s; they are
+checked like the watchdog checks them.
 
 The IPVS kernel modules must be loaded on the host (the pod cannot load them).`,
 		Example: `  vipctl manifest --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
@@ -36,7 +60,13 @@ The IPVS kernel modules must be loaded on the host (the pod cannot load them).`,
 			if cmd.ArgsLenAtDash() != 0 && len(args) > 0 {
 				return fmt.Errorf("unexpected argument %q: extra care flags go after --", args[0])
 			}
-			c.Extra = args
+			c, err := watchdogConfig(care, args, "extra care argument")
+			if err != nil {
+				return err
+			}
+			for _, w := range c.Warnings() {
+				a.log.Warn(w)
+			}
 			data, err := manifests.Render(manifests.Options{Image: image, Care: c})
 			if err != nil {
 				return err
@@ -59,21 +89,29 @@ The IPVS kernel modules must be loaded on the host (the pod cannot load them).`,
 	fs := cmd.Flags()
 	fs.StringVar(&output, "output-file", "-", "write the manifest to this file (atomically, mode 0600; the kubelet reads "+manifests.DefaultPath+"), or - for stdout")
 	fs.StringVar(&image, "image", "", "container image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
-	// The flags of `vipctl care`; empty means the watchdog's default.
-	fs.StringVar(&c.VIP, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
-	fs.StringSliceVar(&c.Masters, "master", nil, "a master's apiserver address, IP[:PORT]; repeat for each master (required)")
-	fs.StringVar(&c.Mode, "mode", "", "care --mode: link or route")
-	fs.StringVar(&c.Interface, "interface", "", "care --interface: dummy interface holding the VIP in link mode")
-	fs.StringVar(&c.NodeIP, "node-ip", "", "care --node-ip: this node's IP (default: detected by the watchdog)")
-	fs.StringVar(&c.Scheduler, "scheduler", "", "care --scheduler: IPVS scheduler")
-	fs.StringVar(&c.HealthPath, "health-path", "", "care --health-path: HTTP path probed on each master")
-	fs.StringVar(&c.HealthScheme, "health-scheme", "", "care --health-scheme: https, http or tcp")
-	fs.StringVar(&c.CAFile, "ca-file", manifests.DefaultCAFile, "care --ca-file: cluster CA on the host, mounted read-only into the pod")
-	fs.DurationVar(&c.Interval, "interval", 0, "care --interval: time between two probes of a master")
-	fs.DurationVar(&c.Timeout, "timeout", 0, "care --timeout: bound of one probe")
-	fs.IntVar(&c.Rise, "rise", 0, "care --rise: consecutive successes that bring a master back")
-	fs.IntVar(&c.Fall, "fall", 0, "care --fall: consecutive failures that take a master out")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", manifests.DefaultMetricsAddr, "care --metrics-addr: IP:PORT of /metrics, /healthz and /readyz, probed by the kubelet")
+	// The flags of `vipctl care`; each flag left out leaves the watchdog's default.
+	care.Register(fs, manifestCareFlags...)
 	_ = cmd.MarkFlagRequired("master")
 	return cmd
+}
+
+// watchdogManifestMetricsAddr is the --metrics-addr of the watchdog's
+// static pod at manifests.DefaultPath; ok is false when there is none.
+func watchdogManifestMetricsAddr() (addr string, ok bool, err error) {
+	return manifestMetricsAddr(manifests.DefaultPath)
+}
+
+func manifestMetricsAddr(path string) (string, bool, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	c, _, err := manifests.ReadCare(data)
+	if err != nil {
+		return "", false, fmt.Errorf("%s: %w", path, err)
+	}
+	return c.MetricsAddr, c.MetricsAddr != "", nil
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/image"
 	"github.com/vipctl/vipctl/manifests"
 )
@@ -33,15 +35,15 @@ func runAppCmd(t *testing.T, newCmd func(*app) *cobra.Command, args ...string) (
 
 func TestManifestCmdPrints(t *testing.T) {
 	out, err := runAppCmd(t, newManifestCmd, "--master", "192.168.0.2", "--master", "192.168.0.3:6443",
-		"--mode", "route", "--interval", "2s", "--rise", "3", "--image", "registry.local/vipctl:v1", "--", "--hold-down=5s")
+		"--mode", "route", "--interval", "2s", "--rise", "3", "--image", "registry.local/vipctl:v1", "--", "--hold-down=10s")
 	require.NoError(t, err)
 	var pod corev1.Pod
 	require.NoError(t, yaml.UnmarshalStrict([]byte(out), &pod))
 	c := pod.Spec.Containers[0]
 	assert.Equal(t, "registry.local/vipctl:v1", c.Image)
-	assert.Equal(t, []string{"/vipctl", "care", "--vip=10.103.97.2:6443", "--master=192.168.0.2", "--master=192.168.0.3:6443",
+	assert.Equal(t, []string{"/vipctl", "care", "--vip=10.103.97.2:6443", "--master=192.168.0.2:6443", "--master=192.168.0.3:6443",
 		"--mode=route", "--ca-file=/etc/kubernetes/pki/ca.crt", "--interval=2s", "--rise=3",
-		"--metrics-addr=127.0.0.1:9282", "--hold-down=5s", "--log-format=json"}, c.Command, "only the flags given, plus the ones the pod depends on")
+		"--metrics-addr=127.0.0.1:9282", "--hold-down=10s", "--log-format=json"}, c.Command, "only the flags given, plus the ones the pod depends on")
 }
 
 func TestManifestCmdWritesFile(t *testing.T) {
@@ -51,8 +53,9 @@ func TestManifestCmdWritesFile(t *testing.T) {
 	assert.Empty(t, out)
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
-	want, err := manifests.Render(manifests.Options{Care: manifests.Care{
-		VIP: "10.103.97.2:6443", Masters: []string{"192.168.0.2", "192.168.0.3"}}})
+	c := careconfig.Default()
+	c.Masters = []netip.AddrPort{netip.MustParseAddrPort("192.168.0.2:6443"), netip.MustParseAddrPort("192.168.0.3:6443")}
+	want, err := manifests.Render(manifests.Options{Care: c})
 	require.NoError(t, err)
 	assert.Equal(t, string(want), string(data))
 	st, err := os.Stat(path)
@@ -71,6 +74,16 @@ func TestManifestCmdErrors(t *testing.T) {
 		{[]string{"--output-file", path, "--master", "192.168.0.2", "--mode", "tunnel"}, `--mode "tunnel"`},
 		{[]string{"--output-file", path, "--master", "192.168.0.2", "--vip", "vip:6443"}, `--vip "vip:6443"`},
 		{[]string{"--output-file", path, "--master", "192.168.0.2", "stray"}, `"stray"`},
+		// What the watchdog refuses, so that its pod would crash-loop.
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--interface", "a/b"}, `--interface "a/b"`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--scheduler", "foo"}, `--scheduler "foo"`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--timeout", "1s"}, "--timeout 1s: must be shorter than --interval 1s"},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--health-path", "/readyz\r\nHost: x"}, `--health-path "/readyz\r\nHost: x"`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--interval", "1e300"}, `"1e300"`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--", "--bogus=1"}, `extra care argument "--bogus=1": --bogus is not a flag of the watchdog`},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--", "--resync-period=1ms"}, "--resync-period 1ms"},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--", "--once=true"}, "--once"},
+		{[]string{"--output-file", path, "--master", "192.168.0.2", "--mode", "route", "--", "--mode=link"}, "--mode is given as a flag already"},
 	} {
 		_, err := runAppCmd(t, newManifestCmd, tc.args...)
 		require.Error(t, err, "%v", tc.args)
@@ -82,4 +95,18 @@ func TestManifestCmdErrors(t *testing.T) {
 func TestManifestStartsTheImagesBinary(t *testing.T) {
 	assert.Equal(t, image.BinaryPath, manifests.BinaryPath)
 	assert.Equal(t, image.DefaultRepository, manifests.DefaultImageRepository)
+}
+
+func TestManifestMetricsAddrReadBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vipctl-care.yaml")
+	_, err := runAppCmd(t, newManifestCmd, "--output-file", path, "--master", "192.168.0.2", "--metrics-addr", ":9300")
+	require.NoError(t, err)
+	addr, ok, err := manifestMetricsAddr(path)
+	require.NoError(t, err)
+	assert.True(t, ok)
+	assert.Equal(t, ":9300", addr)
+
+	_, ok, err = manifestMetricsAddr(filepath.Join(t.TempDir(), "absent.yaml"))
+	require.NoError(t, err)
+	assert.False(t, ok, "no manifest")
 }

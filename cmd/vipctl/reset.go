@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/hosts"
 	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/kubeadm"
@@ -81,7 +82,7 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 	fs.StringVar(&hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
 	fs.StringVar(&manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder")
 	fs.StringVar(&modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file written by vipctl join")
-	fs.StringVar(&watchdogAddr, "metrics-addr", manifests.DefaultMetricsAddr, "the watchdog's metrics address, when its manifest does not say; empty not to wait for it")
+	fs.StringVar(&watchdogAddr, "metrics-addr", careconfig.DefaultMetricsAddr, "the watchdog's metrics address, when its manifest does not say; empty not to wait for it")
 	fs.DurationVar(&wait, "wait", kubeadm.DefaultWatchdogWait, "how long to wait for the kubelet to stop the watchdog")
 	fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and change nothing")
 	return cmd

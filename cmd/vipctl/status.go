@@ -14,6 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vipctl/vipctl/care"
+	"github.com/vipctl/vipctl/care/careconfig"
+	"github.com/vipctl/vipctl/care/carestatus"
 	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/ipvs/kernel"
 )
@@ -27,7 +29,10 @@ type statusGetter interface {
 type statusEnv struct {
 	fetch    func(ctx context.Context, addr string) (care.Status, error)
 	openIPVS func(*zap.Logger) (statusGetter, func() error, error)
-	now      func() time.Time
+	// manifestMetricsAddr is the --metrics-addr of the watchdog's static
+	// pod on this node; ok is false when there is no manifest.
+	manifestMetricsAddr func() (addr string, ok bool, err error)
+	now                 func() time.Time
 }
 
 func defaultStatusEnv() statusEnv {
@@ -40,7 +45,8 @@ func defaultStatusEnv() statusEnv {
 			}
 			return k, k.Close, nil
 		},
-		now: time.Now,
+		manifestMetricsAddr: watchdogManifestMetricsAddr,
+		now:                 time.Now,
 	}
 }
 
@@ -52,21 +58,9 @@ type statusReport struct {
 	WatchdogError string         `json:"watchdogError,omitempty"`
 	Kernel        *ipvs.State    `json:"kernel,omitempty"`
 	KernelError   string         `json:"kernelError,omitempty"`
-	Masters       []statusRow    `json:"masters"`
-}
-
-// statusRow is one real server: the watchdog's verdict and the kernel's
-// counters side by side.
-type statusRow struct {
-	Address    netip.AddrPort `json:"address"`
-	Health     string         `json:"health,omitempty"`
-	Since      time.Time      `json:"since,omitzero"`
-	Membership string         `json:"membership,omitempty"`
-	LastProbe  string         `json:"lastProbe,omitempty"`
-	InKernel   bool           `json:"inKernel"`
-	Weight     int            `json:"weight"`
-	Active     int            `json:"activeConns"`
-	Inactive   int            `json:"inactiveConns"`
+	// Masters are the watchdog's masters, in its order, with the kernel's
+	// counters as read now, then the kernel's other real servers.
+	Masters []carestatus.Master `json:"masters"`
 }
 
 func newStatusCmd(a *app) *cobra.Command { return newStatusCmdWith(a, defaultStatusEnv()) }
@@ -93,7 +87,11 @@ func newStatusCmdWith(a *app, env statusEnv) *cobra.Command {
 				}
 				v = p
 			}
-			r, err := collectStatus(cmd.Context(), a.log, env, metricsAddr, v, timeout)
+			addr, err := statusMetricsAddr(a.log, env, metricsAddr)
+			if err != nil {
+				return err
+			}
+			r, err := collectStatus(cmd.Context(), a.log, env, addr, v, timeout)
 			if err != nil {
 				return err
 			}
@@ -103,11 +101,34 @@ func newStatusCmdWith(a *app, env statusEnv) *cobra.Command {
 			return printStatus(cmd.OutOrStdout(), r, env.now())
 		},
 	}
-	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", care.DefaultMetricsAddr, "where the watchdog serves /status")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "where the watchdog serves /status (default: the --metrics-addr of its manifest on this node, else "+careconfig.DefaultMetricsAddr+")")
 	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server to show (default: the watchdog's, else "+DefaultVIP+":6443)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the watchdog")
 	return cmd
+}
+
+// statusMetricsAddr is where to ask the watchdog: --metrics-addr when
+// given, else its manifest's, else the default; on this node's loopback
+// when it listens on every address.
+func statusMetricsAddr(log *zap.Logger, env statusEnv, flag string) (string, error) {
+	addr, what := flag, "--metrics-addr"
+	if addr == "" {
+		addr, what = careconfig.DefaultMetricsAddr, "the default"
+		if env.manifestMetricsAddr != nil {
+			switch a, ok, err := env.manifestMetricsAddr(); {
+			case err != nil:
+				log.Warn("cannot read the watchdog's manifest: asking it at the default address", zap.Error(err))
+			case ok:
+				addr, what = a, "the watchdog's manifest"
+			}
+		}
+	}
+	m, err := careconfig.ParseMetricsAddr(addr)
+	if err != nil {
+		return "", fmt.Errorf("%s (from %s): %w", addr, what, err)
+	}
+	return m.Local().String(), nil
 }
 
 // collectStatus asks the watchdog and the kernel. It fails only when
@@ -128,11 +149,7 @@ func collectStatus(ctx context.Context, log *zap.Logger, env statusEnv, metricsA
 	case r.Watchdog != nil:
 		r.VIP = r.Watchdog.VIP
 	default:
-		p, err := parseVIP(DefaultVIP + ":6443")
-		if err != nil {
-			return r, err
-		}
-		r.VIP = p
+		r.VIP = careconfig.Default().VIP
 	}
 	var kerr error
 	if g, closeFn, err := env.openIPVS(log); err != nil {
@@ -156,18 +173,15 @@ func collectStatus(ctx context.Context, log *zap.Logger, env statusEnv, metricsA
 }
 
 // mergeStatus lists the watchdog's masters in its order, then the kernel's
-// other real servers.
-func mergeStatus(w *care.Status, k *ipvs.State) []statusRow {
-	rows := []statusRow{}
+// other real servers, each with the kernel's counters (nil when absent).
+func mergeStatus(w *care.Status, k *ipvs.State) []carestatus.Master {
+	rows := []carestatus.Master{}
 	idx := map[netip.AddrPort]int{}
 	if w != nil {
 		for _, m := range w.Masters {
-			row := statusRow{Address: m.Address, Health: string(m.Phase), Since: m.Since, Membership: string(m.Membership)}
-			if p := m.LastProbe; p != nil {
-				row.LastProbe = fmt.Sprintf("%s (%s)", p.Reason, time.Duration(p.Latency*float64(time.Second)).Round(100*time.Microsecond))
-			}
+			m.Kernel = nil // the kernel as read now, below
 			idx[m.Address] = len(rows)
-			rows = append(rows, row)
+			rows = append(rows, m)
 		}
 	}
 	if k != nil {
@@ -175,10 +189,9 @@ func mergeStatus(w *care.Status, k *ipvs.State) []statusRow {
 			i, ok := idx[rs.Addr]
 			if !ok {
 				i = len(rows)
-				rows = append(rows, statusRow{Address: rs.Addr})
+				rows = append(rows, carestatus.Master{Address: rs.Addr})
 			}
-			rows[i].InKernel, rows[i].Weight = true, rs.Weight
-			rows[i].Active, rows[i].Inactive = rs.ActiveConns, rs.InactiveConns
+			rows[i].Kernel = &carestatus.Kernel{Weight: rs.Weight, ActiveConns: rs.ActiveConns, InactiveConns: rs.InactiveConns}
 		}
 	}
 	return rows
@@ -232,13 +245,17 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 			since = now.Sub(row.Since).Round(time.Second).String()
 		}
 		weight, active, inactive := "-", "-", "-"
-		if row.InKernel {
-			weight, active, inactive = strconv.Itoa(row.Weight), strconv.Itoa(row.Active), strconv.Itoa(row.Inactive)
+		if k := row.Kernel; k != nil {
+			weight, active, inactive = strconv.Itoa(k.Weight), strconv.Itoa(k.ActiveConns), strconv.Itoa(k.InactiveConns)
 		} else if r.Kernel != nil {
 			weight = "absent"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Address, dash(row.Health), dash(since), dash(row.Membership),
-			weight, active, inactive, dash(row.LastProbe))
+		lastProbe := ""
+		if p := row.LastProbe; p != nil {
+			lastProbe = fmt.Sprintf("%s (%s)", p.Reason, time.Duration(p.Latency*float64(time.Second)).Round(100*time.Microsecond))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Address, dash(string(row.Phase)), dash(since), dash(string(row.Membership)),
+			weight, active, inactive, dash(lastProbe))
 	}
 	return tw.Flush()
 }

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vipctl/vipctl/care"
-	"github.com/vipctl/vipctl/care/health"
+	"github.com/vipctl/vipctl/care/carestatus"
 	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/ipvs/ipvstest"
 )
@@ -36,6 +36,8 @@ type statusWorld struct {
 	kernel      *ipvstest.Memory
 	kernelErr   error
 	fetchedAddr string
+	// manifestAddr is the manifest's --metrics-addr; "" for no manifest.
+	manifestAddr string
 }
 
 func (w *statusWorld) env() statusEnv {
@@ -53,7 +55,8 @@ func (w *statusWorld) env() statusEnv {
 			}
 			return w.kernel, func() error { return nil }, nil
 		},
-		now: func() time.Time { return stNow },
+		manifestMetricsAddr: func() (string, bool, error) { return w.manifestAddr, w.manifestAddr != "", nil },
+		now:                 func() time.Time { return stNow },
 	}
 }
 
@@ -78,11 +81,12 @@ func kernelWith(t *testing.T, rs ...ipvs.RealServer) *ipvstest.Memory {
 
 func watchdogStatus() *care.Status {
 	return &care.Status{VIP: stVIP, Scheduler: "rr", Mode: ipvs.ModeLink, NodeIP: netip.MustParseAddr("192.0.2.20"), Ready: true,
-		Masters: []care.MasterStatus{
-			{MasterStatus: health.MasterStatus{Address: stA, Phase: health.Up, Since: stNow.Add(-5 * time.Minute), Membership: health.InService, Weight: 1,
-				LastProbe: &health.ProbeStatus{At: stNow, OK: true, Status: 200, Reason: "HTTP 200", Latency: 0.003}}},
-			{MasterStatus: health.MasterStatus{Address: stB, Phase: health.Down, Since: stNow.Add(-time.Minute), Membership: health.Removed, Weight: -1,
-				LastProbe: &health.ProbeStatus{At: stNow, Reason: "connection refused", Latency: 0.0002}}},
+		Masters: []carestatus.Master{
+			{Address: stA, Phase: carestatus.Up, Since: stNow.Add(-5 * time.Minute), Membership: carestatus.InService, Weight: 1,
+				LastProbe: &carestatus.Probe{At: stNow, OK: true, Status: 200, Reason: "HTTP 200", Latency: 0.003},
+				Kernel:    &carestatus.Kernel{Weight: 1, ActiveConns: 99}},
+			{Address: stB, Phase: carestatus.Down, Since: stNow.Add(-time.Minute), Membership: carestatus.Removed, Weight: -1,
+				LastProbe: &carestatus.Probe{At: stNow, Reason: "connection refused", Latency: 0.0002}},
 		}}
 }
 
@@ -112,10 +116,31 @@ func TestStatusJSON(t *testing.T) {
 	require.NotNil(t, r.Watchdog)
 	require.NotNil(t, r.Kernel)
 	require.Len(t, r.Masters, 2)
-	assert.Equal(t, "up", r.Masters[0].Health)
-	assert.True(t, r.Masters[0].InKernel)
-	assert.Equal(t, "down", r.Masters[1].Health)
-	assert.False(t, r.Masters[1].InKernel)
+	assert.Equal(t, carestatus.Up, r.Masters[0].Phase)
+	require.NotNil(t, r.Masters[0].Kernel)
+	assert.Equal(t, carestatus.Kernel{Weight: 1}, *r.Masters[0].Kernel, "the kernel's counters as read now, not the watchdog's")
+	assert.Equal(t, carestatus.Down, r.Masters[1].Phase)
+	assert.Nil(t, r.Masters[1].Kernel)
+	assert.Contains(t, out, `"state": "up"`, "the same names as the watchdog's /status")
+}
+
+func TestStatusAsksWhereTheManifestSays(t *testing.T) {
+	w := &statusWorld{watchdog: watchdogStatus(), kernel: kernelWith(t), manifestAddr: ":9300"}
+	_, err := runStatusCmd(t, w)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:9300", w.fetchedAddr, "the manifest's --metrics-addr, reached on loopback")
+
+	_, err = runStatusCmd(t, w, "--metrics-addr", "127.0.0.1:19282")
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:19282", w.fetchedAddr, "--metrics-addr wins")
+
+	w.manifestAddr = ""
+	_, err = runStatusCmd(t, w)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:9282", w.fetchedAddr, "no manifest: the default")
+
+	_, err = runStatusCmd(t, w, "--metrics-addr", "9282")
+	assert.ErrorContains(t, err, `--metrics-addr "9282"`)
 }
 
 func TestStatusWatchdogNotRunning(t *testing.T) {
