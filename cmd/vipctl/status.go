@@ -62,10 +62,13 @@ type statusRow struct {
 	Since      time.Time      `json:"since,omitzero"`
 	Membership string         `json:"membership,omitempty"`
 	LastProbe  string         `json:"lastProbe,omitempty"`
-	InKernel   bool           `json:"inKernel"`
-	Weight     int            `json:"weight"`
-	Active     int            `json:"activeConns"`
-	Inactive   int            `json:"inactiveConns"`
+	// HeldDown says why a healthy master is out of service and when it
+	// comes back (the flap hold-down).
+	HeldDown string `json:"heldDown,omitempty"`
+	InKernel bool   `json:"inKernel"`
+	Weight   int    `json:"weight"`
+	Active   int    `json:"activeConns"`
+	Inactive int    `json:"inactiveConns"`
 }
 
 func newStatusCmd(a *app) *cobra.Command { return newStatusCmdWith(a, defaultStatusEnv()) }
@@ -162,6 +165,9 @@ func mergeStatus(w *care.Status, k *ipvs.State) []statusRow {
 	if w != nil {
 		for _, m := range w.Masters {
 			row := statusRow{Address: m.Address, Health: string(m.Phase), Since: m.Since, Membership: string(m.Membership)}
+			if m.HeldDown {
+				row.Health, row.HeldDown = "held-down", m.HeldReason
+			}
 			if p := m.LastProbe; p != nil {
 				row.LastProbe = fmt.Sprintf("%s (%s)", p.Reason, time.Duration(p.Latency*float64(time.Second)).Round(100*time.Microsecond))
 			}
@@ -239,5 +245,15 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Address, dash(row.Health), dash(since), dash(row.Membership),
 			weight, active, inactive, dash(row.LastProbe))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, row := range r.Masters {
+		if row.HeldDown != "" {
+			if _, err := fmt.Fprintf(out, "%s: %s\n", row.Address, row.HeldDown); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
