@@ -40,6 +40,7 @@ bench:
 	go run ./e2e/cmd/vmlab gobench bench.out && rm -f bench.out
 	go run ./e2e/cmd/vmlab bench $(or $(TRIALS),20)
 	go run ./e2e/cmd/vmlab bench-real $(or $(TRIALS),20)
+	go run ./e2e/cmd/vmlab bench-recovery $(or $(TRIALS),20)
 
 ## offline: air-gapped bundles in dist/ (see docs/offline.md)
 offline:

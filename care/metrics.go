@@ -19,6 +19,7 @@ type metrics struct {
 	connsReset    *prometheus.CounterVec
 	sentinel      *prometheus.CounterVec
 	sentinelHeld  *prometheus.GaugeVec
+	heldDown      *prometheus.GaugeVec
 	failOpen      prometheus.Gauge
 	lastReconcile prometheus.Gauge
 }
@@ -48,13 +49,15 @@ func newMetrics() *metrics {
 			Help: "Idle sentinel connections the master closed (each triggers an immediate probe)."}, []string{"master"}),
 		sentinelHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sentinel_held",
 			Help: "1 while the idle sentinel connection to the master is held (a kill is then noticed at once), 0 otherwise."}, []string{"master"}),
+		heldDown: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "held_down_seconds",
+			Help: "Seconds until a healthy master that the flap hold-down keeps out of service may come back (earlier if fewer than a majority of the masters serve); 0 when not held down."}, []string{"master"}),
 		failOpen: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "fail_open",
 			Help: "1 while every master is down and all are kept in service."}),
 		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "last_reconcile_timestamp_seconds",
 			Help: "Unix time of the last successful reconcile."}),
 	}
 	m.reg.MustRegister(m.up, m.membership, m.probeDuration, m.transitions, m.actions, m.errors, m.reconciles,
-		m.connsReset, m.sentinel, m.sentinelHeld, m.failOpen, m.lastReconcile,
+		m.connsReset, m.sentinel, m.sentinelHeld, m.heldDown, m.failOpen, m.lastReconcile,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

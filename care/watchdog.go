@@ -647,6 +647,7 @@ func (w *Watchdog) setKernel(cur *ipvs.State) {
 // refreshStatus rebuilds the status and the per-master gauges.
 func (w *Watchdog) refreshStatus() {
 	masters := w.tracker.Snapshot()
+	now := w.clock.Now()
 	for _, s := range masters {
 		a := s.Address.String()
 		up := 0.0
@@ -654,6 +655,11 @@ func (w *Watchdog) refreshStatus() {
 			up = 1
 		}
 		w.met.up.WithLabelValues(a).Set(up)
+		held := 0.0
+		if s.HeldDown {
+			held = max(s.HoldUntil.Sub(now).Seconds(), 0)
+		}
+		w.met.heldDown.WithLabelValues(a).Set(held)
 		for _, m := range []health.Membership{health.InService, health.Draining, health.Removed} {
 			v := 0.0
 			if m == s.Membership {

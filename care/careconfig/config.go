@@ -65,7 +65,7 @@ const (
 	// row of flaps; it doubles with each further fall up to
 	// DefaultMaxHoldDown.
 	DefaultHoldDown     = 5 * time.Second
-	DefaultMaxHoldDown  = 5 * time.Minute
+	DefaultMaxHoldDown  = 30 * time.Second
 	DefaultDrainTimeout = 30 * time.Second
 	// DefaultResyncPeriod is how often the IPVS service is polled: a flush
 	// of the table emits no event.

@@ -112,10 +112,10 @@ var flags = []flag{
 		fs.IntSliceVar(&f.c.HealthStatuses, n, f.c.HealthStatuses, "HTTP statuses that mean healthy; any other is a failure")
 	}},
 	{"hold-down", func(f *Flags, fs *pflag.FlagSet, n string) {
-		fs.DurationVar(&f.c.HoldDown, n, f.c.HoldDown, "hold-down after a master's second fall in a row of flaps; doubles with each further fall")
+		fs.DurationVar(&f.c.HoldDown, n, f.c.HoldDown, "hold-down of a master that falls again soon after a fall (it stays out until this long after its last failed probe); doubles with each further recent fall; 0 turns flap damping off")
 	}},
 	{"max-hold-down", func(f *Flags, fs *pflag.FlagSet, n string) {
-		fs.DurationVar(&f.c.MaxHoldDown, n, f.c.MaxHoldDown, "cap of the hold-down; a master up this long is forgiven its flaps")
+		fs.DurationVar(&f.c.MaxHoldDown, n, f.c.MaxHoldDown, "cap of the hold-down, and the quiet time that halves a master's count of recent falls")
 	}},
 	{"drain-timeout", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.DurationVar(&f.c.DrainTimeout, n, f.c.DrainTimeout, "how long a master out of service keeps weight 0 while it has active connections, before it is deleted")

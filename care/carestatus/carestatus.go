@@ -43,11 +43,18 @@ type Master struct {
 	Since      time.Time  `json:"since,omitzero"`
 	Membership Membership `json:"membership,omitempty"`
 	// Weight is the weight the watchdog wants; -1 when removed.
-	Weight     int       `json:"weight"`
-	Successes  int       `json:"consecutiveSuccesses"`
-	Failures   int       `json:"consecutiveFailures"`
-	Flaps      int       `json:"flaps"`
-	HoldUntil  time.Time `json:"holdDownUntil,omitzero"`
+	Weight    int `json:"weight"`
+	Successes int `json:"consecutiveSuccesses"`
+	Failures  int `json:"consecutiveFailures"`
+	// Flaps is the master's count of recent falls (see health.Config.HoldDown).
+	Flaps int `json:"flaps"`
+	// HoldUntil is the end of the master's last hold-down.
+	HoldUntil time.Time `json:"holdDownUntil,omitzero"`
+	// HeldDown is set for a healthy master (it passed Rise) that the
+	// hold-down keeps out of service until HoldUntil; HeldReason says why
+	// and when it comes back.
+	HeldDown   bool      `json:"heldDown,omitempty"`
+	HeldReason string    `json:"heldDownReason,omitempty"`
 	DrainSince time.Time `json:"drainingSince,omitzero"`
 	// LastProbe is nil before the first probe.
 	LastProbe *Probe `json:"lastProbe,omitempty"`

@@ -1,8 +1,10 @@
 // Package health is the watchdog's decision core: a per-master state machine
 // with rise/fall hysteresis, fast re-probing of a master that just failed,
-// an exponential hold-down for masters that flap, fail-open when every master
-// is down, and the drain of a master taken out of service (weight 0 first,
-// delete once it has no active connections or after a bound).
+// a hold-down for masters that flap (one that grows with the master's recent
+// falls and decays with quiet time, and never keeps a healthy master out
+// while fewer than a majority of the masters serve), fail-open when every
+// master is down, and the drain of a master taken out of service (weight 0
+// first, delete once it has no active connections or after a bound).
 //
 // The package is pure: it does no I/O, starts no goroutines and reads no
 // clock. Callers pass the time and the probe outcomes in, and get back the
@@ -33,8 +35,9 @@ const (
 	Unknown = carestatus.Unknown
 	// Up: healthy. Leaves after Fall consecutive failures.
 	Up = carestatus.Up
-	// Down: unhealthy. Leaves after Rise consecutive successes, and not
-	// before its hold-down ends (unless no master is Up).
+	// Down: unhealthy, or healthy but held down. Leaves after Rise
+	// consecutive successes, and not before its hold-down ends unless fewer
+	// than a majority of the masters are Up (see Config.HoldDown).
 	Down = carestatus.Down
 )
 
@@ -71,13 +74,23 @@ type Config struct {
 	// failed (refused, reset, bad status or timeout), so that Fall failures
 	// take FastRetry*(Fall-1) plus the probes, not Interval*(Fall-1).
 	FastRetry time.Duration
-	// HoldDown is the hold-down after a master's second fall within a flap
-	// window; it doubles with every further fall, up to MaxHoldDown. The
-	// first fall has none, so a plain restart of an apiserver recovers after
-	// Rise probes.
+	// HoldDown is the hold-down of a master that falls while it has one
+	// recent fall already: after it passes Rise again it stays out until
+	// HoldDown after its last failed probe. It doubles with every further
+	// recent fall, up to MaxHoldDown. A master with no recent fall has
+	// none, so a plain restart of an apiserver recovers after Rise probes.
+	//
+	// Every fall (Up to Down) adds one to the master's recent falls; the
+	// count halves for every MaxHoldDown in which the master neither fell
+	// nor failed a probe while held down, so failures minutes apart do not
+	// pile up, while a master that flaps keeps its count and stays out.
+	//
+	// The hold-down never costs capacity: a healthy (passed Rise) master is
+	// put back at once, whatever its hold-down, while fewer than a majority
+	// of the masters (2 of 3, 3 of 5; both of 2) are Up.
 	HoldDown time.Duration
-	// MaxHoldDown caps the hold-down. A master that stays Up this long is
-	// forgiven its past falls.
+	// MaxHoldDown caps the hold-down, and is the quiet time that halves a
+	// master's count of recent falls.
 	MaxHoldDown time.Duration
 	// DrainTimeout bounds how long a master stays in the service with
 	// weight 0 while it still has active connections.
@@ -95,7 +108,7 @@ func DefaultConfig() Config {
 		Jitter:       0.1,
 		FastRetry:    150 * time.Millisecond,
 		HoldDown:     5 * time.Second,
-		MaxHoldDown:  5 * time.Minute,
+		MaxHoldDown:  30 * time.Second,
 		DrainTimeout: 30 * time.Second,
 		Weight:       ipvs.DefaultWeight,
 	}
@@ -157,7 +170,8 @@ type EventKind string
 const (
 	// EventTransition: a master changed phase (From, To).
 	EventTransition EventKind = "transition"
-	// EventHeldDown: a master passed Rise but stays Down until HoldUntil.
+	// EventHeldDown: a master passed Rise but stays Down until HoldUntil
+	// (or until fewer than a majority of the masters are Up).
 	EventHeldDown EventKind = "held-down"
 	// EventDrain: a master was taken out of service: weight 0, connections
 	// to be reset.
@@ -205,7 +219,8 @@ type master struct {
 	since      time.Time // when phase was entered
 	successes  int       // consecutive
 	failures   int       // consecutive
-	flaps      int       // falls not yet forgiven
+	flaps      int       // recent falls: halved for every MaxHoldDown of quiet
+	lastFlap   time.Time // last fall, or last failed probe while held down
 	holdUntil  time.Time
 	heldTold   bool // a held-down event was emitted for the current hold
 	member     Membership
@@ -294,6 +309,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		return nil
 	}
 	m.probed, m.last, m.lastAt = true, o, now
+	t.decay(m, now)
 	if o.OK {
 		m.successes++
 		m.failures = 0
@@ -308,31 +324,34 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		}
 		return []Event{t.setPhase(m, Down, now, "first probe: "+o.Reason)}
 	case Up:
-		if o.OK || (m.failures < t.cfg.Fall && !o.Conclusive) {
+		if o.OK || (m.failures < t.fall(m) && !o.Conclusive) {
 			return nil
 		}
-		// A master that stayed up long enough is forgiven its past falls.
-		if now.Sub(m.since) >= t.cfg.MaxHoldDown {
-			m.flaps = 0
-		}
 		m.flaps++
+		m.lastFlap = now
 		m.holdUntil = now.Add(t.holdDown(m.flaps))
 		m.heldTold = false
 		why := fmt.Sprintf("%s (%d consecutive failures)", o.Reason, m.failures)
-		if m.failures < t.cfg.Fall {
+		switch {
+		case m.failures < t.cfg.Fall && !o.Conclusive:
+			why = fmt.Sprintf("%s: on probation after %d recent falls, one failure takes it out", o.Reason, m.flaps-1)
+		case m.failures < t.cfg.Fall:
 			why = o.Reason + " after the master closed the sentinel connection"
 		}
 		e := t.setPhase(m, Down, now, why)
 		if m.holdUntil.After(now) {
 			e.HoldUntil = m.holdUntil
+			e.Reason += fmt.Sprintf(" (%d recent falls: held down until %s once healthy)", m.flaps, m.holdUntil.Format(time.RFC3339Nano))
 		}
-		return []Event{e}
+		// Its place may fall to a healthy master that is held down.
+		return append([]Event{e}, t.waive(now)...)
 	case Down:
-		if !o.OK && m.flaps >= 2 {
+		if !o.OK && t.holdDown(m.flaps) > 0 {
 			// A flapping master must be steadily healthy for the whole
 			// hold-down: every failure while down starts it again, so a
 			// master that keeps flapping stays out instead of flapping the
-			// kernel.
+			// kernel, and keeps its count of recent falls.
+			m.lastFlap = now
 			if until := now.Add(t.holdDown(m.flaps)); until.After(m.holdUntil) {
 				m.holdUntil = until
 				m.heldTold = false
@@ -341,23 +360,117 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		if !o.OK || m.successes < t.cfg.Rise {
 			return nil
 		}
-		// The hold-down is waived when no master is Up: a flapping master
-		// beats none at all.
-		if now.Before(m.holdUntil) && t.anyUp() {
+		if now.Before(m.holdUntil) && !t.short() {
 			if m.heldTold {
 				return nil
 			}
 			m.heldTold = true
-			return []Event{{Kind: EventHeldDown, Master: m.addr, At: now, HoldUntil: m.holdUntil,
-				Reason: fmt.Sprintf("healthy again but flapping (%d falls): held down until %s", m.flaps, m.holdUntil.Format(time.RFC3339Nano))}}
+			return []Event{{Kind: EventHeldDown, Master: m.addr, At: now, HoldUntil: m.holdUntil, Reason: heldReason(m)}}
 		}
-		return []Event{t.setPhase(m, Up, now, fmt.Sprintf("%s (%d consecutive successes)", o.Reason, m.successes))}
+		why := fmt.Sprintf("%s (%d consecutive successes)", o.Reason, m.successes)
+		if now.Before(m.holdUntil) {
+			why += "; " + t.shortReason()
+		}
+		return []Event{t.setPhase(m, Up, now, why)}
 	}
 	return nil
 }
 
-// holdDown is the hold-down after the n-th unforgiven fall: none for the
-// first, HoldDown for the second, doubling after, capped at MaxHoldDown.
+// fall is how many consecutive failures take m down: Fall, or one while m
+// is on probation, back up with a recent fall (and damping on). A master
+// flapping faster than Fall probes can confirm is then seen at its next
+// failure instead of looking healthy to most probes; one that fails once a
+// minute has no recent fall left by then.
+func (t *Tracker) fall(m *master) int {
+	if t.cfg.HoldDown > 0 && m.flaps > 0 {
+		return 1
+	}
+	return t.cfg.Fall
+}
+
+func heldReason(m *master) string {
+	return fmt.Sprintf("healthy again but flapping (%d recent falls): held down until %s", m.flaps, m.holdUntil.Format(time.RFC3339Nano))
+}
+
+// decay halves m's count of recent falls for every whole MaxHoldDown since
+// it last fell or failed while held down. It can be called at any time:
+// the quiet periods it counts are consumed.
+func (t *Tracker) decay(m *master, now time.Time) {
+	if m.flaps == 0 {
+		return
+	}
+	if t.cfg.MaxHoldDown <= 0 {
+		m.flaps = 0 // no hold-down at all: nothing to remember
+		return
+	}
+	n := now.Sub(m.lastFlap) / t.cfg.MaxHoldDown
+	switch {
+	case n <= 0:
+		return
+	case n >= 63:
+		m.flaps = 0
+	default:
+		m.flaps >>= n
+	}
+	if m.flaps == 0 {
+		m.lastFlap = time.Time{}
+		return
+	}
+	m.lastFlap = m.lastFlap.Add(n * t.cfg.MaxHoldDown)
+}
+
+// majority is how many masters must be Up for the hold-down to apply.
+func (t *Tracker) majority() int { return len(t.masters)/2 + 1 }
+
+// serving counts the masters that are not Down: Up, or Unknown (kept in
+// service until their first probe).
+func (t *Tracker) serving() int {
+	n := 0
+	for _, m := range t.masters {
+		if m.phase != Down {
+			n++
+		}
+	}
+	return n
+}
+
+// short reports whether fewer than a majority of the masters serve, or
+// none is Up: then no healthy master is held down.
+func (t *Tracker) short() bool { return t.serving() < t.majority() || !t.anyUp() }
+
+func (t *Tracker) shortReason() string {
+	return fmt.Sprintf("hold-down waived: only %d of %d masters in service, fewer than a majority (%d)", t.serving(), len(t.masters), t.majority())
+}
+
+// waive puts healthy masters that are held down back Up while fewer than a
+// majority of the masters serve: those with the fewest recent falls first,
+// then the earliest end of hold-down, then the configured order.
+func (t *Tracker) waive(now time.Time) []Event {
+	var held []*master
+	for _, m := range t.masters {
+		if m.phase == Down && m.successes >= t.cfg.Rise {
+			held = append(held, m)
+		}
+	}
+	slices.SortStableFunc(held, func(a, b *master) int {
+		if a.flaps != b.flaps {
+			return a.flaps - b.flaps
+		}
+		return a.holdUntil.Compare(b.holdUntil)
+	})
+	var events []Event
+	for _, m := range held {
+		if !t.short() {
+			break
+		}
+		why := fmt.Sprintf("healthy (%d consecutive successes), %d recent falls; %s", m.successes, m.flaps, t.shortReason())
+		events = append(events, t.setPhase(m, Up, now, why))
+	}
+	return events
+}
+
+// holdDown is the hold-down with n recent falls: none for the first,
+// HoldDown for the second, doubling after, capped at MaxHoldDown.
 func (t *Tracker) holdDown(n int) time.Duration {
 	if n <= 1 || t.cfg.HoldDown == 0 {
 		return 0
@@ -406,8 +519,20 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	if m != nil && m.phase == Up && m.failures > 0 {
 		return t.cfg.FastRetry
 	}
-	return t.cfg.Interval + time.Duration(float64(t.cfg.Interval)*t.cfg.Jitter*rnd)
+	jitter := t.cfg.Jitter
+	if m != nil && t.cfg.HoldDown > 0 && (m.flaps >= 2 || (m.flaps == 1 && m.phase == Up)) {
+		// A master that may be flapping (back up after a recent fall, or
+		// held down) is probed at irregular intervals: one flapping in
+		// step with the probes would otherwise look healthy to many probes
+		// in a row (aliasing). A master down after its first fall keeps
+		// the regular pace: once repaired it is back sooner.
+		jitter = max(jitter, flapJitter)
+	}
+	return t.cfg.Interval + time.Duration(float64(t.cfg.Interval)*jitter*rnd)
 }
+
+// flapJitter is the jitter of the probes of a master that flaps.
+const flapJitter = 0.5
 
 // Plan is what the kernel should look like now.
 type Plan struct {
@@ -432,6 +557,9 @@ type Plan struct {
 // Real servers in the kernel that are not masters drain the same way.
 func (t *Tracker) Plan(cur *ipvs.State, now time.Time) Plan {
 	var p Plan
+	// A master that fell since the last plan may leave fewer than a
+	// majority in service: healthy masters held down come back first.
+	p.Events = append(p.Events, t.waive(now)...)
 	kernel := map[netip.AddrPort]ipvs.RealServerStatus{}
 	if cur != nil {
 		for _, rs := range cur.RealServers {
@@ -574,6 +702,12 @@ func (t *Tracker) Snapshot() []carestatus.Master {
 	for _, m := range t.masters {
 		s := carestatus.Master{Address: m.addr, Phase: m.phase, Since: m.since, Membership: m.member,
 			Successes: m.successes, Failures: m.failures, Flaps: m.flaps, HoldUntil: m.holdUntil}
+		if m.phase == Down && m.successes >= t.cfg.Rise {
+			// Down with Rise successes: only the hold-down keeps it out.
+			s.HeldDown = true
+			s.HeldReason = fmt.Sprintf("healthy but held down until %s after %d recent falls; back then if it stays healthy, or as soon as fewer than %d of the %d masters serve",
+				m.holdUntil.Format(time.RFC3339), m.flaps, t.majority(), len(t.masters))
+		}
 		switch m.member {
 		case InService:
 			s.Weight = t.cfg.Weight

@@ -207,9 +207,11 @@ func TestFastFailRemovalLatency(t *testing.T) {
 }
 
 func TestFlappingHoldDown(t *testing.T) {
-	cfg := DefaultConfig() // rise 2, fall 2, hold-down 5s, max 5m
-	f := newFixture(t, cfg, mA, mB)
-	f.probe(mA, ok()).probe(mB, ok())
+	cfg := DefaultConfig() // rise 2, fall 2, hold-down 5s, max 30s
+	// Three masters: with B and C up, a majority serves without A, so its
+	// hold-down applies.
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
 	f.reconcile()
 	fall := func(at time.Duration) {
 		f.at(at).probe(mA, refused()).probe(mA, refused())
@@ -233,7 +235,7 @@ func TestFlappingHoldDown(t *testing.T) {
 	assert.Contains(t, f.kinds(), EventHeldDown)
 	f.at(22*time.Second).probe(mA, ok())
 	assert.Empty(t, f.kinds(), "the hold-down is reported once")
-	assert.Equal(t, map[netip.AddrPort]int{mB: 1}, weights(f.at(22*time.Second).reconcile()), "kernel not flapped while held")
+	assert.Equal(t, map[netip.AddrPort]int{mB: 1, mC: 1}, weights(f.at(22*time.Second).reconcile()), "kernel not flapped while held")
 	f.at(25*time.Second).probe(mA, ok())
 	assert.Equal(t, Up, f.phase(mA), "released at the end of the hold-down")
 
@@ -245,9 +247,10 @@ func TestFlappingHoldDown(t *testing.T) {
 	f.at(40*time.Second).probe(mA, ok())
 	assert.Equal(t, Up, f.phase(mA), "released at +10s")
 
-	// Up for MaxHoldDown: forgiven, the next fall has no hold-down.
-	fall(40*time.Second + cfg.MaxHoldDown)
-	rise(41*time.Second + cfg.MaxHoldDown)
+	// Quiet for two MaxHoldDown: its 3 recent falls halved twice to 0, so
+	// the next fall is a first one again, with no hold-down.
+	fall(30*time.Second + 2*cfg.MaxHoldDown)
+	rise(31*time.Second + 2*cfg.MaxHoldDown)
 	assert.Equal(t, Up, f.phase(mA))
 	snap := f.tr.Snapshot()
 	assert.Equal(t, 1, snap[0].Flaps)
@@ -263,22 +266,6 @@ func TestHoldDownCap(t *testing.T) {
 		assert.Equal(t, d, tr.holdDown(n), "fall %d", n)
 	}
 	assert.Equal(t, 5*time.Second, tr.holdDown(1000), "no overflow")
-}
-
-func TestHoldDownWaivedWhenNoMasterUp(t *testing.T) {
-	f := newFixture(t, DefaultConfig(), mA, mB)
-	f.probe(mA, ok()).probe(mB, ok())
-	f.reconcile()
-	for i := range 2 { // two falls: A is held down for 5s
-		f.at(time.Duration(i)*2*time.Second).probe(mA, refused()).probe(mA, refused())
-		f.at(time.Duration(i)*2*time.Second+time.Second).probe(mA, ok()).probe(mA, ok())
-	}
-	require.Equal(t, Down, f.phase(mA))
-	f.kinds()
-	f.at(4*time.Second).probe(mB, refused()).probe(mB, refused())
-	require.Equal(t, Down, f.phase(mB))
-	f.at(4500*time.Millisecond).probe(mA, ok())
-	assert.Equal(t, Up, f.phase(mA), "with no master up, a flapping one beats none")
 }
 
 func TestFailOpen(t *testing.T) {
@@ -560,8 +547,8 @@ func BenchmarkPlanSteady(b *testing.B) {
 // failure while it is held down starts the hold-down again.
 func TestFlappingMasterStaysOutWhileItFlaps(t *testing.T) {
 	cfg := DefaultConfig()
-	f := newFixture(t, cfg, mA, mB)
-	f.probe(mA, ok()).probe(mB, ok())
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
 	// The first fall has no hold-down: it comes back after Rise successes.
 	f.probe(mB, refused()).probe(mB, refused())
 	require.Equal(t, Down, f.phase(mB))

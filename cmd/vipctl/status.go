@@ -254,8 +254,22 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 		if p := row.LastProbe; p != nil {
 			lastProbe = fmt.Sprintf("%s (%s)", p.Reason, time.Duration(p.Latency*float64(time.Second)).Round(100*time.Microsecond))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Address, dash(string(row.Phase)), dash(since), dash(string(row.Membership)),
+		health := string(row.Phase)
+		if row.HeldDown {
+			health = "held-down"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", row.Address, dash(health), dash(since), dash(string(row.Membership)),
 			weight, active, inactive, dash(lastProbe))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, row := range r.Masters {
+		if row.HeldDown {
+			if _, err := fmt.Fprintf(out, "%s: %s\n", row.Address, row.HeldReason); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -79,6 +79,13 @@ func (l *Lab) StartCareArgs(args ...string) *Care {
 	return startCare(l.t, careBin(l.Vipctl), args)
 }
 
+// StartCareBin is StartCare with the watchdog binary bin, e.g. one built
+// from another revision to compare with.
+func (l *Lab) StartCareBin(bin string, extra ...string) *Care {
+	l.t.Helper()
+	return startCare(l.t, bin, l.CareArgs(extra...))
+}
+
 // careBin is the binary the watchdog runs from: the watchdog build the
 // image carries (VIPCTL_CARE_BIN) when there is one, else vipctl itself.
 func careBin(vipctl string) string {

@@ -184,8 +184,10 @@ func maxWeightChanges(c health.Config, w time.Duration) int {
 	}
 }
 
+// Three masters: with two, the steady one alone is fewer than a majority,
+// and a healthy master is then never held down (docs/care.md).
 func TestCareFlappingMasterDoesNotFlapTheKernel(t *testing.T) {
-	l, _ := careLab(t, 2)
+	l, _ := careLab(t, 3)
 	m := l.Masters[1]
 	// 2 Hz for 30 s: healthy 250 ms, unhealthy 250 ms.
 	stop := make(chan struct{})

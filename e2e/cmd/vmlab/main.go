@@ -4,6 +4,7 @@
 //	go run ./e2e/cmd/vmlab demo                # what `make demo` runs
 //	go run ./e2e/cmd/vmlab run 'TestCare.*'    # some scenarios, verbose
 //	go run ./e2e/cmd/vmlab bench [TRIALS]      # failover benchmarks -> docs/benchmarks.md
+//	go run ./e2e/cmd/vmlab bench-recovery [TRIALS] # recovery and flap damping -> docs/benchmarks.md
 package main
 
 import (
@@ -39,8 +40,8 @@ func run() error {
 	if len(os.Args) == 3 && os.Args[1] == "gobench" {
 		return spliceGoBench(os.Args[2])
 	}
-	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench" && os.Args[1] != "bench-real") {
-		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench-real [TRIALS] | vmlab gobench FILE")
+	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench" && os.Args[1] != "bench-real" && os.Args[1] != "bench-recovery") {
+		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench-real [TRIALS] | vmlab bench-recovery [TRIALS] | vmlab gobench FILE")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the VM lab needs root (it installs qemu and the kernel package with apt-get)")
@@ -62,6 +63,9 @@ func run() error {
 	}
 	if os.Args[1] == "bench-real" {
 		return benchReal(ctx, root, assets, trialsArg())
+	}
+	if os.Args[1] == "bench-recovery" {
+		return benchRecovery(ctx, root, assets, trialsArg())
 	}
 	share, err := os.MkdirTemp("", "vmlab-share-")
 	if err != nil {

@@ -1,0 +1,495 @@
+package health
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var (
+	mD = netip.MustParseAddrPort("192.0.2.14:6443")
+	mE = netip.MustParseAddrPort("192.0.2.15:6443")
+)
+
+func status500() Outcome { return Outcome{Fast: true, Status: 500, Reason: "HTTP 500"} }
+
+// sim probes every master on the schedule the tracker asks for (NextProbe,
+// with a seeded random jitter), asks health for each outcome and applies a
+// plan after every probe, as the watchdog does.
+type sim struct {
+	f      *fixture
+	rnd    *rand.Rand
+	next   map[netip.AddrPort]time.Time
+	health func(m netip.AddrPort, at time.Time) Outcome
+	// step, when set, runs after each probe and its reconcile.
+	step func()
+}
+
+func newSim(t *testing.T, cfg Config, masters ...netip.AddrPort) *sim {
+	return newSimSeed(t, 1, cfg, masters...)
+}
+
+func newSimSeed(t *testing.T, seed uint64, cfg Config, masters ...netip.AddrPort) *sim {
+	s := &sim{f: newFixture(t, cfg, masters...), rnd: rand.New(rand.NewPCG(seed, 2)), next: map[netip.AddrPort]time.Time{}}
+	s.health = func(netip.AddrPort, time.Time) Outcome { return ok() }
+	for i, m := range masters {
+		s.f.probe(m, ok())
+		s.next[m] = t0.Add(time.Duration(i) * 100 * time.Millisecond)
+	}
+	s.f.reconcile()
+	return s
+}
+
+// run advances to until, probe by probe.
+func (s *sim) run(until time.Time) {
+	for {
+		var m netip.AddrPort
+		for a, at := range s.next {
+			if !m.IsValid() || at.Before(s.next[m]) || (at.Equal(s.next[m]) && a.Compare(m) < 0) {
+				m = a
+			}
+		}
+		if s.next[m].After(until) {
+			s.f.now = until
+			return
+		}
+		s.f.now = s.next[m]
+		s.f.probe(m, s.health(m, s.f.now))
+		s.next[m] = s.f.now.Add(s.f.tr.NextProbe(m, s.rnd.Float64()))
+		s.f.reconcile()
+		if s.step != nil {
+			s.step()
+		}
+	}
+}
+
+func (s *sim) serving(m netip.AddrPort) bool { return weights(s.f.plan)[m] > 0 }
+
+func (s *sim) servingCount() int {
+	n := 0
+	for _, w := range weights(s.f.plan) {
+		if w > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// Masters that fail at most once a minute each (killed, cut off, answering
+// 500 in turn, one every 20 s over three masters) and are repaired as soon
+// as the watchdog took them out come back after Rise probes every time: the
+// failures do not pile up into ever longer hold-downs (the old damping,
+// forgiving only after 5 minutes up, held the 6th one for over a minute).
+func TestFailuresMinutesApartRecoverAfterRise(t *testing.T) {
+	cfg := DefaultConfig()
+	masters := []netip.AddrPort{mA, mB, mC}
+	s := newSim(t, cfg, masters...)
+	kinds := []Outcome{refused(), timedOut(), status500()}
+	broken := map[netip.AddrPort]Outcome{}
+	s.health = func(m netip.AddrPort, _ time.Time) Outcome {
+		if o, bad := broken[m]; bad {
+			return o
+		}
+		return ok()
+	}
+	// The longest a repaired master may take: Rise probes, each at most an
+	// interval with its jitter after the last.
+	bound := time.Duration(cfg.Rise) * (cfg.Interval + time.Duration(float64(cfg.Interval)*cfg.Jitter))
+	const faults = 60
+	for i := range faults {
+		m := masters[i%len(masters)]
+		at := t0.Add(time.Duration(i+1) * 20 * time.Second)
+		s.run(at)
+		require.True(t, s.serving(m), "fault %d: %s serves before it fails", i, m)
+		broken[m] = kinds[(i/len(masters))%len(kinds)]
+		s.step = func() {
+			if !s.serving(m) {
+				delete(broken, m) // repaired once the watchdog took it out
+			}
+		}
+		s.run(at.Add(10 * time.Second))
+		s.step = nil
+		require.NotContains(t, broken, m, "fault %d: %s taken out", i, m)
+		var repaired, back time.Time
+		for _, e := range s.f.events {
+			switch {
+			case e.Master == m && e.Kind == EventDrain:
+				repaired = e.At
+			case e.Master == m && e.Kind == EventAdmit && !repaired.IsZero():
+				back = e.At
+			}
+			assert.NotEqual(t, EventHeldDown, e.Kind, "fault %d: %s", i, e)
+		}
+		require.False(t, back.IsZero(), "fault %d: %s back within 10 s", i, m)
+		assert.LessOrEqual(t, back.Sub(repaired), bound, "fault %d (%s): repair -> back", i, kinds[(i/len(masters))%len(kinds)].Reason)
+		s.f.events = nil
+	}
+	for _, st := range s.f.tr.Snapshot() {
+		assert.LessOrEqual(t, st.Flaps, 1, "%s: falls a minute apart are not recent", st.Address)
+	}
+}
+
+// The count of recent falls halves for every MaxHoldDown of quiet, and
+// sets the hold-down.
+func TestDecay(t *testing.T) {
+	cfg := DefaultConfig() // hold-down 5s, max 30s
+	for _, tc := range []struct {
+		name  string
+		falls []time.Duration // when the master falls, repaired at once
+		flaps int             // recent falls after the last one
+		hold  time.Duration   // its hold-down
+	}{
+		{"one fall", []time.Duration{0}, 1, 0},
+		{"second fall 20s after", []time.Duration{0, 20 * time.Second}, 2, 5 * time.Second},
+		{"second fall 31s after", []time.Duration{0, 31 * time.Second}, 1, 0},
+		{"a minute apart, ten times", []time.Duration{0, time.Minute, 2 * time.Minute, 3 * time.Minute, 4 * time.Minute,
+			5 * time.Minute, 6 * time.Minute, 7 * time.Minute, 8 * time.Minute, 9 * time.Minute}, 1, 0},
+		{"three in 20s", []time.Duration{0, 10 * time.Second, 30 * time.Second}, 3, 10 * time.Second},
+		{"three in 30s, then 35s quiet", []time.Duration{0, 10 * time.Second, 30 * time.Second, 65 * time.Second}, 2, 5 * time.Second},
+		{"three in 30s, then 65s quiet", []time.Duration{0, 10 * time.Second, 30 * time.Second, 95 * time.Second}, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, cfg, mA, mB, mC)
+			f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+			var fellAt time.Time
+			for i, at := range tc.falls {
+				// Healthy probes every second until the fall: it comes back
+				// when its hold-down allows.
+				for f.now.Add(cfg.Interval).Before(t0.Add(at)) {
+					f.advance(cfg.Interval).probe(mA, ok())
+				}
+				require.Equal(t, Up, f.phase(mA), "fall %d: up before it", i)
+				f.at(at).probe(mA, refused()).probe(mA, refused())
+				require.Equal(t, Down, f.phase(mA))
+				fellAt = f.now
+			}
+			// Repaired at once: Rise probes later it is up, or held.
+			for range cfg.Rise {
+				f.advance(cfg.Interval).probe(mA, ok())
+			}
+			st := f.tr.Snapshot()[0]
+			assert.Equal(t, tc.flaps, st.Flaps, "recent falls")
+			if tc.hold == 0 {
+				assert.Equal(t, Up, st.Phase, "no hold-down: up after Rise probes")
+				return
+			}
+			assert.Equal(t, Down, st.Phase)
+			assert.True(t, st.HeldDown)
+			assert.Equal(t, fellAt.Add(tc.hold), st.HoldUntil, "hold-down")
+		})
+	}
+}
+
+// A master that fails while held down keeps its count: no quiet period
+// passes while it flaps, however long it flaps.
+func TestNoDecayWhileFlapping(t *testing.T) {
+	cfg := DefaultConfig()
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+	for range 2 {
+		f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+		f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
+	}
+	require.Equal(t, Down, f.phase(mA))
+	for range 300 { // 5 minutes: a failure every 2 s
+		f.advance(time.Second).probe(mA, refused()).advance(time.Second).probe(mA, ok())
+		require.Equal(t, Down, f.phase(mA))
+	}
+	assert.Equal(t, 2, f.tr.Snapshot()[0].Flaps)
+}
+
+// A healthy master is never held down while fewer than a majority of the
+// masters serve; it is, while the others carry the load.
+func TestHoldDownWaivedForCapacity(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		masters []netip.AddrPort
+		held    []netip.AddrPort // flapped into a hold-down, healthy again
+		fail    []netip.AddrPort // then fail one by one
+		// back[i] is the held master back after fail[i], none when zero.
+		back []netip.AddrPort
+	}{
+		{"3 masters", []netip.AddrPort{mA, mB, mC}, []netip.AddrPort{mA}, []netip.AddrPort{mB, mC}, []netip.AddrPort{mA, {}}},
+		{"5 masters", []netip.AddrPort{mA, mB, mC, mD, mE}, []netip.AddrPort{mA, mB}, []netip.AddrPort{mC, mD, mE},
+			[]netip.AddrPort{mA, mB, {}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			f := newFixture(t, cfg, tc.masters...)
+			for _, m := range tc.masters {
+				f.probe(m, ok())
+			}
+			f.reconcile()
+			for i, m := range tc.held {
+				// One more fall for the first: it has more recent falls and
+				// comes back last.
+				for range 3 - min(i, 1) {
+					f.advance(time.Second).probe(m, refused()).probe(m, refused())
+					f.advance(time.Second).probe(m, ok()).advance(time.Second).probe(m, ok())
+				}
+				require.Equal(t, Down, f.phase(m))
+				require.True(t, f.tr.Snapshot()[slicesIndex(tc.masters, m)].HeldDown)
+			}
+			f.reconcile()
+			majority := len(tc.masters)/2 + 1
+			for i, m := range tc.fail {
+				f.kinds()
+				f.advance(100*time.Millisecond).probe(m, refused()).probe(m, refused())
+				p := f.reconcile()
+				up := 0
+				for _, st := range f.tr.Snapshot() {
+					if st.Phase == Up {
+						up++
+					}
+				}
+				if want := tc.back[i]; want.IsValid() {
+					assert.Equal(t, Up, f.phase(want), "after %s fell, %s is back at once", m, want)
+					assert.Equal(t, cfg.Weight, weights(p)[want], "in the same plan")
+					assert.Equal(t, majority, up, "just enough come back for a majority")
+				} else {
+					assert.Less(t, up, majority, "no healthy master left to bring back")
+				}
+				for _, h := range tc.held {
+					if f.phase(h) == Down {
+						assert.True(t, f.tr.Snapshot()[slicesIndex(tc.masters, h)].HeldDown, "%s still held: the others carry the load", h)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A master held down and not yet healthy again comes back as soon as it
+// passes Rise, hold-down or not, when fewer than a majority serve.
+func TestCapacityWaiverNeedsRise(t *testing.T) {
+	cfg := DefaultConfig()
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+	for range 2 {
+		f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+		f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
+	}
+	require.Equal(t, Down, f.phase(mA))
+	f.advance(time.Second).probe(mA, refused()) // it fails again: not healthy
+	f.probe(mB, refused()).probe(mB, refused())
+	f.reconcile()
+	assert.Equal(t, Down, f.phase(mA), "an unhealthy master is not put back")
+	f.advance(time.Second).probe(mA, ok())
+	assert.Equal(t, Down, f.phase(mA), "one success of Rise 2")
+	ev := f.advance(time.Second).tr.Observe(mA, ok(), f.now)
+	assert.Equal(t, Up, f.phase(mA), "Rise passed, only one of three serves: back despite its hold-down")
+	require.Len(t, ev, 1)
+	assert.Contains(t, ev[0].Reason, "fewer than a majority")
+	assert.True(t, f.now.Before(f.tr.Snapshot()[0].HoldUntil), "well inside its hold-down")
+}
+
+// A master whose health changes every 250 ms to 2 s (cycles of 500 ms to
+// 4 s) leaves the service at most twice in any 10 s and, once its flapping
+// is seen, is out almost the whole time, while the other two carry the
+// load. At 4 Hz (a 250 ms cycle) the probes rarely see two failures in a
+// row: it must not flap the kernel either.
+func TestFlappingStaysMostlyOut(t *testing.T) {
+	for _, period := range []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 1500 * time.Millisecond, 2 * time.Second, 3 * time.Second, 4 * time.Second} {
+		t.Run(fmt.Sprint(period), func(t *testing.T) {
+			// The probes' jitter decides what they see of the flapping:
+			// the figures are over many runs with different jitter.
+			const runs = 50
+			var fracs, firsts float64
+			var seen, removed int
+			for seed := range uint64(runs) {
+				r := flap(t, seed, period)
+				removed += len(r)
+				if len(r) > 0 {
+					seen++
+					fracs += r[0].in
+					firsts += r[0].first.Seconds()
+				}
+			}
+			t.Logf("flapping every %s for 30 s, %d runs: %.1f removals on average, seen in %d, after %.1f s, then in service %.0f%% of the time",
+				period, runs, float64(removed)/runs, seen, firsts/float64(max(seen, 1)), fracs/float64(max(seen, 1))*100)
+			if period < 500*time.Millisecond {
+				return
+			}
+			assert.Equal(t, runs, seen, "the flapping is seen")
+			assert.Less(t, fracs/float64(seen), 0.2, "out almost the whole time once seen")
+		})
+	}
+}
+
+type flapRun struct {
+	first time.Duration // first removal after the flapping began
+	in    float64       // fraction of the time in service after it
+}
+
+// flap flaps mA of three masters with period for 30 s and checks that it
+// leaves the service at most twice in any 10 s, that the others stay and
+// that it is back once steady. It returns one flapRun per removal, the
+// figures in the first.
+func flap(t *testing.T, seed uint64, period time.Duration) []flapRun {
+	t.Helper()
+	cfg := DefaultConfig()
+	s := newSimSeed(t, seed, cfg, mA, mB, mC)
+	start, end := t0.Add(time.Second), t0.Add(31*time.Second)
+	s.health = func(m netip.AddrPort, at time.Time) Outcome {
+		if m != mA || at.Before(start) || !at.Before(end) || at.Sub(start)%period < period/2 {
+			return ok()
+		}
+		return refused()
+	}
+	var removals []time.Time
+	var in time.Duration // in service after the first removal
+	was, since := true, t0
+	s.step = func() {
+		now := s.serving(mA)
+		if was && !now {
+			removals = append(removals, s.f.now)
+		}
+		if was && len(removals) > 0 {
+			in += s.f.now.Sub(since)
+		}
+		was, since = now, s.f.now
+		require.GreaterOrEqual(t, s.servingCount(), 2, "the steady masters stay in")
+	}
+	s.run(end)
+	if was && len(removals) > 0 {
+		in += end.Sub(since)
+	}
+	for w := start; w.Before(end); w = w.Add(time.Second) {
+		n := 0
+		for _, r := range removals {
+			if !r.Before(w) && r.Before(w.Add(10*time.Second)) {
+				n++
+			}
+		}
+		require.LessOrEqual(t, n, 2, "seed %d: removals in the 10 s from %s", seed, w.Sub(t0))
+	}
+	// Once it stops flapping it is back after its hold-down.
+	s.step = nil
+	s.run(end.Add(cfg.MaxHoldDown + 3*cfg.Interval))
+	require.True(t, s.serving(mA), "seed %d: back once steadily healthy", seed)
+	runs := make([]flapRun, len(removals))
+	if len(removals) > 0 {
+		runs[0] = flapRun{first: removals[0].Sub(start), in: float64(in) / float64(end.Sub(removals[0]))}
+	}
+	return runs
+}
+
+// With damping off (--hold-down=0) the same flapping is in service for a
+// good part of the time: the figure above is the damping's doing.
+func TestFlappingWithoutHoldDownIsOftenIn(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HoldDown = 0
+	s := newSim(t, cfg, mA, mB, mC)
+	start, end := t0.Add(time.Second), t0.Add(31*time.Second)
+	s.health = func(m netip.AddrPort, at time.Time) Outcome {
+		if m != mA || at.Before(start) || at.Sub(start)%(4*time.Second) < 2*time.Second {
+			return ok()
+		}
+		return refused()
+	}
+	removals := 0
+	was := true
+	s.step = func() {
+		if now := s.serving(mA); was != now {
+			if was {
+				removals++
+			}
+			was = now
+		}
+	}
+	s.run(end)
+	assert.Greater(t, removals, 2, "hysteresis alone lets a slow flapper back every cycle")
+}
+
+func TestHeldDownStatus(t *testing.T) {
+	cfg := DefaultConfig()
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+	f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+	f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
+	require.Equal(t, Up, f.phase(mA), "no hold-down after the first fall")
+	f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+	f.advance(time.Second).probe(mA, ok())
+	st := f.tr.Snapshot()[0]
+	assert.False(t, st.HeldDown, "one success of Rise 2: not healthy yet")
+	f.advance(time.Second).probe(mA, ok())
+	st = f.tr.Snapshot()[0]
+	require.True(t, st.HeldDown)
+	assert.Equal(t, 2, st.Flaps)
+	assert.Contains(t, st.HeldReason, "after 2 recent falls")
+	assert.Contains(t, st.HeldReason, st.HoldUntil.Format(time.RFC3339))
+	assert.Contains(t, st.HeldReason, "fewer than 2 of the 3 masters serve")
+	f.at(time.Hour).probe(mA, ok())
+	assert.False(t, f.tr.Snapshot()[0].HeldDown, "released")
+}
+
+func slicesIndex(s []netip.AddrPort, m netip.AddrPort) int {
+	for i, a := range s {
+		if a == m {
+			return i
+		}
+	}
+	return -1
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// A master back from a recent fall is on probation: its next failure takes
+// it out without waiting for Fall confirmations, until its recent falls
+// have decayed (or with damping off).
+func TestProbation(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		holdDown time.Duration
+		quiet    time.Duration // between its return and the failure
+		fall     int           // failures that take it out
+	}{
+		{"just back", 5 * time.Second, 10 * time.Second, 1},
+		{"quiet for MaxHoldDown", 5 * time.Second, 40 * time.Second, 2},
+		{"damping off", 0, 10 * time.Second, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.HoldDown = tc.holdDown
+			f := newFixture(t, cfg, mA, mB, mC)
+			f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+			f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+			f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
+			require.Equal(t, Up, f.phase(mA))
+			f.advance(tc.quiet).probe(mA, ok())
+			for i := 1; i < tc.fall; i++ {
+				f.probe(mA, timedOut())
+				require.Equal(t, Up, f.phase(mA), "failure %d of %d", i, tc.fall)
+			}
+			f.probe(mA, timedOut())
+			assert.Equal(t, Down, f.phase(mA))
+		})
+	}
+}
+
+// A master that may be flapping is probed at irregular intervals, still
+// never more often than once per Interval; a repaired master after its
+// first fall at the regular pace.
+func TestFlapperProbedIrregularly(t *testing.T) {
+	cfg := DefaultConfig()
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+	regular := cfg.Interval + time.Duration(float64(cfg.Interval)*cfg.Jitter*0.99)
+	f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+	assert.LessOrEqual(t, f.tr.NextProbe(mA, 0.99), regular, "down after a first fall: regular pace")
+	f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
+	require.Equal(t, Up, f.phase(mA))
+	assert.Greater(t, f.tr.NextProbe(mA, 0.99), regular, "back after a recent fall: irregular")
+	assert.Equal(t, cfg.Interval, f.tr.NextProbe(mA, 0), "never more often than once per interval")
+	assert.LessOrEqual(t, f.tr.NextProbe(mB, 0.99), regular, "a steady master: regular pace")
+}
