@@ -70,6 +70,11 @@ func TestKubeadmConfigValidate(t *testing.T) {
 		require.NoError(t, err)
 		return b
 	}
+	mode := func(m string) Options {
+		o := baseOptions()
+		o.KubeProxyMode = m
+		return o
+	}
 	dual := baseOptions()
 	dual.PodSubnet = "100.64.0.0/10,fd00:10::/56"
 	dual.ServiceSubnet = "10.97.0.0/16,fd00:20::/108"
@@ -82,6 +87,9 @@ func TestKubeadmConfigValidate(t *testing.T) {
 	}{
 		{"v1beta4", fresh(baseOptions()), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
 		{"v1beta3", fresh(v1beta3), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"kube-proxy-iptables", fresh(mode("iptables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"kube-proxy-ipvs", fresh(mode("ipvs")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"kube-proxy-nftables", fresh(mode("nftables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
 		{"dual-stack", fresh(dual), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
 		{"merged-v1beta4", merged, map[string]any{"kubernetesVersion": "v1.34.2", "clusterName": "prod"}},
 		{"merged-v1beta3", mergedV1beta3, map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
