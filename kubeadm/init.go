@@ -318,3 +318,13 @@ func (r *joinRun) writeSecrets(dir, tokenFile, keyFile string, s initSecrets) er
 	r.say("[%s] wrote %s and %s", StepSecrets, tokenFile, keyFile)
 	return nil
 }
+
+// ParseAddresses returns the VIP and the masters of o, checked as Merge
+// checks them (errors name --vip and --master).
+func ParseAddresses(o Options) (vip netip.AddrPort, masters []netip.AddrPort, err error) {
+	p, err := parseOptions(o)
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	return p.vip, p.masters, nil
+}
