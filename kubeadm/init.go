@@ -286,7 +286,11 @@ func (r *joinRun) initDone(o InitOptions, s initSecrets) error {
 	for _, m := range o.Masters {
 		common += " --master " + m.String()
 	}
-	r.say("done: this node is the first master; %s maps to its own apiserver %s", ControlPlaneHost, o.HostsAddr())
+	if o.DryRun {
+		r.say("dry run done; a real run ends with the join lines:")
+	} else {
+		r.say("done: this node is the first master; %s maps to its own apiserver %s", ControlPlaneHost, o.HostsAddr())
+	}
 	if o.SecretsDir != "" {
 		r.say("The join secrets are in %s (mode %04o; the token expires in 24 h, the certificate key in 2 h).", o.SecretsDir, SecretFileMode)
 		r.say("Copy them to each node (e.g. scp -p), then run there:")

@@ -58,7 +58,8 @@ var joinFlags = map[string]joinFlag{
 }
 
 // passFlags are the kubeadm join flags kubeadm accepts with --config; they
-// stay on its command line.
+// stay on its command line. The value tells whether the flag takes a value
+// (as "--v 5" or "--v=5").
 var passFlags = map[string]bool{"--v": true, "-v": true, "--dry-run": false}
 
 // RenderJoinConfiguration returns a JoinConfiguration for `kubeadm join
@@ -104,9 +105,9 @@ func RenderJoinConfiguration(in JoinConfigInput) (config []byte, pass []string, 
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		name, value, hasValue := strings.Cut(a, "=")
-		if keep, ok := passFlags[name]; ok {
+		if takesValue, ok := passFlags[name]; ok {
 			pass = append(pass, a)
-			if keep && !hasValue && i+1 < len(args) {
+			if takesValue && !hasValue && i+1 < len(args) {
 				i++
 				pass = append(pass, args[i])
 			}

@@ -27,12 +27,12 @@ func TestRenderJoinConfigurationFromFlags(t *testing.T) {
 			"--node-name=m2", "--cri-socket", "unix:///run/containerd/containerd.sock",
 			"--ignore-preflight-errors", "Swap,NumCPU", "--apiserver-advertise-address", "192.0.2.12",
 			"--apiserver-bind-port=6443", "--skip-phases", "preflight", "--patches", "/etc/patches",
-			"--control-plane", "--v=5", "--dry-run"},
+			"--control-plane", "--v", "5", "--dry-run"},
 		Token: testToken, CertificateKey: testCertKey,
 	})
 	require.NoError(t, err)
 	assert.Empty(t, warnings)
-	assert.Equal(t, []string{"--v=5", "--dry-run"}, pass, "flags kubeadm accepts with --config stay on its command line")
+	assert.Equal(t, []string{"--v", "5", "--dry-run"}, pass, "flags kubeadm accepts with --config stay on its command line")
 	d := joinDoc(t, out)
 	assert.Equal(t, "kubeadm.k8s.io/v1beta4", d["apiVersion"])
 	assert.Equal(t, "JoinConfiguration", d["kind"])
