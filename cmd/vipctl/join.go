@@ -94,9 +94,9 @@ When a step fails, what this run changed is undone and the error names the
 step, with kubeadm's output. Token and certificate key are never printed.
 "vipctl reset" undoes a successful join (kubeadm's part: "kubeadm reset").`,
 		Example: `  vipctl join --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 \
-    --token-file /root/vipctl-join/token -- --discovery-token-ca-cert-hash sha256:...
+    --token-file /etc/kubernetes/vipctl-join/token -- --discovery-token-ca-cert-hash sha256:...
   vipctl join --control-plane --master 192.168.0.2 --master 192.168.0.3 --node-ip 192.168.0.4 \
-    --token-file /root/vipctl-join/token --certificate-key-file /root/vipctl-join/certificate-key -- \
+    --token-file /etc/kubernetes/vipctl-join/token --certificate-key-file /etc/kubernetes/vipctl-join/certificate-key -- \
     --discovery-token-ca-cert-hash sha256:...
   vipctl join --config join.yaml --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
   vipctl join --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 -- \
