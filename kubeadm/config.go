@@ -1,8 +1,9 @@
 // Package kubeadm renders the kubeadm configuration of a vipctl cluster's
 // first master: a ClusterConfiguration whose controlPlaneEndpoint is
 // apiserver.cluster.local (which /etc/hosts points at the VIP on workers), an
-// InitConfiguration, and a KubeProxyConfiguration in IPVS mode that leaves
-// the VIP's virtual server alone. It can merge these settings into a user's
+// InitConfiguration, and a KubeProxyConfiguration that leaves the VIP's
+// virtual server alone (the VIP in ipvs.excludeCIDRs) in whichever mode the
+// user picks. It can merge these settings into a user's
 // existing multi-document kubeadm config without dropping anything of theirs.
 package kubeadm
 
@@ -67,7 +68,14 @@ type Options struct {
 	ServiceSubnet string
 	// ImageRepository is passed through when given.
 	ImageRepository string
+	// KubeProxyMode is kube-proxy's mode (one of KubeProxyModes), written
+	// when the merged config sets none; "" writes no mode: kube-proxy's
+	// default applies.
+	KubeProxyMode string
 }
+
+// KubeProxyModes are the kube-proxy modes Options.KubeProxyMode accepts.
+var KubeProxyModes = []string{"iptables", "ipvs", "nftables"}
 
 // parsed holds validated options.
 type parsed struct {
@@ -87,12 +95,13 @@ func Render(o Options) ([]byte, error) {
 // Merge sets vipctl's fields in existing, a user's multi-document kubeadm
 // config (nil for none), and returns the result with warnings about values
 // of the user's that it replaced. Every other field, comment and document of
-// the user's is kept. vipctl owns and sets controlPlaneEndpoint, the
-// kube-proxy mode (ipvs), and appends, without duplicates, to
+// the user's is kept. vipctl owns and sets controlPlaneEndpoint, and appends, without duplicates, to
 // apiServer.certSANs and ipvs.excludeCIDRs. The pass-through values
 // (kubernetesVersion, networking.podSubnet and serviceSubnet,
 // imageRepository, localAPIEndpoint) are written when given in o, or when
-// missing and vipctl has a default for them. Documents that are missing are
+// missing and vipctl has a default for them. kube-proxy's mode is the
+// user's when the config sets one (a different o.KubeProxyMode is a
+// warning), else o.KubeProxyMode, else absent. Documents that are missing are
 // appended. Nothing is returned on error.
 func Merge(o Options, existing []byte) ([]byte, []string, error) {
 	p, err := parseOptions(o)
@@ -241,16 +250,18 @@ func Merge(o Options, existing []byte) ([]byte, []string, error) {
 	}
 
 	if proxy == nil {
-		n, err := newProxyNode(exclude)
+		n, err := newProxyNode(o.KubeProxyMode, exclude)
 		if err != nil {
 			return nil, nil, err
 		}
 		added = append(added, n)
 	} else {
-		if old := scalarAt(proxy, "mode"); old != "" && old != "ipvs" {
-			warnings = append(warnings, fmt.Sprintf("KubeProxyConfiguration mode %q replaced by \"ipvs\"", old))
+		switch old := scalarAt(proxy, "mode"); {
+		case old == "" && o.KubeProxyMode != "":
+			setScalar(proxy, "mode", o.KubeProxyMode, "!!str")
+		case old != "" && o.KubeProxyMode != "" && old != o.KubeProxyMode:
+			warnings = append(warnings, fmt.Sprintf("KubeProxyConfiguration mode %q kept: --config sets it, --kube-proxy-mode %q is ignored", old, o.KubeProxyMode))
 		}
-		setScalar(proxy, "mode", "ipvs", "!!str")
 		if err := addExcludeCIDR(proxy, exclude); err != nil {
 			return nil, nil, err
 		}
@@ -323,6 +334,9 @@ func parseOptions(o Options) (parsed, error) {
 		if _, err := parseCIDRs(f[1]); err != nil {
 			return p, fmt.Errorf("%s %q: %w", f[0], f[1], err)
 		}
+	}
+	if m := o.KubeProxyMode; m != "" && !slices.Contains(KubeProxyModes, m) {
+		return p, fmt.Errorf("--kube-proxy-mode %q: want one of %s, or nothing for kube-proxy's default", m, strings.Join(KubeProxyModes, ", "))
 	}
 	if v := o.KubernetesVersion; v != "" && !strings.HasPrefix(v, "v") {
 		return p, fmt.Errorf("--kubernetes-version %q: want a version like %s", v, DefaultKubernetesVersion)

@@ -145,10 +145,10 @@ func TestRenderDecodesIntoTypes(t *testing.T) {
 	var proxy kubeproxyv1alpha1.KubeProxyConfiguration
 	require.NoError(t, sigsyaml.UnmarshalStrict(raw[kindProxy], &proxy))
 	assert.Equal(t, "kubeproxy.config.k8s.io/v1alpha1", proxy.APIVersion)
-	assert.Equal(t, kubeproxyv1alpha1.ProxyMode("ipvs"), proxy.Mode)
+	assert.Equal(t, kubeproxyv1alpha1.ProxyMode(""), proxy.Mode, "no mode unless asked: kube-proxy's default")
 	assert.Equal(t, []string{"10.103.97.2/32"}, proxy.IPVS.ExcludeCIDRs)
 	// Nothing but what vipctl sets: kube-proxy's defaults apply to the rest.
-	assert.ElementsMatch(t, []string{"apiVersion", "kind", "mode", "ipvs"}, keys(docs(t, out)[kindProxy]))
+	assert.ElementsMatch(t, []string{"apiVersion", "kind", "ipvs"}, keys(docs(t, out)[kindProxy]))
 }
 
 func keys(m map[string]any) []string {
@@ -205,7 +205,6 @@ func TestMergeKeepsEveryUserField(t *testing.T) {
 	require.Len(t, got, 4, "the user's 4 documents, none added")
 	owned := map[string]bool{ // fields vipctl replaces
 		"ClusterConfiguration.controlPlaneEndpoint": true,
-		"KubeProxyConfiguration.mode":               true,
 	}
 	for kind, doc := range in {
 		inLeaves, gotLeaves := map[string]any{}, map[string]any{}
@@ -226,14 +225,13 @@ func TestMergeKeepsEveryUserField(t *testing.T) {
 	assert.Equal(t, DefaultServiceSubnet, at(c, "networking", "serviceSubnet"), "missing service subnet gets vipctl's default")
 	assert.Equal(t, []string{"api.example.com", "10.103.97.2", "127.0.0.1", "apiserver.cluster.local", "192.168.0.2", "192.168.0.3", "192.168.0.4"},
 		strs(at(c, "apiServer", "certSANs")), "appended without duplicates")
-	assert.Equal(t, "ipvs", at(p, "mode"))
+	assert.Equal(t, "iptables", at(p, "mode"), "the user's kube-proxy mode is kept")
 	assert.Equal(t, []string{"192.0.2.0/24", "10.103.97.2/32"}, strs(at(p, "ipvs", "excludeCIDRs")))
 	assert.Equal(t, "192.168.0.2", at(got[kindInit], "localAPIEndpoint", "advertiseAddress"))
 	assert.Contains(t, string(out), "clusterName: prod # our name", "comments are kept")
 	assert.Contains(t, string(out), "# Cluster config kept in git by the user.")
-	assert.Len(t, warnings, 2)
+	assert.Len(t, warnings, 1)
 	assert.Contains(t, strings.Join(warnings, "\n"), `"old-lb.example.com:6443"`)
-	assert.Contains(t, strings.Join(warnings, "\n"), `"iptables"`)
 
 	// Document order: the user's first.
 	var kinds []string
@@ -299,6 +297,56 @@ func TestMergeIsIdempotent(t *testing.T) {
 	again, _, err := Merge(baseOptions(), fresh)
 	require.NoError(t, err)
 	assert.Equal(t, string(fresh), string(again))
+}
+
+func TestKubeProxyMode(t *testing.T) {
+	withMode := func(m string) Options {
+		o := baseOptions()
+		o.KubeProxyMode = m
+		return o
+	}
+	userProxy := func(mode string) []byte {
+		s := "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+		if mode != "" {
+			s += "mode: " + mode + "\n"
+		}
+		return []byte(s)
+	}
+	for _, tc := range []struct {
+		name, flag, config string
+		noConfig           bool
+		want               any // the mode written, nil for none
+		warn               bool
+	}{
+		{name: "default: none", noConfig: true, want: nil},
+		{name: "flag", flag: "nftables", noConfig: true, want: "nftables"},
+		{name: "flag fills a config without mode", flag: "ipvs", want: "ipvs"},
+		{name: "config without mode, no flag", want: nil},
+		{name: "config's mode kept", config: "iptables", want: "iptables"},
+		{name: "config wins over the flag", flag: "nftables", config: "iptables", want: "iptables", warn: true},
+		{name: "same in both", flag: "ipvs", config: "ipvs", want: "ipvs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var user []byte
+			if !tc.noConfig {
+				user = userProxy(tc.config)
+			}
+			out, warnings, err := Merge(withMode(tc.flag), user)
+			require.NoError(t, err)
+			p := docs(t, out)[kindProxy]
+			assert.Equal(t, tc.want, p["mode"])
+			assert.Equal(t, []string{"10.103.97.2/32"}, strs(at(p, "ipvs", "excludeCIDRs")), "the VIP is excluded in every mode")
+			if tc.warn {
+				require.Len(t, warnings, 1)
+				assert.Contains(t, warnings[0], `--kube-proxy-mode "nftables"`)
+			} else {
+				assert.Empty(t, warnings)
+			}
+		})
+	}
+	_, _, err := Merge(withMode("userspace"), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `--kube-proxy-mode "userspace"`)
 }
 
 func TestMergeFillsNullAndEmptyFields(t *testing.T) {

@@ -105,8 +105,15 @@ type JoinOptions struct {
 	// Kubeadm is the kubeadm command, a name looked up in PATH or a path.
 	Kubeadm string
 	// KubeadmArgs follow `kubeadm join ENDPOINT`: token, discovery hash,
-	// certificate key... They must not hold the endpoint.
+	// certificate key... They must not hold the endpoint. With a
+	// JoinConfiguration (UsesConfig) they are rendered into it.
 	KubeadmArgs []string
+	// Token and CertificateKey are secrets read from files (--token-file,
+	// --certificate-key-file), checked by the caller; "" when not given.
+	Token          string
+	CertificateKey string
+	// JoinConfig is the user's JoinConfiguration (--config); nil for none.
+	JoinConfig []byte
 	// Manifest is the watchdog's static pod, written to ManifestPath on a
 	// worker.
 	Manifest     []byte
@@ -119,6 +126,12 @@ type JoinOptions struct {
 	DryRun bool
 }
 
+// UsesConfig reports whether kubeadm gets a JoinConfiguration file rather
+// than flags: whenever a secret comes from a file or a config.
+func (o JoinOptions) UsesConfig() bool {
+	return o.Token != "" || o.CertificateKey != "" || len(o.JoinConfig) > 0
+}
+
 // Joiner runs `vipctl join` on a node through the interfaces it owns.
 type Joiner struct {
 	// Dataplane opens the IPVS table and plumbing; called once, on a
@@ -128,11 +141,20 @@ type Joiner struct {
 	Files     Files
 	Runner    Runner
 	Inspector Inspector
+	// Temp writes kubeadm's configuration file; nil is OSTemp{}.
+	Temp TempFiles
 	// Out gets the steps, for the user (stdout).
 	Out io.Writer
 	// KubeadmOutput gets kubeadm's output, redacted (stderr); nil drops it.
 	KubeadmOutput io.Writer
 	Log           *zap.Logger
+}
+
+func (j *Joiner) temp() TempFiles {
+	if j.Temp == nil {
+		return OSTemp{}
+	}
+	return j.Temp
 }
 
 // Step names, as JoinError reports them.
@@ -150,6 +172,8 @@ const (
 // JoinError is a failed join: the step, its error, kubeadm's last output
 // lines when kubeadm failed, and what was done to undo the run's changes.
 type JoinError struct {
+	// Op is the command that failed, "join" when empty, or "init".
+	Op   string
 	Step string
 	Err  error
 	// Output is the end of kubeadm's output, redacted.
@@ -164,7 +188,11 @@ type JoinError struct {
 
 func (e *JoinError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "join failed at step %q: %v", e.Step, e.Err)
+	op := e.Op
+	if op == "" {
+		op = "join"
+	}
+	fmt.Fprintf(&b, "%s failed at step %q: %v", op, e.Step, e.Err)
 	if e.Output != "" {
 		fmt.Fprintf(&b, "\n--- kubeadm output (last lines, secrets redacted) ---\n%s\n---", e.Output)
 	}
@@ -182,7 +210,7 @@ func (e *JoinError) Error() string {
 		b.WriteString("\nnothing had been changed")
 	}
 	if e.Step == StepKubeadm {
-		b.WriteString("\nif kubeadm got past its preflight checks it may have written files: run `kubeadm reset` before trying again")
+		fmt.Fprintf(&b, "\nif kubeadm got past its preflight checks it may have written files: run `kubeadm reset` before trying again")
 	}
 	return b.String()
 }
@@ -200,6 +228,14 @@ type joinRun struct {
 	// desired is what the join applies: the masters that accepted a
 	// connection in the preflight.
 	desired ipvs.Desired
+	// op is "join" or "init", for errors.
+	op string
+	// config is the configuration kubeadm gets in a private temporary
+	// file (nil: flags only), configName its file name, and pass the
+	// flags it gets along with --config.
+	config     []byte
+	configName string
+	pass       []string
 }
 
 // Endpoint returns the API endpoint kubeadm joins through:
@@ -270,7 +306,17 @@ func (o JoinOptions) Validate() error {
 		return fmt.Errorf("kubeadm argument %q: vipctl passes the endpoint %s itself; give only flags after --", RedactArgs(o.KubeadmArgs[:1])[0], o.Endpoint())
 	}
 	if hasFlag(o.KubeadmArgs, "--config") {
-		return errors.New("kubeadm argument --config: not supported, vipctl passes the endpoint on the command line; give the token, discovery hash and certificate key as flags")
+		return errors.New("kubeadm argument --config: give the JoinConfiguration to vipctl's own --config, before --: vipctl sets its endpoint")
+	}
+	if o.Token != "" {
+		if err := CheckToken(o.Token); err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+	}
+	if o.CertificateKey != "" {
+		if err := CheckCertificateKey(o.CertificateKey); err != nil {
+			return fmt.Errorf("--certificate-key-file: %w", err)
+		}
 	}
 	if !o.ControlPlane {
 		if o.ManifestPath == "" {
@@ -303,7 +349,25 @@ func (j *Joiner) Join(ctx context.Context, o JoinOptions) error {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	r := &joinRun{j: j, o: o, log: log}
+	r := &joinRun{j: j, o: o, log: log, op: "join"}
+	if o.UsesConfig() {
+		cfg, pass, warnings, err := RenderJoinConfiguration(JoinConfigInput{
+			Endpoint: o.Endpoint(), ControlPlane: o.ControlPlane, Args: o.KubeadmArgs,
+			Token: o.Token, CertificateKey: o.CertificateKey, Config: o.JoinConfig,
+		})
+		if err != nil {
+			return &JoinError{Step: StepValidate, Err: err}
+		}
+		r.config, r.configName, r.pass = cfg, "join.yaml", pass
+		for _, w := range warnings {
+			log.Warn(w)
+			r.say("[config] warning: %s", w)
+		}
+	} else if len(Secrets(o.KubeadmArgs)) > 0 {
+		w := "a secret is on the command line (--token, --certificate-key...): every local user can read it in /proc while vipctl and kubeadm run, and it stays in the shell's history; prefer --token-file and --certificate-key-file"
+		log.Warn(w)
+		r.say("[preflight] warning: %s", w)
+	}
 	role := "worker"
 	if o.ControlPlane {
 		role = "master"
@@ -338,9 +402,9 @@ func (r *joinRun) say(format string, a ...any) {
 
 // fail undoes the run's changes and builds the error of step.
 func (r *joinRun) fail(ctx context.Context, step string, err error, output string) error {
-	e := &JoinError{Step: step, Err: err, Output: output}
-	r.log.Error("join step failed, undoing this run's changes", zap.String("step", step), zap.Error(err))
-	e.Undone, e.UndoErr = r.undo.Undo(ctx, r.log)
+	e := &JoinError{Op: r.op, Step: step, Err: err, Output: output}
+	r.log.Error(r.op+" step failed, undoing this run's changes", zap.String("step", step), zap.Error(err))
+	e.Undone, e.UndoErr = r.undo.Undo(context.WithoutCancel(ctx), r.log)
 	return e
 }
 
@@ -532,27 +596,57 @@ func indent(b []byte) string {
 	return strings.Join(lines, "\n")
 }
 
-// kubeadm runs `kubeadm join`, streaming its redacted output.
+// kubeadmArgs returns kubeadm's arguments (a configuration file named
+// configPath when the run has one) and the secrets to redact from its output.
+func (r *joinRun) kubeadmArgs(configPath string) (args, secrets []string) {
+	if r.config == nil {
+		return r.o.KubeadmCommand(), Secrets(r.o.KubeadmArgs)
+	}
+	args = append([]string{r.op, "--config", configPath}, r.pass...)
+	return args, append(Secrets(r.o.KubeadmArgs), SecretsIn(r.config)...)
+}
+
+// kubeadm runs `kubeadm join` (or init), streaming its redacted output.
+// A configuration is handed over in a private temporary file, removed
+// when kubeadm ends.
 func (r *joinRun) kubeadm(ctx context.Context) error {
 	o := r.o
-	args := o.KubeadmCommand()
-	shown := strings.Join(append([]string{o.Kubeadm}, RedactArgs(args)...), " ")
 	if o.DryRun {
-		r.say("[%s] would run: %s", StepKubeadm, shown)
+		args, _ := r.kubeadmArgs("<a private temporary file>/" + r.configName)
+		if r.config != nil {
+			r.say("[%s] would hand kubeadm this configuration (mode 0600, secrets redacted here, removed afterwards):\n%s", StepKubeadm, indent([]byte(RedactConfig(r.config))))
+		}
+		r.say("[%s] would run: %s", StepKubeadm, strings.Join(append([]string{o.Kubeadm}, RedactArgs(args)...), " "))
 		return nil
 	}
 	path, err := r.j.Runner.LookPath(o.Kubeadm)
 	if err != nil {
 		return r.fail(ctx, StepKubeadm, fmt.Errorf("--kubeadm %q: %w", o.Kubeadm, err), "")
 	}
+	configPath := ""
+	if r.config != nil {
+		p, remove, err := r.j.temp().WriteTemp(r.configName, r.config)
+		if err != nil {
+			return r.fail(ctx, StepKubeadm, fmt.Errorf("kubeadm's configuration file: %w", err), "")
+		}
+		configPath = p
+		defer func() {
+			if err := remove(); err != nil {
+				r.log.Error("remove kubeadm's configuration file", zap.String("path", p), zap.Error(err))
+				r.say("[%s] warning: could not remove %s, which holds secrets: %v; remove it by hand", StepKubeadm, p, err)
+			}
+		}()
+	}
+	args, secrets := r.kubeadmArgs(configPath)
+	shown := strings.Join(append([]string{o.Kubeadm}, RedactArgs(args)...), " ")
 	r.say("[%s] running: %s", StepKubeadm, shown)
 	r.log.Info("running kubeadm", zap.String("command", shown))
-	w := newRedactingWriter(r.j.KubeadmOutput, Secrets(o.KubeadmArgs), outputLines)
+	w := newRedactingWriter(r.j.KubeadmOutput, secrets, outputLines)
 	err = r.j.Runner.Run(ctx, path, args, w)
 	w.Flush()
 	if err != nil {
-		return r.fail(ctx, StepKubeadm, fmt.Errorf("%s: %s", shown, RedactText(err.Error(), Secrets(o.KubeadmArgs))), w.Tail())
+		return r.fail(ctx, StepKubeadm, fmt.Errorf("%s: %s", shown, RedactText(err.Error(), secrets)), w.Tail())
 	}
-	r.say("[%s] kubeadm join succeeded", StepKubeadm)
+	r.say("[%s] kubeadm %s succeeded", StepKubeadm, r.op)
 	return nil
 }

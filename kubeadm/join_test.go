@@ -642,7 +642,7 @@ func TestJoinAllowsVIPInServiceSubnetWithAWarning(t *testing.T) {
 	o2.ServiceSubnets = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
 	o2.PodSubnets = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	require.NoError(t, w2.joiner().Join(context.Background(), o2))
-	assert.NotContains(t, w2.out.String(), "warning")
+	assert.NotContains(t, w2.out.String(), "subnet")
 }
 
 func TestJoinLeavesUnreachableMastersToTheWatchdog(t *testing.T) {
@@ -793,7 +793,26 @@ func TestJoinValidate(t *testing.T) {
 	}{
 		{"endpoint given", func(o *JoinOptions) { o.KubeadmArgs = append([]string{"192.0.2.11:6443"}, o.KubeadmArgs...) }, `kubeadm argument "192.0.2.11:6443"`},
 		{"token as first argument", func(o *JoinOptions) { o.KubeadmArgs = []string{testToken} }, `kubeadm argument "` + Redacted + `"`},
-		{"config file", func(o *JoinOptions) { o.KubeadmArgs = []string{"--config=join.yaml"} }, "--config: not supported"},
+		{"config file", func(o *JoinOptions) { o.KubeadmArgs = []string{"--config=join.yaml"} }, "vipctl's own --config"},
+		{"malformed token file", func(o *JoinOptions) { o.KubeadmArgs = o.KubeadmArgs[2:]; o.Token = "abcdef.0123" }, "--token-file: not a bootstrap token"},
+		{"malformed key file", func(o *JoinOptions) { o.CertificateKey = "xyz" + testCertKey[3:] }, "--certificate-key-file: not a certificate key"},
+		{"token twice", func(o *JoinOptions) { o.Token = testToken }, "--token-file: the token is also given"},
+		{"unknown flag with a config", func(o *JoinOptions) {
+			o.Token = testToken
+			o.KubeadmArgs = []string{"--discovery-token-ca-cert-hash", testHash, "--kubeconfig", "x"}
+		}, "kubeadm argument --kubeconfig"},
+		{"no hash with a config", func(o *JoinOptions) { o.Token = testToken; o.KubeadmArgs = nil }, "--discovery-token-ca-cert-hash: required"},
+		{"key on a worker", func(o *JoinOptions) {
+			o.KubeadmArgs = o.KubeadmArgs[2:]
+			o.Token = testToken
+			o.CertificateKey = testCertKey
+		}, "only a master"},
+		{"join config of another kind", func(o *JoinOptions) {
+			o.JoinConfig = []byte("apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\n")
+		}, "want kubeadm.k8s.io/v1beta4 JoinConfiguration"},
+		{"join config with discovery file", func(o *JoinOptions) {
+			o.JoinConfig = []byte("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  file:\n    kubeConfigPath: /x\n")
+		}, "discovery.file"},
 		{"no master", func(o *JoinOptions) { o.Service.RealServers = nil }, "--master"},
 		{"no node IP", func(o *JoinOptions) { o.VIP.NodeIP = netip.Addr{} }, "--node-ip"},
 		{"worker on a master's address", func(o *JoinOptions) { o.VIP.NodeIP = testMasters[0].Addr() }, "--control-plane"},

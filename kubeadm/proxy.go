@@ -80,14 +80,14 @@ func samePrefix(a, b string) bool {
 	return a == b
 }
 
-// newProxyNode returns a new KubeProxyConfiguration document in IPVS mode
-// excluding cidr. It is built from kube-proxy's own types; every field that
+// newProxyNode returns a new KubeProxyConfiguration document in mode ("":
+// none written, kube-proxy's default) excluding cidr from IPVS. It is built from kube-proxy's own types; every field that
 // marshals as it does in an empty KubeProxyConfiguration (nulls, "", 0,
 // "0s"...) is dropped, which loses nothing: kube-proxy's defaults apply.
-func newProxyNode(cidr string) (*yaml.Node, error) {
+func newProxyNode(mode, cidr string) (*yaml.Node, error) {
 	cfg, err := toJSONMap(kubeproxyv1alpha1.KubeProxyConfiguration{
 		TypeMeta: metav1.TypeMeta{APIVersion: proxyAPI, Kind: kindProxy},
-		Mode:     "ipvs",
+		Mode:     kubeproxyv1alpha1.ProxyMode(mode),
 		IPVS:     kubeproxyv1alpha1.KubeProxyIPVSConfiguration{ExcludeCIDRs: []string{cidr}},
 	})
 	if err != nil {

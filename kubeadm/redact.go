@@ -66,12 +66,24 @@ func Secrets(args []string) []string {
 	return s
 }
 
-// RedactText replaces every secret and every token-shaped word in s.
+// keyPattern matches a word of 64 hex digits: a certificate key, as
+// `kubeadm init --upload-certs` prints it, unless it follows "sha256:" (a
+// public CA hash).
+var keyPattern = regexp.MustCompile(`(sha256:)?\b[0-9a-fA-F]{64}\b`)
+
+// RedactText replaces every secret, every token-shaped word and every
+// certificate-key-shaped word in s.
 func RedactText(s string, secrets []string) string {
 	for _, v := range secrets {
 		s = strings.ReplaceAll(s, v, Redacted)
 	}
-	return tokenPattern.ReplaceAllString(s, Redacted)
+	s = tokenPattern.ReplaceAllString(s, Redacted)
+	return keyPattern.ReplaceAllStringFunc(s, func(m string) string {
+		if strings.HasPrefix(m, "sha256:") {
+			return m
+		}
+		return Redacted
+	})
 }
 
 // redactingWriter passes a command's output on line by line with secrets

@@ -41,6 +41,10 @@ func TestRedactText(t *testing.T) {
 	assert.NotContains(t, got, testCertKey)
 	assert.NotContains(t, got, "zzzzzz.yyyyyyyyyyyyyyyy", "any token-shaped word")
 	assert.Contains(t, got, testHash)
+	other := "c0ffee" + testCertKey[6:]
+	got = RedactText("[upload-certs] Using certificate key:\n"+other+"\n", nil)
+	assert.NotContains(t, got, other, "any certificate-key-shaped word, even one vipctl did not know")
+	assert.Contains(t, RedactText("--discovery-token-ca-cert-hash sha256:"+other, nil), "sha256:"+other, "CA hashes are public")
 }
 
 func TestRedactingWriterSplitsAndKeepsTheTail(t *testing.T) {

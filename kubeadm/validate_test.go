@@ -70,6 +70,11 @@ func TestKubeadmConfigValidate(t *testing.T) {
 		require.NoError(t, err)
 		return b
 	}
+	mode := func(m string) Options {
+		o := baseOptions()
+		o.KubeProxyMode = m
+		return o
+	}
 	dual := baseOptions()
 	dual.PodSubnet = "100.64.0.0/10,fd00:10::/56"
 	dual.ServiceSubnet = "10.97.0.0/16,fd00:20::/108"
@@ -82,6 +87,9 @@ func TestKubeadmConfigValidate(t *testing.T) {
 	}{
 		{"v1beta4", fresh(baseOptions()), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
 		{"v1beta3", fresh(v1beta3), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"kube-proxy-iptables", fresh(mode("iptables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"kube-proxy-ipvs", fresh(mode("ipvs")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"kube-proxy-nftables", fresh(mode("nftables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
 		{"dual-stack", fresh(dual), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
 		{"merged-v1beta4", merged, map[string]any{"kubernetesVersion": "v1.34.2", "clusterName": "prod"}},
 		{"merged-v1beta3", mergedV1beta3, map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
@@ -120,6 +128,53 @@ func TestKubeadmConfigValidate(t *testing.T) {
 			for k, v := range tc.cluster {
 				assert.Equal(t, v, cluster[k], k)
 			}
+		})
+	}
+}
+
+// TestKubeadmValidatesInitAndJoinConfigs runs the real `kubeadm config
+// validate` on what vipctl init and vipctl join hand kubeadm: the init
+// configuration with its secrets, in each kube-proxy mode, and the
+// JoinConfigurations of a worker and a master, rendered from flags and
+// merged into a user's.
+func TestKubeadmValidatesInitAndJoinConfigs(t *testing.T) {
+	bin := kubeadmBinary(t)
+	// kubeadm must check JoinConfigurations, or an "ok" below proves nothing.
+	bad := writeTemp(t, "bad.yaml", []byte("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: apiserver.cluster.local:6443\n    token: "+testToken+"\n"))
+	out, err := runKubeadm(t, bin, "config", "validate", "--config", bad)
+	require.Error(t, err, "kubeadm accepted a JoinConfiguration without caCertHashes:\n%s", out)
+	configs := map[string][]byte{}
+	for _, mode := range append([]string{""}, KubeProxyModes...) {
+		o := baseOptions()
+		o.KubeProxyMode = mode
+		merged, err := Render(o)
+		require.NoError(t, err)
+		withSecrets, _, err := addInitSecrets(merged)
+		require.NoError(t, err)
+		configs["init-"+mode] = withSecrets
+	}
+	userInit, _, err := Merge(baseOptions(), readTestdata(t, "user-v1beta4.yaml"))
+	require.NoError(t, err)
+	if configs["init-user"], _, err = addInitSecrets(userInit); err != nil {
+		t.Fatal(err)
+	}
+	join := func(in JoinConfigInput) []byte {
+		in.Endpoint = "apiserver.cluster.local:6443"
+		b, _, _, err := RenderJoinConfiguration(in)
+		require.NoError(t, err)
+		return b
+	}
+	hash := []string{"--discovery-token-ca-cert-hash", testHash}
+	configs["join-worker"] = join(JoinConfigInput{Token: testToken, Args: append(hash, "--node-name=w1", "--ignore-preflight-errors=Swap")})
+	configs["join-master"] = join(JoinConfigInput{Token: testToken, CertificateKey: testCertKey, ControlPlane: true,
+		Args: append(hash, "--apiserver-advertise-address", "192.168.0.3", "--apiserver-bind-port", "6443", "--control-plane")})
+	configs["join-user-v1beta3"] = join(JoinConfigInput{Token: testToken, Config: []byte("apiVersion: kubeadm.k8s.io/v1beta3\nkind: JoinConfiguration\n" +
+		"discovery:\n  bootstrapToken:\n    apiServerEndpoint: 192.168.0.2:6443\n    caCertHashes: [" + testHash + "]\nnodeRegistration:\n  name: w2\n")})
+	for name, cfg := range configs {
+		t.Run(name, func(t *testing.T) {
+			f := writeTemp(t, "kubeadm.yaml", cfg)
+			out, err := runKubeadm(t, bin, "config", "validate", "--config", f)
+			require.NoError(t, err, "kubeadm config validate:\n%s\nconfig:\n%s", out, cfg)
 		})
 	}
 }

@@ -235,6 +235,11 @@ if [ "$dry_run" = 1 ]; then
 fi
 cat <<EOF
 $prog: vipctl $version is installed and $image is imported.
-Next, join this node to the cluster through the VIP (same flags as kubeadm join):
-  vipctl join <kubeadm join flags>      (see: vipctl join --help)
+Next (docs/join.md, "The cluster's life"):
+  on the first master:
+    vipctl init --master THIS-MASTER --master MASTER2 --master MASTER3
+  on every other node, the vipctl join line that vipctl init printed, e.g. on a worker:
+    vipctl join --master MASTER1 --master MASTER2 --master MASTER3 \\
+      --token-file /etc/kubernetes/vipctl-join/token -- --discovery-token-ca-cert-hash sha256:...
+  (--master, once per master, and -- before kubeadm's flags are required; see vipctl join --help)
 EOF

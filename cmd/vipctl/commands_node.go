@@ -5,7 +5,7 @@ package main
 import "github.com/spf13/cobra"
 
 // nodeCommands are the commands that set a node up: kubeadm configuration,
-// join and reset, manifests, the image. They link the Kubernetes API types
+// init, join and reset, manifests, the image. They link the Kubernetes API types
 // and client-go's transport; the watchdog's image is built without them
 // (-tags watchdog, commands_watchdog.go) to keep its memory small.
 func nodeCommands(a *app) []*cobra.Command {
@@ -13,6 +13,7 @@ func nodeCommands(a *app) []*cobra.Command {
 		newManifestCmd(a),
 		newKubeadmCmd(a),
 		newImageCmd(a),
+		newInitCmd(a),
 		newJoinCmd(a),
 		newResetCmd(a),
 		newKubeProxyCmd(a),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -36,6 +37,9 @@ type joinFlags struct {
 	manifestDir    string
 	modulesFile    string
 	dialTimeout    time.Duration
+	tokenFile      string
+	certKeyFile    string
+	joinConfig     string
 }
 
 func newJoinCmd(a *app) *cobra.Command {
@@ -77,10 +81,24 @@ With --control-plane (a master): the hosts file maps the name to the first
 --master, "kubeadm join ... --control-plane" runs, then the name maps to this
 node's own address (--node-ip). No IPVS and no watchdog on a master.
 
+Secrets: --token-file and --certificate-key-file read the bootstrap token and
+the certificate key from files (mode 0600; "vipctl init" writes them). Then, or
+with --config (a JoinConfiguration whose endpoint vipctl sets), kubeadm gets a
+JoinConfiguration in a private temporary file (0600, removed afterwards) built
+from the flags after --, and no secret is on any command line. --token and
+--certificate-key after -- still work, with a warning: every local user can
+read them in /proc while the join runs.
+
 When a step fails, what this run changed is undone and the error names the
 step, with kubeadm's output. Token and certificate key are never printed.
 "vipctl reset" undoes a successful join (kubeadm's part: "kubeadm reset").`,
-		Example: `  vipctl join --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 -- \
+		Example: `  vipctl join --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 \
+    --token-file /etc/kubernetes/vipctl-join/token -- --discovery-token-ca-cert-hash sha256:...
+  vipctl join --control-plane --master 192.168.0.2 --master 192.168.0.3 --node-ip 192.168.0.4 \
+    --token-file /etc/kubernetes/vipctl-join/token --certificate-key-file /etc/kubernetes/vipctl-join/certificate-key -- \
+    --discovery-token-ca-cert-hash sha256:...
+  vipctl join --config join.yaml --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
+  vipctl join --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 -- \
     --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:...
   vipctl join --control-plane --master 192.168.0.2 --master 192.168.0.3 --node-ip 192.168.0.4 -- \
     --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:... --certificate-key ...
@@ -108,6 +126,9 @@ step, with kubeadm's output. Token and certificate key are never printed.
 	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
 	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", kubeadm.DefaultDialTimeout, "preflight: bound of the TCP connect to each master")
+	fs.StringVar(&f.tokenFile, "token-file", "", "read the bootstrap token from this file (mode 0600), instead of --token after --")
+	fs.StringVar(&f.certKeyFile, "certificate-key-file", "", "read the certificate key of a master's join from this file (mode 0600), instead of --certificate-key after --")
+	fs.StringVar(&f.joinConfig, "config", "", "a kubeadm JoinConfiguration to join with; vipctl sets discovery.bootstrapToken.apiServerEndpoint, flags after -- and the secret files fill it in")
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (kubeadm's own flags go after --, e.g. vipctl join --master IP -- --token ...)", err)
 	})
@@ -173,6 +194,9 @@ func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOpti
 		return o, err
 	}
 	o.AllowVIPInServiceSubnet = f.allowInService
+	if err := f.secrets(cmd, &o); err != nil {
+		return o, err
+	}
 	if o.ControlPlane {
 		return o, nil
 	}
@@ -224,4 +248,47 @@ func parseSubnets(flag, s string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// secrets reads --token-file, --certificate-key-file and --config into o,
+// refusing a missing, empty or malformed file before anything is changed;
+// a file other users can read is a warning.
+func (f *joinFlags) secrets(cmd *cobra.Command, o *kubeadm.JoinOptions) error {
+	warn := func(w string) {
+		if w != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+		}
+	}
+	var w string
+	var err error
+	if f.tokenFile != "" || cmd.Flags().Changed("token-file") {
+		if o.Token, w, err = kubeadm.ReadSecretFile("--token-file", f.tokenFile, kubeadm.CheckToken); err != nil {
+			return err
+		}
+		warn(w)
+	}
+	if f.certKeyFile != "" || cmd.Flags().Changed("certificate-key-file") {
+		if !o.ControlPlane {
+			return fmt.Errorf("--certificate-key-file %s: only a master's join (--control-plane) uses a certificate key", f.certKeyFile)
+		}
+		if o.CertificateKey, w, err = kubeadm.ReadSecretFile("--certificate-key-file", f.certKeyFile, kubeadm.CheckCertificateKey); err != nil {
+			return err
+		}
+		warn(w)
+	}
+	if f.joinConfig != "" || cmd.Flags().Changed("config") {
+		if f.joinConfig == "" {
+			return errors.New("--config: empty path")
+		}
+		if o.JoinConfig, err = os.ReadFile(f.joinConfig); err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		if len(o.JoinConfig) == 0 {
+			return fmt.Errorf("--config %s: the file is empty", f.joinConfig)
+		}
+		if st, err := os.Stat(f.joinConfig); err == nil && st.Mode().Perm()&0o044 != 0 && len(kubeadm.SecretsIn(o.JoinConfig)) > 0 {
+			warn(fmt.Sprintf("--config %s: holds secrets and is readable by other users (mode %04o): `chmod 600 %s`", f.joinConfig, st.Mode().Perm(), f.joinConfig))
+		}
+	}
+	return nil
 }

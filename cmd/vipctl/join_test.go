@@ -5,6 +5,8 @@ package main
 import (
 	"bytes"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -148,4 +150,70 @@ func TestResetCmdBadInput(t *testing.T) {
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), tc.want)
 	}
+}
+
+func TestJoinCmdSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	keyFile := filepath.Join(dir, "certificate-key")
+	key := "8f1c2e8a3b4d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
+	require.NoError(t, os.WriteFile(tokenFile, []byte(testJoinToken+"\n"), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, []byte(key), 0o600))
+	cfg := filepath.Join(dir, "join.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\n"), 0o600))
+
+	o, _, err := runJoinFlags(t, "--control-plane", "--master", "192.0.2.11", "--node-ip", "192.0.2.12",
+		"--token-file", tokenFile, "--certificate-key-file", keyFile, "--config", cfg, "--", "--discovery-token-ca-cert-hash", "sha256:abc")
+	require.NoError(t, err)
+	assert.Equal(t, testJoinToken, o.Token)
+	assert.Equal(t, key, o.CertificateKey)
+	assert.Contains(t, string(o.JoinConfig), "kind: JoinConfiguration")
+	assert.True(t, o.UsesConfig())
+	assert.NoError(t, o.Validate())
+}
+
+func TestJoinCmdBadSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+		return p
+	}
+	empty := write("empty", "")
+	bad := write("bad", "abcdef.0123456789abcdeZ")
+	badKey := write("badkey", "0123456789abcdef")
+	good := write("token", testJoinToken)
+	base := []string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token-file", filepath.Join(dir, "missing")}, "--token-file " + filepath.Join(dir, "missing")},
+		{[]string{"--token-file", empty}, "--token-file " + empty + ": the file is empty"},
+		{[]string{"--token-file", bad}, "--token-file " + bad + ": not a bootstrap token"},
+		{[]string{"--token-file", ""}, "--token-file: empty path"},
+		{[]string{"--token-file", good, "--certificate-key-file", badKey}, "--certificate-key-file " + badKey + ": only a master"},
+		{[]string{"--control-plane", "--token-file", good, "--certificate-key-file", badKey}, "--certificate-key-file " + badKey + ": not a certificate key"},
+		{[]string{"--config", filepath.Join(dir, "nope.yaml")}, "--config: open " + filepath.Join(dir, "nope.yaml")},
+		{[]string{"--config", empty}, "--config " + empty + ": the file is empty"},
+	} {
+		_, _, err := runJoinFlags(t, append(append([]string{}, base...), tc.args...)...)
+		require.Error(t, err, "%v", tc.args)
+		assert.Contains(t, err.Error(), tc.want, "%v", tc.args)
+		assert.NotContains(t, err.Error(), "0123456789abcde", "no secret in errors")
+	}
+}
+
+func TestJoinCmdWarnsAboutAnOpenSecretFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(p, []byte(testJoinToken), 0o644))
+	require.NoError(t, os.Chmod(p, 0o644))
+	var stderr bytes.Buffer
+	cmd := newJoinCmdWith(func(*cobra.Command, kubeadm.JoinOptions, string) error { return nil })
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&stderr)
+	cmd.SetArgs([]string{"--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--token-file", p, "--", "--discovery-token-ca-cert-hash", "sha256:abc"})
+	require.NoError(t, cmd.ExecuteContext(t.Context()))
+	assert.Contains(t, stderr.String(), "readable by other users (mode 0644)")
+	assert.NotContains(t, stderr.String(), testJoinToken)
 }

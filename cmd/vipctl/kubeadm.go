@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -22,54 +23,89 @@ func newKubeadmCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// renderFlags are the flags of kubeadm's configuration rendering, shared by
+// `vipctl kubeadm config` and `vipctl init`.
+type renderFlags struct {
+	o          kubeadm.Options
+	configFile string
+}
+
+// register adds the flags; advertise names the flag of this master's IP
+// (--advertise-address or --node-ip) and whether to register it here.
+func (f *renderFlags) register(cmd *cobra.Command, advertise bool) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.o.VIP, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]; its port is controlPlaneEndpoint's")
+	fs.StringSliceVar(&f.o.Masters, "master", nil, "a master's apiserver address, IP[:PORT]; repeat for each master (required)")
+	if advertise {
+		fs.StringVar(&f.o.AdvertiseAddress, "advertise-address", "", "this master's IP for localAPIEndpoint (default: the first --master)")
+	}
+	fs.StringVar(&f.o.KubeadmAPI, "kubeadm-api", kubeadm.DefaultAPIVersion, "kubeadm config API: v1beta4, or v1beta3 for kubeadm older than 1.31 (with --config: that file's version)")
+	fs.StringVar(&f.o.KubernetesVersion, "kubernetes-version", kubeadm.DefaultKubernetesVersion, "kubernetesVersion")
+	fs.StringVar(&f.o.PodSubnet, "pod-subnet", "", "networking.podSubnet, CIDR (two comma-separated for dual stack)")
+	fs.StringVar(&f.o.ServiceSubnet, "service-subnet", kubeadm.DefaultServiceSubnet, "networking.serviceSubnet, CIDR; must not hold the VIP")
+	fs.StringVar(&f.o.ImageRepository, "image-repository", "", "imageRepository, e.g. a registry mirror for air-gapped installs")
+	fs.StringVar(&f.o.KubeProxyMode, "kube-proxy-mode", "", "kube-proxy's mode: "+strings.Join(kubeadm.KubeProxyModes, ", ")+
+		" (default: none written, kube-proxy's own default; a mode in --config wins)")
+	fs.StringVar(&f.configFile, "config", "", "merge into this kubeadm config file instead of starting from scratch")
+	_ = cmd.MarkFlagRequired("master")
+}
+
+// render reads --config and returns the merged configuration and the
+// warnings about values of --config it replaced. Nothing is written.
+func (f *renderFlags) render(cmd *cobra.Command) ([]byte, []string, error) {
+	o := f.o
+	var existing []byte
+	if f.configFile != "" {
+		// Pass-through flags count only when given, so that --config's
+		// values win over the defaults.
+		unlessGiven := func(name string, v *string) {
+			if !cmd.Flags().Changed(name) {
+				*v = ""
+			}
+		}
+		unlessGiven("kubeadm-api", &o.KubeadmAPI)
+		unlessGiven("kubernetes-version", &o.KubernetesVersion)
+		unlessGiven("service-subnet", &o.ServiceSubnet)
+		var err error
+		if existing, err = os.ReadFile(f.configFile); err != nil {
+			return nil, nil, fmt.Errorf("--config: %w", err)
+		}
+	}
+	return kubeadm.Merge(o, existing)
+}
+
 func newKubeadmConfigCmd(a *app) *cobra.Command {
 	var (
-		o          kubeadm.Options
-		configFile string
-		output     string
+		f      renderFlags
+		output string
 	)
 	cmd := &cobra.Command{
 		Use:   "config --master IP[:PORT]... [--config FILE] [flags]",
 		Short: "Print the kubeadm init config of the first master",
 		Long: `Print the kubeadm configuration for "kubeadm init" on the first master:
 controlPlaneEndpoint ` + kubeadm.ControlPlaneHost + `, certificate SANs for the VIP and every
-master, and kube-proxy in IPVS mode with the VIP in ipvs.excludeCIDRs so that
-kube-proxy leaves vipctl's virtual server alone.
+master, and the VIP in kube-proxy's ipvs.excludeCIDRs so that kube-proxy in
+IPVS mode leaves vipctl's virtual server alone (harmless in the other modes).
+kube-proxy's mode is --config's, else --kube-proxy-mode, else none: kube-proxy's
+default (see docs/join.md for what each mode does to vipctl's rules).
+"vipctl init" renders the same configuration and runs kubeadm init with it.
 
 With --config, the settings are merged into that multi-document kubeadm config:
 every field, comment and document of yours is kept; vipctl sets
-controlPlaneEndpoint and the kube-proxy mode, appends to apiServer.certSANs and
-ipvs.excludeCIDRs, and writes the values of the flags you give. Values you give
-neither as flags nor in the file get the defaults shown below.`,
+controlPlaneEndpoint, appends to apiServer.certSANs and ipvs.excludeCIDRs, and
+writes the values of the flags you give. Values you give neither as flags nor
+in the file get the defaults shown below.`,
 		Example: `  vipctl kubeadm config --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 > kubeadm.yaml
+  vipctl kubeadm config --kube-proxy-mode nftables --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
   vipctl kubeadm config --config kubeadm.yaml --output-file kubeadm.yaml --master 192.168.0.2 --master 192.168.0.3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			// Pass-through flags count only when given, so that --config's
-			// values win over the defaults.
-			if configFile != "" {
-				unlessGiven := func(name string, v *string) {
-					if !cmd.Flags().Changed(name) {
-						*v = ""
-					}
-				}
-				unlessGiven("kubeadm-api", &o.KubeadmAPI)
-				unlessGiven("kubernetes-version", &o.KubernetesVersion)
-				unlessGiven("service-subnet", &o.ServiceSubnet)
-			}
-			var existing []byte
-			if configFile != "" {
-				var err error
-				if existing, err = os.ReadFile(configFile); err != nil {
-					return fmt.Errorf("--config: %w", err)
-				}
-			}
-			out, warnings, err := kubeadm.Merge(o, existing)
+			out, warnings, err := f.render(cmd)
 			if err != nil {
 				return err
 			}
 			for _, w := range warnings {
-				a.log.Warn("replaced a value of --config", zap.String("config", configFile), zap.String("change", w))
+				a.log.Warn("--config: "+w, zap.String("config", f.configFile))
 			}
 			if output == "-" || output == "" {
 				_, err = cmd.OutOrStdout().Write(out)
@@ -82,17 +118,7 @@ neither as flags nor in the file get the defaults shown below.`,
 			return nil
 		},
 	}
-	fs := cmd.Flags()
-	fs.StringVar(&o.VIP, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]; its port is controlPlaneEndpoint's")
-	fs.StringSliceVar(&o.Masters, "master", nil, "a master's apiserver address, IP[:PORT]; repeat for each master (required)")
-	fs.StringVar(&o.AdvertiseAddress, "advertise-address", "", "this master's IP for localAPIEndpoint (default: the first --master)")
-	fs.StringVar(&o.KubeadmAPI, "kubeadm-api", kubeadm.DefaultAPIVersion, "kubeadm config API: v1beta4, or v1beta3 for kubeadm older than 1.31 (with --config: that file's version)")
-	fs.StringVar(&o.KubernetesVersion, "kubernetes-version", kubeadm.DefaultKubernetesVersion, "kubernetesVersion")
-	fs.StringVar(&o.PodSubnet, "pod-subnet", "", "networking.podSubnet, CIDR (two comma-separated for dual stack)")
-	fs.StringVar(&o.ServiceSubnet, "service-subnet", kubeadm.DefaultServiceSubnet, "networking.serviceSubnet, CIDR; must not hold the VIP")
-	fs.StringVar(&o.ImageRepository, "image-repository", "", "imageRepository, e.g. a registry mirror for air-gapped installs")
-	fs.StringVar(&configFile, "config", "", "merge into this kubeadm config file instead of starting from scratch")
-	fs.StringVar(&output, "output-file", "-", "write to this file (atomically, mode 0600), or - for stdout")
-	_ = cmd.MarkFlagRequired("master")
+	f.register(cmd, true)
+	cmd.Flags().StringVar(&output, "output-file", "-", "write to this file (atomically, mode 0600), or - for stdout")
 	return cmd
 }

@@ -32,10 +32,17 @@ const (
 
 // KubeadmCall is what the stand-in kubeadm saw when it was run.
 type KubeadmCall struct {
-	// Args are its arguments: join, the endpoint, the user's flags.
+	// Args are its arguments: join, the endpoint, the user's flags; or
+	// join/init --config FILE and flags.
 	Args []string `json:"args"`
-	// Resolved are the addresses the endpoint's name resolved to, with
-	// Go's resolver, which reads /etc/hosts.
+	// ConfigFile is the value of --config, ConfigMode its permission bits
+	// and Config its content, read while kubeadm ran.
+	ConfigFile string      `json:"configFile,omitempty"`
+	ConfigMode os.FileMode `json:"configMode,omitempty"`
+	Config     string      `json:"config,omitempty"`
+	// Resolved are the addresses the endpoint's name (for init:
+	// apiserver.cluster.local) resolved to, with Go's resolver, which
+	// reads /etc/hosts.
 	Resolved []string `json:"resolved"`
 	// Answer is the body of https://ENDPOINT/ ("master1 saw 10.10.0.1:PORT"),
 	// verified against the lab CA; Err tells why there was none.
@@ -99,14 +106,41 @@ func (l *Lab) RunWith(env []string, args ...string) (stdout, stderr string, err 
 	return out.String(), errb.String(), err
 }
 
-// runFakeKubeadm is the stand-in kubeadm's main.
+// runFakeKubeadm is the stand-in kubeadm's main. Called as `kubeadm join
+// ENDPOINT ...` or `kubeadm join --config F ...` it reaches the endpoint;
+// as `kubeadm init --config F ...` it resolves apiserver.cluster.local and
+// writes the lab CA as the cluster's CA, in the configuration's
+// certificatesDir, as kubeadm init would.
 func runFakeKubeadm() int {
 	args := os.Args[1:]
 	call := KubeadmCall{Args: args}
-	if len(args) >= 2 && args[0] == "join" {
-		call.Resolved, call.Answer, call.Err = reach(args[1])
-	} else {
-		call.Err = "not called as kubeadm join ENDPOINT"
+	endpoint := ""
+	if len(args) >= 3 && args[1] == "--config" {
+		call.ConfigFile = args[2]
+		if st, err := os.Stat(args[2]); err == nil {
+			call.ConfigMode = st.Mode().Perm()
+		}
+		b, err := os.ReadFile(args[2])
+		if err != nil {
+			call.Err = "read --config: " + err.Error()
+		}
+		call.Config = string(b)
+	}
+	switch {
+	case len(args) >= 2 && args[0] == "join" && call.ConfigFile != "":
+		endpoint = configValue(call.Config, "apiServerEndpoint")
+	case len(args) >= 2 && args[0] == "join":
+		endpoint = args[1]
+	case len(args) >= 1 && args[0] == "init" && call.ConfigFile != "":
+		call.Resolved, call.Err = resolve("apiserver.cluster.local")
+		if call.Err == "" {
+			call.Err = writeClusterCA(call.Config)
+		}
+	default:
+		call.Err = "not called as kubeadm join ENDPOINT, kubeadm join --config F or kubeadm init --config F"
+	}
+	if endpoint != "" {
+		call.Resolved, call.Answer, call.Err = reach(endpoint)
 	}
 	if err := record(call); err != nil {
 		fmt.Fprintln(os.Stderr, "stand-in kubeadm:", err)
@@ -115,13 +149,54 @@ func runFakeKubeadm() int {
 	fmt.Println("[preflight] Running pre-flight checks")
 	fmt.Printf("[preflight] called with: %s\n", strings.Join(args, " "))
 	if call.Answer != "" {
-		fmt.Printf("[discovery] reached %s: %s\n", args[1], call.Answer)
+		fmt.Printf("[discovery] reached %s: %s\n", endpoint, call.Answer)
 	}
 	code, _ := strconv.Atoi(os.Getenv(envKubeadmExit))
 	if code != 0 {
 		fmt.Fprintln(os.Stderr, "error execution phase preflight: couldn't validate the identity of the API Server (stand-in kubeadm told to fail)")
 	}
 	return code
+}
+
+// configValue returns the value of the first "key: value" line in a YAML
+// configuration, "" when there is none (enough for the stand-in's needs).
+func configValue(config, key string) string {
+	for _, line := range strings.Split(config, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), key+":"); ok {
+			return strings.Trim(strings.TrimSpace(v), `"'`)
+		}
+	}
+	return ""
+}
+
+func resolve(host string) ([]string, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, "resolve: " + err.Error()
+	}
+	return addrs, ""
+}
+
+// writeClusterCA copies the lab CA to certificatesDir/ca.crt, as kubeadm
+// init writes the cluster's CA; "" when done.
+func writeClusterCA(config string) string {
+	dir := configValue(config, "certificatesDir")
+	if dir == "" {
+		return "no certificatesDir in the configuration: the stand-in writes no CA to the node's /etc/kubernetes/pki"
+	}
+	b, err := os.ReadFile(os.Getenv(envKubeadmCA))
+	if err == nil {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "ca.crt"), b, 0o644)
+	}
+	if err != nil {
+		return "write the CA: " + err.Error()
+	}
+	return ""
 }
 
 // reach resolves endpoint's host and GETs https://endpoint/ with the lab CA.

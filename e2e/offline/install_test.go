@@ -311,7 +311,9 @@ func TestInstallFreshNode(t *testing.T) {
 			assert.Contains(t, calls, "modprobe "+m)
 		}
 	}
-	assert.Contains(t, r.stdout, "vipctl join")
+	assert.Contains(t, r.stdout, "vipctl init --master THIS-MASTER --master MASTER2 --master MASTER3")
+	assert.Regexp(t, `vipctl join --master MASTER1 --master MASTER2 --master MASTER3 \\\n\s+--token-file \S+ -- --discovery-token-ca-cert-hash`, r.stdout,
+		"the hint has the required --master and --")
 }
 
 func TestInstallTwiceChangesNothing(t *testing.T) {

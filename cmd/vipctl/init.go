@@ -1,0 +1,162 @@
+//go:build !watchdog
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vipctl/vipctl/hosts"
+	"github.com/vipctl/vipctl/kubeadm"
+)
+
+// initFlags are `vipctl init`'s flags besides the configuration's.
+type initFlags struct {
+	render     renderFlags
+	nodeIP     string
+	kubeadm    string
+	dryRun     bool
+	hostsFile  string
+	secretsDir string
+}
+
+// isLocalFunc reports whether an address is one of this node's.
+type isLocalFunc func(ctx context.Context, a netip.Addr) (bool, error)
+
+func newInitCmd(a *app) *cobra.Command {
+	isLocal := func(ctx context.Context, addr netip.Addr) (bool, error) {
+		ifs, err := kubeadm.System{}.InterfacesWith(ctx, addr)
+		return len(ifs) > 0, err
+	}
+	return newInitCmdWith(isLocal, func(cmd *cobra.Command, o kubeadm.InitOptions, hostsFile string) error {
+		j := &kubeadm.Joiner{
+			Hosts:         hosts.File{Path: hostsFile},
+			Files:         kubeadm.OSFiles{},
+			Runner:        kubeadm.ExecRunner{},
+			Inspector:     kubeadm.System{},
+			Out:           cmd.OutOrStdout(),
+			KubeadmOutput: cmd.ErrOrStderr(),
+			Log:           a.log,
+		}
+		return j.Init(cmd.Context(), o)
+	})
+}
+
+// newInitCmdWith builds `vipctl init` running init with the validated
+// options; tests replace isLocal and init.
+func newInitCmdWith(isLocal isLocalFunc, init func(cmd *cobra.Command, o kubeadm.InitOptions, hostsFile string) error) *cobra.Command {
+	var f initFlags
+	cmd := &cobra.Command{
+		Use:   "init --master SELF[:PORT] --master IP[:PORT]... [flags] [-- KUBEADM-INIT-FLAGS...]",
+		Short: "Set up the first master with kubeadm init, and print the other nodes' vipctl join commands",
+		Long: `Set up the cluster's first master: "kubeadm init" with the configuration of
+"vipctl kubeadm config" (controlPlaneEndpoint ` + kubeadm.ControlPlaneHost + `, certificate SANs
+for the VIP, the name and every --master, the VIP excluded from kube-proxy's IPVS),
+merged into --config when given.
+
+In order: preflight checks (kubeadm found, --node-ip an address of this node
+and one of the --master, the VIP not on this node), the hosts file maps
+` + kubeadm.ControlPlaneHost + ` to this master's own address (its apiserver: there is no
+VIP on a master), then "kubeadm init --config FILE --upload-certs" with the
+configuration in a private temporary file (0600, removed afterwards). vipctl
+puts a new bootstrap token and certificate key in the configuration unless
+--config has them; after kubeadm init they are written to --secrets-dir (0600)
+and the "vipctl join" command lines for the workers and the other masters are
+printed with the master list filled in. No secret is printed or logged.
+
+When a step up to kubeadm init fails, what this run changed is undone and the
+error names the step, with kubeadm's output. Like a master that joins, the
+first master runs no watchdog. Undo a successful init with "vipctl reset",
+then "kubeadm reset".`,
+		Example: `  vipctl init --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
+  vipctl init --vip 10.103.97.2 --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 \
+    --node-ip 192.168.0.2 --kube-proxy-mode nftables --config kubeadm.yaml -- --v=5
+  vipctl init --dry-run --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := f.options(cmd, args, isLocal)
+			if err != nil {
+				return err
+			}
+			return init(cmd, o, f.hostsFile)
+		},
+	}
+	f.render.register(cmd, false)
+	fs := cmd.Flags()
+	fs.StringVar(&f.nodeIP, "node-ip", "", "this master's address, one of the --master (default: the --master that is an address of this node)")
+	fs.StringVar(&f.kubeadm, "kubeadm", "kubeadm", "the kubeadm command, a name in PATH or a path")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print every step and the configuration (secrets redacted), and change nothing")
+	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
+	fs.StringVar(&f.secretsDir, "secrets-dir", kubeadm.DefaultSecretsDir, "write the join secrets (files "+kubeadm.TokenFileName+" and "+kubeadm.CertificateKeyFileName+", mode 0600) here after kubeadm init; \"\" writes none")
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%w (kubeadm's own flags go after --, e.g. vipctl init --master IP -- --v=5)", err)
+	})
+	return cmd
+}
+
+// options validates the flags, renders the configuration and builds the
+// init's options. Nothing is changed.
+func (f *initFlags) options(cmd *cobra.Command, args []string, isLocal isLocalFunc) (kubeadm.InitOptions, error) {
+	var o kubeadm.InitOptions
+	if dash := cmd.ArgsLenAtDash(); dash != 0 && len(args) > 0 {
+		return o, fmt.Errorf("unexpected argument %q: kubeadm's arguments go after --", kubeadm.RedactArgs(args[:1])[0])
+	}
+	vip, masters, err := kubeadm.ParseAddresses(f.render.o)
+	if err != nil {
+		return o, err
+	}
+	o.VIP, o.Masters = vip, masters
+	if f.nodeIP != "" {
+		if o.NodeIP, err = netip.ParseAddr(f.nodeIP); err != nil {
+			return o, fmt.Errorf("--node-ip %q: not an IP address", f.nodeIP)
+		}
+	} else {
+		var local []netip.Addr
+		for _, m := range masters {
+			ok, err := isLocal(cmd.Context(), m.Addr())
+			if err != nil {
+				return o, fmt.Errorf("--node-ip: find which --master is this node: %w", err)
+			}
+			if ok {
+				local = append(local, m.Addr())
+			}
+		}
+		switch len(local) {
+		case 0:
+			return o, errors.New("--node-ip: no --master is an address of this node: list this master among the --master, or give --node-ip")
+		case 1:
+			o.NodeIP = local[0]
+		default:
+			return o, fmt.Errorf("--node-ip: several --master are addresses of this node (%s): give --node-ip", joinNetipAddrs(local))
+		}
+	}
+	f.render.o.AdvertiseAddress = o.NodeIP.String()
+	cfg, warnings, err := f.render.render(cmd)
+	if err != nil {
+		return o, err
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: --config: %s\n", w)
+	}
+	o.Config = cfg
+	o.Kubeadm = f.kubeadm
+	o.KubeadmArgs = args
+	o.DryRun = f.dryRun
+	o.SecretsDir = f.secretsDir
+	if err := o.Validate(); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+func joinNetipAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
