@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -96,24 +97,51 @@ func TestCluster(t *testing.T) {
 		require.Equal(t, before, hostSnapshot(t), "the host after the lab")
 	})
 
+	masters := 1
+	if v := os.Getenv("VIPCTL_CLUSTER_MASTERS"); v != "" {
+		masters, err = strconv.Atoi(v)
+		require.NoError(t, err, "VIPCTL_CLUSTER_MASTERS")
+		require.True(t, masters >= 1 && masters <= 3, "VIPCTL_CLUSTER_MASTERS=%d: want 1 to 3", masters)
+	}
 	m1, err := lab.AddNode(ctx, 1, "master1")
 	require.NoError(t, err)
-	res, err := lab.Init(ctx, m1)
+	var secrets *Secrets
+	if masters > 1 {
+		s, err := lab.NewSecrets(ctx, m1)
+		require.NoError(t, err)
+		secrets = &s
+	}
+	res, err := lab.Init(ctx, m1, secrets)
 	if err != nil {
 		logTail(t, filepath.Join(m1.Dir, "kubelet.log"))
 	}
 	require.NoError(t, err)
 	t.Logf("kubeadm init took %s (kubelet started %d times)\n%s", res.Took.Round(time.Millisecond), m1.KubeletStarts, res.Output)
+	names := []string{"master1"}
+	for i := 2; i <= masters; i++ {
+		name := "master" + strconv.Itoa(i)
+		m, err := lab.AddNode(ctx, i, name)
+		require.NoError(t, err)
+		took, err := lab.JoinControlPlane(ctx, m, m1, *secrets)
+		if err != nil {
+			logTail(t, filepath.Join(m.Dir, "kubelet.log"))
+		}
+		require.NoError(t, err)
+		t.Logf("kubeadm join --control-plane of %s took %s", name, took.Round(time.Millisecond))
+		names = append(names, name)
+	}
 
-	out, err := lab.Kubectl(ctx, m1, "get", "nodes", "-o", "wide")
+	nodes, err := lab.Kubectl(ctx, m1, "get", "nodes", "-o", "wide")
 	require.NoError(t, err)
-	t.Logf("kubectl get nodes:\n%s", out)
-	require.Contains(t, string(out), "master1")
-	out, err = lab.Kubectl(ctx, m1, "get", "pods", "-n", "kube-system", "-o", "wide")
+	t.Logf("kubectl get nodes:\n%s", nodes)
+	out, err := lab.Kubectl(ctx, m1, "get", "pods", "-n", "kube-system", "-o", "wide")
 	require.NoError(t, err)
 	t.Logf("kubectl get pods -n kube-system:\n%s", out)
-	for _, c := range []string{"etcd-master1", "kube-apiserver-master1", "kube-controller-manager-master1", "kube-scheduler-master1"} {
-		require.Contains(t, string(out), c)
+	for _, n := range names {
+		require.Contains(t, string(nodes), n+" ", "nodes")
+		for _, c := range []string{"etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-"} {
+			require.Contains(t, string(out), c+n, "static pods")
+		}
 	}
 }
 

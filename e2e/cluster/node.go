@@ -145,6 +145,21 @@ func (n *Node) startHolder() error {
 			return err
 		}
 	}
+	// The Kubernetes programs are installed on the node as a package would:
+	// in /usr/local/bin (kubeadm's preflight runs `kubelet --version`).
+	b := n.lab.Bin
+	for name, src := range map[string]string{"kubeadm": b.Kubeadm, "kubelet": b.Kubelet, "kubectl": b.Kubectl} {
+		if src == "" {
+			continue
+		}
+		dst := up("usr.up/local/bin/" + name)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink(src, dst); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(filepath.Join(n.Dir, "containerd"), 0o711); err != nil {
 		return err
 	}
@@ -266,7 +281,7 @@ func (n *Node) SuperviseKubelet() {
 			if err != nil {
 				return
 			}
-			cmd := n.Command(context.Background(), n.lab.Bin.Kubelet, args...)
+			cmd := n.Command(context.Background(), "/usr/local/bin/kubelet", args...)
 			cmd.Stdout, cmd.Stderr = logf, logf
 			if err := cmd.Start(); err == nil {
 				n.mu.Lock()
