@@ -207,3 +207,57 @@ func TestNodeNamespaces(t *testing.T) {
 	_, err = os.Stat("/run/netns/" + n.NS())
 	require.True(t, os.IsNotExist(err), "namespace %s left", n.NS())
 }
+
+// TestKubeProxyImageTools runs the tools kube-proxy's modes call (nft for
+// nftables, iptables-restore and ipset for ipvs) from the kube-proxy image,
+// in a container of a node's containerd, against the node's own network
+// namespace. kube-proxy itself is stood in for by the pause binary: this is
+// about the image's Debian tools and their libraries.
+func TestKubeProxyImageTools(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	var log bytes.Buffer
+	debRoot, err := FetchDebs(ctx, cacheDir(), KubeProxyDebs, &log)
+	require.NoError(t, err, log.String())
+	bin := Binaries{Pause: filepath.Join(dir, "pause")}
+	bin.KubeProxy = bin.Pause
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin.Pause, "./pause")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	imgs := []Image{{Ref: "registry.k8s.io/pause:3.10.1"}, {Ref: "registry.k8s.io/kube-proxy:v1.34.4"}}
+	for i := range imgs {
+		imgs[i].Spec, _, err = imageSpec(imgs[i].Ref, bin, debRoot)
+		require.NoError(t, err)
+	}
+	require.NoError(t, WriteImages(filepath.Join(dir, "images"), imgs))
+	lab, err := New(ctx, Options{Dir: filepath.Join(dir, "lab"), Bin: bin, Images: imgs, Logf: t.Logf})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, lab.Close()) }()
+	n, err := lab.AddNode(ctx, 1, "node1")
+	require.NoError(t, err)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"/usr/sbin/nft", "--version"}, "nftables v"},
+		{[]string{"/usr/sbin/nft", "add", "table", "ip", "vipctl-probe"}, ""},
+		{[]string{"/usr/sbin/nft", "list", "tables"}, "table ip vipctl-probe"},
+		{[]string{"/usr/sbin/iptables-restore", "--version"}, "(nf_tables)"},
+		{[]string{"/usr/sbin/iptables", "-t", "nat", "-L", "-n"}, "Chain POSTROUTING"},
+		{[]string{"/usr/sbin/ipset", "--version"}, "ipset v"},
+	} {
+		a := append([]string{"-n", "k8s.io", "run", "--rm", "--net-host", "--privileged", imgs[1].Ref, "tools"}, c.args...)
+		out, err := n.Run(ctx, "ctr", a...)
+		require.NoError(t, err)
+		require.Contains(t, string(out), c.want, "%v", c.args)
+	}
+	// The rules went into the node's network namespace, not the host's.
+	if nft, err := exec.LookPath("nft"); err == nil {
+		out, err := exec.Command(nft, "list", "tables").CombinedOutput()
+		require.NoError(t, err, string(out))
+		require.NotContains(t, string(out), "vipctl-probe")
+	}
+}
