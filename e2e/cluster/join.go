@@ -1,0 +1,143 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Secrets are what masters share to join: a bootstrap token and the key that
+// encrypts the uploaded control-plane certificates. Both are written to
+// files of mode 0600 in the lab folder and never put on a command line.
+type Secrets struct {
+	Token string
+	// CertKeyFile holds the certificate key (kubeadm's --certificate-key
+	// value): vipctl join reads it from a file.
+	CertKeyFile string
+}
+
+// NewSecrets makes a token and a certificate key with the real kubeadm
+// (`kubeadm token generate`, `kubeadm certs certificate-key`).
+func (l *Lab) NewSecrets(ctx context.Context, n *Node) (Secrets, error) {
+	tok, err := n.Run(ctx, "/usr/local/bin/kubeadm", "token", "generate")
+	if err != nil {
+		return Secrets{}, err
+	}
+	key, err := n.Run(ctx, "/usr/local/bin/kubeadm", "certs", "certificate-key")
+	if err != nil {
+		return Secrets{}, err
+	}
+	s := Secrets{Token: strings.TrimSpace(string(tok)), CertKeyFile: filepath.Join(l.Dir, "certificate-key")}
+	if err := os.WriteFile(s.CertKeyFile, []byte(strings.TrimSpace(string(key))), 0o600); err != nil {
+		return Secrets{}, err
+	}
+	return s, nil
+}
+
+// secretsConfig is the InitConfiguration part that makes kubeadm init
+// create the token and upload the certificates under the key (with
+// --upload-certs).
+func (s Secrets) initConfig() (string, error) {
+	key, err := os.ReadFile(s.CertKeyFile)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("certificateKey: %s\nbootstrapTokens:\n  - token: %s\n    ttl: 1h0m0s\n", strings.TrimSpace(string(key)), s.Token), nil
+}
+
+// CACertHash is kubeadm's discovery hash of the cluster CA that master
+// wrote: sha256 of its SubjectPublicKeyInfo.
+func CACertHash(n *Node) (string, error) {
+	b, err := os.ReadFile(n.Path("/etc/kubernetes/pki/ca.crt"))
+	if err != nil {
+		return "", err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", fmt.Errorf("%s: ca.crt: no PEM block", n.Name)
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("%s: ca.crt: %w", n.Name, err)
+	}
+	h := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return "sha256:" + hex.EncodeToString(h[:]), nil
+}
+
+// JoinControlPlane makes n a master of the cluster whose first master is
+// first, with the real `kubeadm join --control-plane` (stacked etcd, the
+// certificates downloaded with the key of s). n's /etc/hosts maps
+// controlPlaneEndpoint's name to first while it joins.
+//
+// Seam for `vipctl join --control-plane`: it replaces the kubeadm join
+// below, given the same JoinConfiguration and the key file.
+func (l *Lab) JoinControlPlane(ctx context.Context, n, first *Node, s Secrets) (time.Duration, error) {
+	hash, err := CACertHash(first)
+	if err != nil {
+		return 0, err
+	}
+	key, err := os.ReadFile(s.CertKeyFile)
+	if err != nil {
+		return 0, err
+	}
+	cfg := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
+kind: JoinConfiguration
+nodeRegistration:
+  name: %[1]s
+  criSocket: unix:///run/containerd/containerd.sock
+  imagePullPolicy: Never
+  kubeletExtraArgs:
+    - name: node-ip
+      value: %[2]s
+discovery:
+  bootstrapToken:
+    apiServerEndpoint: %[3]s:6443
+    token: %[4]s
+    caCertHashes: [%[5]s]
+controlPlane:
+  localAPIEndpoint:
+    advertiseAddress: %[2]s
+    bindPort: 6443
+  certificateKey: %[6]s
+`, n.Name, n.IP, Hostname, s.Token, hash, strings.TrimSpace(string(key)))
+	p := filepath.Join(n.Dir, "join.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		return 0, err
+	}
+	if err := n.mapEndpoint(first.IP.String()); err != nil {
+		return 0, err
+	}
+	n.SuperviseKubelet()
+	t0 := time.Now()
+	out, err := n.Command(ctx, "/usr/local/bin/kubeadm", "join", "--config", p).CombinedOutput()
+	took := time.Since(t0)
+	if err != nil {
+		return took, fmt.Errorf("%s: kubeadm join --control-plane: %w (kubelet log %s)\n%s", n.Name, err, filepath.Join(n.Dir, "kubelet.log"), out)
+	}
+	return took, nil
+}
+
+// mapEndpoint points controlPlaneEndpoint's name at addr in n's /etc/hosts.
+func (n *Node) mapEndpoint(addr string) error {
+	p := n.Path("/etc/hosts")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[1] == Hostname {
+			continue
+		}
+		lines = append(lines, l)
+	}
+	lines = append(lines, addr+" "+Hostname)
+	return os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+}
