@@ -166,7 +166,8 @@ On every node (masters and workers), as root:
 install.sh verifies SHA256SUMS, installs /usr/local/bin/vipctl, imports the image
 into containerd (\`ctr -n k8s.io images import\`), docker or podman, whichever
 runs on the node, writes /etc/modules-load.d/vipctl.conf, loads the IPVS modules
-and prints the next command (\`vipctl join ...\`). It changes nothing when a check
+and prints the next commands (\`vipctl init\` on the first master, \`vipctl join\`
+on the others). It changes nothing when a check
 fails, and running it again is harmless. See \`./install.sh --help\`.
 
 manifests/ and kubeadm/ (when present) hold examples rendered for the masters

@@ -101,3 +101,28 @@ func TestKubeadmConfigCmdErrors(t *testing.T) {
 		assert.Contains(t, err.Error(), tc.want)
 	}
 }
+
+func TestKubeadmConfigCmdKubeProxyMode(t *testing.T) {
+	proxyDoc := func(out string) map[string]any {
+		for _, doc := range splitKubeadmYAML(out) {
+			var m map[string]any
+			require.NoError(t, yaml.Unmarshal([]byte(doc), &m))
+			if m["kind"] == "KubeProxyConfiguration" {
+				return m
+			}
+		}
+		t.Fatalf("no KubeProxyConfiguration in\n%s", out)
+		return nil
+	}
+	out, err := runAppCmd(t, newKubeadmCmd, "config", "--master", "192.168.0.2")
+	require.NoError(t, err)
+	assert.NotContains(t, proxyDoc(out), "mode", "kube-proxy's own default unless asked")
+	out, err = runAppCmd(t, newKubeadmCmd, "config", "--master", "192.168.0.2", "--kube-proxy-mode", "nftables")
+	require.NoError(t, err)
+	p := proxyDoc(out)
+	assert.Equal(t, "nftables", p["mode"])
+	assert.Equal(t, map[string]any{"excludeCIDRs": []any{"10.103.97.2/32"}}, p["ipvs"], "the VIP is excluded in every mode")
+	_, err = runAppCmd(t, newKubeadmCmd, "config", "--master", "192.168.0.2", "--kube-proxy-mode", "userspace")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `--kube-proxy-mode "userspace"`)
+}

@@ -2,10 +2,12 @@ package vmtests
 
 import (
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -192,4 +194,48 @@ func addrStrings[T interface{ String() string }](as []T) []string {
 		out[i] = a.String()
 	}
 	return out
+}
+
+// TestAddAMasterReRendersTheWorkersManifest is the lifecycle's step 5 on a
+// worker: joined with two masters, the manifest re-rendered with a third
+// (`vipctl manifest --output-file …`), and the watchdog started from it
+// puts the new master into the virtual server.
+func TestAddAMasterReRendersTheWorkersManifest(t *testing.T) {
+	l, base, p, clean, fk := joinScene(t, 3, 0)
+	if _, err := l.Run("care", "--help"); err != nil {
+		t.Skipf("`vipctl care` is not registered in this build: %v", err)
+	}
+	token := secretFile(t, "token", e2eToken)
+	args := []string{"join", "--vip", lab.VIPPort.String(), "--kubeadm", fk.Path, "--ca-file", l.CAFile, "--image", "e2e.local/vipctl:test",
+		"--master", l.Masters[0].Addr.String(), "--master", l.Masters[1].Addr.String(), "--token-file", token}
+	args = append(append(args, p.flags()...), "--", "--discovery-token-ca-cert-hash", e2eHash)
+	stdout, stderr, err := l.RunWith(fk.Env, args...)
+	require.NoError(t, err, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	require.Len(t, lab.Observe(t).RealServers, 2)
+
+	// README step 5: re-render the worker's manifest with the new list.
+	_, err = l.Run("manifest", "--output-file", p.manifest, "--image", "e2e.local/vipctl:test", "--vip", lab.VIPPort.String(),
+		"--ca-file", l.CAFile, "--master", l.Masters[0].Addr.String(), "--master", l.Masters[1].Addr.String(),
+		"--master", l.Masters[2].Addr.String())
+	require.NoError(t, err)
+	care := careCommand(t, p.manifest)
+	assert.Contains(t, care, "--master="+l.Masters[2].Addr.String())
+	// The kubelet would restart the pod; here the watchdog runs from the
+	// manifest's command line. A master absent from the kernel starts out
+	// of service and comes in after --rise successful probes.
+	c := l.StartCareArgs(care...)
+	lab.WaitFor(t, 30*time.Second, "the new master in the virtual server", func(rs map[netip.AddrPort]int) bool {
+		return len(rs) == 3 && lab.Serving(rs, l.Masters[2])
+	})
+	c.Stop()
+	for _, h := range l.HitVIP(6, 3*time.Second) {
+		assert.NoError(t, h.Err)
+	}
+
+	_, err = l.Run(append([]string{"reset", "--vip", lab.VIPPort.String()}, p.flags()...)...)
+	require.NoError(t, err)
+	after, err := os.ReadFile(etcHosts)
+	require.NoError(t, err)
+	assert.Equal(t, string(base), string(after))
+	assert.Equal(t, clean, lab.Observe(t))
 }
