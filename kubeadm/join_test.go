@@ -693,7 +693,16 @@ func TestJoinDryRunChangesNothing(t *testing.T) {
 	} {
 		assert.Contains(t, out, s)
 	}
+	assert.NotContains(t, out, "done:", "a dry run does not claim the node joined")
+	assert.Equal(t, "dry run: nothing was changed", lastLine(out))
 	w.assertNoSecrets(nil)
+
+	// A master's dry run ends the same way.
+	wm := newWorld(t)
+	om := wm.masterOpts()
+	om.DryRun = true
+	require.NoError(t, wm.joiner().Join(context.Background(), om))
+	assert.Equal(t, "dry run: nothing was changed", lastLine(wm.out.String()))
 
 	// Without IPVS loaded a dry run does not load it either.
 	w2 := newWorld(t)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vipctl/vipctl/hosts"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 	"github.com/vipctl/vipctl/kubeadm"
 	"github.com/vipctl/vipctl/manifests"
 )
@@ -56,6 +57,7 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 			defer k.Close()
 			r := &kubeadm.Resetter{
 				Dataplane: k.Dataplane,
+				Plumbing:  func() (ipvs.Plumbing, error) { return kernel.NewPlumbing(a.log), nil },
 				Hosts:     hosts.File{Path: hostsFile},
 				Files:     kubeadm.OSFiles{},
 				Inspector: kubeadm.System{},
