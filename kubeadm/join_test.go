@@ -645,6 +645,16 @@ func TestJoinAllowsVIPInServiceSubnetWithAWarning(t *testing.T) {
 	assert.NotContains(t, w2.out.String(), "warning")
 }
 
+// vipctl's default VIP lies inside kubeadm's default service subnet: with
+// no --service-subnet to check against, the join warns.
+func TestJoinWarnsOfTheDefaultVIPWithoutAServiceSubnet(t *testing.T) {
+	w := newWorld(t)
+	o := w.workerOpts()
+	require.Empty(t, o.ServiceSubnets)
+	require.NoError(t, w.joiner().Join(context.Background(), o))
+	assert.Contains(t, w.out.String(), "warning: no --service-subnet given, and the VIP 10.103.97.2 lies inside kubeadm's default service subnet 10.96.0.0/12")
+}
+
 func TestJoinLeavesUnreachableMastersToTheWatchdog(t *testing.T) {
 	w := newWorld(t)
 	w.insp.unreachable[testMasters[1]] = true

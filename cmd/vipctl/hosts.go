@@ -19,6 +19,9 @@ func newHostsCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hosts",
 		Short: "Map a name such as apiserver.cluster.local to one address in /etc/hosts",
+		Example: `  vipctl hosts set apiserver.cluster.local 10.103.97.2
+  vipctl hosts show apiserver.cluster.local
+  vipctl hosts remove apiserver.cluster.local`,
 		Long: `Map a name, normally apiserver.cluster.local, to exactly one address in the
 hosts file: the virtual IP on workers, the node's own address on masters.
 

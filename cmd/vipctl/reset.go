@@ -36,6 +36,9 @@ alone. Running it again changes nothing.
 
 kubeadm's part is undone by "kubeadm reset", which vipctl never runs. Either
 order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`,
+		Example: `  vipctl reset --dry-run
+  vipctl reset
+  vipctl reset --mode route --vip 10.103.97.2:6443`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := parseVIP(vip)
