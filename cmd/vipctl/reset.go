@@ -61,7 +61,7 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 			r := &kubeadm.Resetter{
 				Dataplane: k.Dataplane,
 				Plumbing:  func() (ipvs.Plumbing, error) { return kernel.NewPlumbing(a.log), nil },
-				Hosts:     hosts.File{Path: hostsFile},
+				Hosts:     hosts.File{Path: hostsFile, NotDurable: notDurable(a.log)},
 				Files:     kubeadm.OSFiles{},
 				Inspector: kubeadm.System{},
 				Out:       cmd.OutOrStdout(),
