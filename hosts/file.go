@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vipctl/vipctl/internal/atomicfile"
 )
 
 // DefaultPath is the system hosts file.
@@ -49,8 +51,10 @@ var errConflict = errors.New("the file was changed by another writer during the 
 // Nothing is written when the content would not change, so the file's
 // modification time then stays as it was. The changed result of Set, Remove
 // and Restore is true when the file may have been modified, even alongside
-// an error (say the directory could not be synced after the rename); a
-// caller rolling back should then Restore its snapshot.
+// an error (say a bind-mounted file was partly rewritten in place); a
+// caller rolling back should then Restore its snapshot. Once the file is
+// replaced, a failed sync of its directory does not fail the update: it
+// goes to NotDurable.
 //
 // The zero value of the unexported fields is what production uses, so a
 // File is made as File{Path: p}.
@@ -58,9 +62,17 @@ type File struct {
 	// Path is the file's path, usually DefaultPath.
 	Path string
 
+	// NotDurable, when set, gets the error of a directory sync that failed
+	// after the file was replaced or removed: the change is made but may
+	// not survive a crash. It does not make the update fail.
+	NotDurable func(error)
+
 	// rename replaces newpath by oldpath; os.Rename when nil. Tests inject
 	// failures through it.
 	rename func(oldpath, newpath string) error
+	// syncDir syncs the directory after a change; atomicfile.SyncDir when
+	// nil. Tests inject failures through it.
+	syncDir func(dir string) error
 	// beforeRename, when set, is called with the temporary file's path once
 	// it is complete and synced, before the file is replaced. An error stops
 	// the update there, as a crash at that point would. Tests only.
@@ -171,7 +183,7 @@ func (f File) resolve() (string, error) {
 // update reads the file, lets edit compute the wanted content from it and,
 // if that differs, writes it. It recomputes when another writer changed the
 // file meanwhile. changed is true when the file may have been modified, even
-// if a later step (syncing the directory) failed.
+// alongside an error.
 func (f File) update(ctx context.Context, edit func(old []byte, exists bool) (want []byte, wantExists bool, err error)) (changed bool, err error) {
 	path, err := f.resolve()
 	if err != nil {
@@ -235,7 +247,6 @@ func unchangedSince(path string, old []byte, existed bool) error {
 // write replaces the file at path, whose content was old, by data. changed
 // is true when the file may have been modified, even if err is not nil.
 func (f File) write(path string, data, old []byte, existed bool) (changed bool, err error) {
-	dir, base := filepath.Dir(path), filepath.Base(path)
 	mode := fs.FileMode(0o644)
 	uid, gid := -1, -1
 	if existed {
@@ -252,66 +263,39 @@ func (f File) write(path string, data, old []byte, existed bool) (changed bool, 
 		}
 	}
 
-	tmp, err := os.CreateTemp(dir, "."+base+".vipctl-*")
-	if err != nil {
-		return false, fmt.Errorf("create temporary file beside %s: %w", path, err)
-	}
-	tmpPath := tmp.Name()
-	renamed := false
-	defer func() {
-		// Closing twice only returns an error.
-		_ = tmp.Close()
-		if !renamed {
-			_ = os.Remove(tmpPath)
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return false, fmt.Errorf("write %s: %w", tmpPath, err)
-	}
-	if err := keepOwner(tmp, uid, gid); err != nil {
-		return false, fmt.Errorf("give %s the owner of %s: %w", tmpPath, path, err)
-	}
-	// Chmod after chown, which may clear the set-id bits.
-	if err := tmp.Chmod(mode); err != nil {
-		return false, fmt.Errorf("give %s the mode of %s: %w", tmpPath, path, err)
-	}
-	if existed {
-		if err := copySELinuxLabel(path, tmp); err != nil {
-			return false, err
-		}
-	}
-	if err := tmp.Sync(); err != nil {
-		return false, fmt.Errorf("sync %s: %w", tmpPath, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return false, fmt.Errorf("close %s: %w", tmpPath, err)
-	}
-	if f.beforeRename != nil {
-		if err := f.beforeRename(tmpPath); err != nil {
-			return false, err
-		}
-	}
-	if err := unchangedSince(path, old, existed); err != nil {
-		return false, err
-	}
-
-	rename := f.rename
-	if rename == nil {
-		rename = os.Rename
-	}
-	if err := rename(tmpPath, path); err != nil {
-		if existed && errors.Is(err, syscall.EBUSY) {
-			// A bind-mounted file: only its content can be changed.
-			if err := writeInPlace(path, data); err != nil {
-				return true, fmt.Errorf("%s cannot be renamed over (bind mount?), and writing it in place failed: %w", path, err)
+	w := atomicfile.Writer{
+		Prepare: func(tmp *os.File) error {
+			if err := keepOwner(tmp, uid, gid); err != nil {
+				return fmt.Errorf("give %s the owner of %s: %w", tmp.Name(), path, err)
 			}
-			return true, nil
-		}
-		return false, fmt.Errorf("replace %s: %w", path, err)
+			if existed {
+				return copySELinuxLabel(path, tmp)
+			}
+			return nil
+		},
+		BeforeRename: func(tmp string) error {
+			if f.beforeRename != nil {
+				if err := f.beforeRename(tmp); err != nil {
+					return err
+				}
+			}
+			return unchangedSince(path, old, existed)
+		},
+		Rename:     f.rename,
+		SyncDir:    f.syncDir,
+		NotDurable: f.NotDurable,
 	}
-	renamed = true
-	if err := syncDir(dir); err != nil {
-		return true, fmt.Errorf("replaced %s, but it may not survive a crash: %w", path, err)
+	err = w.WriteFile(path, data, mode)
+	if existed && errors.Is(err, syscall.EBUSY) {
+		// A bind-mounted file cannot be renamed over: only its content
+		// can be changed.
+		if err := writeInPlace(path, data); err != nil {
+			return true, fmt.Errorf("%s cannot be renamed over (bind mount?), and writing it in place failed: %w", path, err)
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, err
 	}
 	return true, nil
 }
@@ -324,8 +308,12 @@ func (f File) remove(path string, old []byte) (bool, error) {
 	if err := os.Remove(path); err != nil {
 		return false, fmt.Errorf("remove hosts file: %w", err)
 	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return true, fmt.Errorf("removed %s, but the removal may not survive a crash: %w", path, err)
+	syncDir := f.syncDir
+	if syncDir == nil {
+		syncDir = atomicfile.SyncDir
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil && f.NotDurable != nil {
+		f.NotDurable(fmt.Errorf("removed %s, but the removal may not survive a crash: %w", path, err))
 	}
 	return true, nil
 }
@@ -360,22 +348,6 @@ func writeInPlace(path string, data []byte) error {
 		err = cerr
 	}
 	return err
-}
-
-// syncDir makes a rename or removal in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 // selinuxXattr holds a file's SELinux security context.

@@ -209,6 +209,29 @@ func TestFileRenameFailureKeepsOriginal(t *testing.T) {
 	assertOnlyHosts(t, filepath.Dir(path))
 }
 
+// Once the file is replaced (or removed) the update succeeds even when the
+// directory cannot be synced; that goes to NotDurable.
+func TestFileDirectorySyncFailureIsNotAFailure(t *testing.T) {
+	path := writeHosts(t, debianHosts, 0o644)
+	var warned []error
+	f := File{Path: path, NotDurable: func(err error) { warned = append(warned, err) },
+		syncDir: func(string) error { return syscall.EIO }}
+	changed, err := f.Set(t.Context(), api, vipAddr)
+	require.NoError(t, err)
+	assert.True(t, changed)
+	assert.Equal(t, withVIP, readString(t, path))
+	require.Len(t, warned, 1)
+	assert.ErrorIs(t, warned[0], syscall.EIO)
+
+	changed, err = f.Restore(t.Context(), Snapshot{})
+	require.NoError(t, err)
+	assert.True(t, changed)
+	_, err = os.Stat(path)
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	require.Len(t, warned, 2)
+	assert.Contains(t, warned[1].Error(), "removed "+path)
+}
+
 // A bind-mounted file cannot be renamed over (EBUSY): it is rewritten in place.
 func TestFileBindMountFallsBackToInPlaceWrite(t *testing.T) {
 	path := writeHosts(t, debianHosts, 0o644)

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -17,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/vipctl/vipctl/internal/atomicfile"
 )
 
 // Format is an image archive format.
@@ -91,33 +91,12 @@ func Write(w io.Writer, f Format, tag name.Tag, b *Built) error {
 	return fmt.Errorf("--format %q: want %s or %s", f, FormatDocker, FormatOCI)
 }
 
-// WriteFile writes the archive to path atomically: a failure leaves any
-// existing file at path as it was.
-func WriteFile(path string, f Format, tag name.Tag, b *Built) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+// WriteFile writes the archive to path atomically (mode 0644): a failure
+// leaves any existing file at path as it was. The folder must exist.
+func WriteFile(path string, f Format, tag name.Tag, b *Built) error {
+	err := atomicfile.Writer{}.Write(path, 0o644, func(w io.Writer) error { return Write(w, f, tag, b) })
 	if err != nil {
-		return fmt.Errorf("--output %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if err := Write(tmp, f, tag, b); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("--output %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("--output %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("--output %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("--output %s: %w", path, err)
+		return fmt.Errorf("--output: %w", err)
 	}
 	return nil
 }

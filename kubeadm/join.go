@@ -428,6 +428,10 @@ func (r *joinRun) worker(ctx context.Context) error {
 	if err := r.kubeadm(ctx); err != nil {
 		return err
 	}
+	if o.DryRun {
+		r.say("dry run: nothing was changed")
+		return nil
+	}
 	r.say("done: the node joined through the VIP %s; the watchdog starts from %s with the kubelet", o.Service.Service, o.ManifestPath)
 	return nil
 }
@@ -443,6 +447,7 @@ func (r *joinRun) master(ctx context.Context) error {
 	}
 	if o.DryRun {
 		r.say("[%s] would map %s to this node's address %s in the hosts file", StepHostsSelf, ControlPlaneHost, o.VIP.NodeIP)
+		r.say("dry run: nothing was changed")
 		return nil
 	}
 	if _, err := r.j.Hosts.Set(ctx, ControlPlaneHost, o.VIP.NodeIP); err != nil {

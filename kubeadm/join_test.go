@@ -645,6 +645,16 @@ func TestJoinAllowsVIPInServiceSubnetWithAWarning(t *testing.T) {
 	assert.NotContains(t, w2.out.String(), "subnet")
 }
 
+// vipctl's default VIP lies inside kubeadm's default service subnet: with
+// no --service-subnet to check against, the join warns.
+func TestJoinWarnsOfTheDefaultVIPWithoutAServiceSubnet(t *testing.T) {
+	w := newWorld(t)
+	o := w.workerOpts()
+	require.Empty(t, o.ServiceSubnets)
+	require.NoError(t, w.joiner().Join(context.Background(), o))
+	assert.Contains(t, w.out.String(), "warning: no --service-subnet given, and the VIP 10.103.97.2 lies inside kubeadm's default service subnet 10.96.0.0/12")
+}
+
 func TestJoinLeavesUnreachableMastersToTheWatchdog(t *testing.T) {
 	w := newWorld(t)
 	w.insp.unreachable[testMasters[1]] = true
@@ -693,7 +703,16 @@ func TestJoinDryRunChangesNothing(t *testing.T) {
 	} {
 		assert.Contains(t, out, s)
 	}
+	assert.NotContains(t, out, "done:", "a dry run does not claim the node joined")
+	assert.Equal(t, "dry run: nothing was changed", lastLine(out))
 	w.assertNoSecrets(nil)
+
+	// A master's dry run ends the same way.
+	wm := newWorld(t)
+	om := wm.masterOpts()
+	om.DryRun = true
+	require.NoError(t, wm.joiner().Join(context.Background(), om))
+	assert.Equal(t, "dry run: nothing was changed", lastLine(wm.out.String()))
 
 	// Without IPVS loaded a dry run does not load it either.
 	w2 := newWorld(t)

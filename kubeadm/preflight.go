@@ -110,9 +110,15 @@ func joinAddrs(as []netip.AddrPort) string {
 }
 
 // checkSubnets refuses a VIP inside the pod subnet, and inside the service
-// subnet unless the user accepted that risk.
+// subnet unless the user accepted that risk. With no service subnet given
+// it warns when the VIP lies inside kubeadm's default one (vipctl's default
+// VIP does), as the cluster may well use it.
 func (r *joinRun) checkSubnets(problem func(string, ...any), warn func(string, ...any)) {
 	vip := r.o.VIP.VIP
+	if len(r.o.ServiceSubnets) == 0 && netip.MustParsePrefix(KubeadmDefaultServiceSubnet).Contains(vip) {
+		warn("no --service-subnet given, and the VIP %s lies inside kubeadm's default service subnet %s: if the cluster uses it, a Service given that ClusterIP would make kube-proxy take over the VIP's port; pass the cluster's --service-subnet to check, or pick a --vip outside it",
+			vip, KubeadmDefaultServiceSubnet)
+	}
 	for _, p := range r.o.PodSubnets {
 		if p.Contains(vip) {
 			problem("--pod-subnet %s: holds the VIP %s; a pod given that address would be unreachable from this node: pick a --vip outside the pod and service subnets", p, vip)

@@ -2,15 +2,10 @@ package kubeadm
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"reflect"
 
 	"go.yaml.in/yaml/v3"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kubeproxyv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
-	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // ExcludeVIP adds vip/32 (/128 for IPv6) to ipvs.excludeCIDRs of conf, a
@@ -81,60 +76,18 @@ func samePrefix(a, b string) bool {
 }
 
 // newProxyNode returns a new KubeProxyConfiguration document in mode ("":
-// none written, kube-proxy's default) excluding cidr from IPVS. It is built from kube-proxy's own types; every field that
-// marshals as it does in an empty KubeProxyConfiguration (nulls, "", 0,
-// "0s"...) is dropped, which loses nothing: kube-proxy's defaults apply.
+// none written, kube-proxy's default) excluding cidr from IPVS, and nothing
+// else: kube-proxy's defaults apply to the rest. A map literal serves;
+// kube-proxy's Go types would double the package's import graph for four
+// fields (the real kubeadm validates the result in validate_test.go).
 func newProxyNode(mode, cidr string) (*yaml.Node, error) {
-	cfg, err := toJSONMap(kubeproxyv1alpha1.KubeProxyConfiguration{
-		TypeMeta: metav1.TypeMeta{APIVersion: proxyAPI, Kind: kindProxy},
-		Mode:     kubeproxyv1alpha1.ProxyMode(mode),
-		IPVS:     kubeproxyv1alpha1.KubeProxyIPVSConfiguration{ExcludeCIDRs: []string{cidr}},
-	})
-	if err != nil {
-		return nil, err
+	doc := map[string]any{
+		"apiVersion": proxyAPI,
+		"kind":       kindProxy,
+		"ipvs":       map[string]any{"excludeCIDRs": []string{cidr}},
 	}
-	zero, err := toJSONMap(kubeproxyv1alpha1.KubeProxyConfiguration{})
-	if err != nil {
-		return nil, err
+	if mode != "" {
+		doc["mode"] = mode
 	}
-	pruneEqual(cfg, zero)
-	y, err := sigsyaml.Marshal(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("marshal KubeProxyConfiguration: %w", err)
-	}
-	return bytesToNode(y)
-}
-
-func toJSONMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("marshal %T: %w", v, err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("marshal %T: %w", v, err)
-	}
-	return m, nil
-}
-
-// pruneEqual deletes from m, recursively, every value equal to the one at
-// the same place in zero, and reports whether m ends up empty.
-func pruneEqual(m, zero map[string]any) bool {
-	for k, v := range m {
-		z, ok := zero[k]
-		if !ok {
-			continue
-		}
-		vm, vIsMap := v.(map[string]any)
-		zm, zIsMap := z.(map[string]any)
-		switch {
-		case vIsMap && zIsMap:
-			if pruneEqual(vm, zm) {
-				delete(m, k)
-			}
-		case reflect.DeepEqual(v, z):
-			delete(m, k)
-		}
-	}
-	return len(m) == 0
+	return toNode(doc)
 }

@@ -45,6 +45,10 @@ type Resetter struct {
 	// Dataplane opens the IPVS table and plumbing; called only when IPVS
 	// is loaded.
 	Dataplane func() (Dataplane, error)
+	// Plumbing opens the VIP plumbing alone, which needs no IPVS; called
+	// when IPVS is not loaded, so that the interface, address and route
+	// are removed all the same.
+	Plumbing  func() (ipvs.Plumbing, error)
 	Hosts     HostsEditor
 	Files     Files
 	Inspector Inspector
@@ -73,9 +77,7 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 			fmt.Fprintf(r.Out, format+"\n", a...)
 		}
 	}
-	would := ""
 	if o.DryRun {
-		would = "would "
 		say("dry run: nothing is changed")
 	}
 	var errs []error
@@ -110,25 +112,41 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 		r.waitWatchdog(ctx, watchdog, o.WatchdogWait, say, log)
 	}
 
-	// 2. The virtual server and the VIP plumbing.
+	// 2. The virtual server and the VIP plumbing. The plumbing needs no
+	// IPVS: it is removed even when the module is not loaded.
+	var plumbing ipvs.Plumbing
+	var changes []ipvs.Change
 	if !r.Inspector.IPVSAvailable() {
 		say("[ipvs] IPVS is not loaded: no virtual server to delete")
+		if r.Plumbing == nil {
+			fail(StepIPVS, errors.New("IPVS is not loaded and no VIP plumbing can be opened"))
+		} else if p, err := r.Plumbing(); err != nil {
+			fail(StepIPVS, err)
+		} else {
+			plumbing = p
+		}
 	} else if dp, err := r.Dataplane(); err != nil {
 		fail(StepIPVS, err)
-	} else if o.DryRun {
-		if _, err := dp.Get(ctx, o.VIP); err == nil {
-			say("[ipvs] would delete the virtual server %s", o.VIP)
-		} else {
-			say("[ipvs] no virtual server %s", o.VIP)
-		}
-		say("[ipvs] would remove the VIP %s from the interface %s and its route, if vipctl made them", o.VIP.Addr(), o.Interface)
 	} else {
-		changes, err := dp.Delete(ctx, o.VIP)
-		if err != nil {
-			fail(StepIPVS, err)
+		plumbing = dp
+		switch _, err := dp.Get(ctx, o.VIP); {
+		case o.DryRun && err == nil:
+			say("[ipvs] would delete the virtual server %s", o.VIP)
+		case o.DryRun:
+			say("[ipvs] no virtual server %s", o.VIP)
+		default:
+			c, err := dp.Delete(ctx, o.VIP)
+			changes = append(changes, c...)
+			if err != nil {
+				fail(StepIPVS, err)
+			}
 		}
+	}
+	if plumbing != nil && o.DryRun {
+		say("[ipvs] would remove the VIP %s from the interface %s and its route, if vipctl made them", o.VIP.Addr(), o.Interface)
+	} else if plumbing != nil {
 		for _, m := range o.Modes {
-			c, err := dp.RemoveVIP(ctx, ipvs.VIPConfig{Mode: m, Interface: o.Interface, VIP: o.VIP.Addr()})
+			c, err := plumbing.RemoveVIP(ctx, ipvs.VIPConfig{Mode: m, Interface: o.Interface, VIP: o.VIP.Addr()})
 			changes = append(changes, c...)
 			if err != nil {
 				fail(StepIPVS, err)
@@ -167,7 +185,11 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 		say("[modules] removed %s (the loaded modules stay until reboot)", o.ModulesFile)
 	}
 
-	say("vipctl's part is %sundone; run `kubeadm reset` to undo kubeadm's (vipctl never runs it)", would)
+	if o.DryRun {
+		say("dry run: nothing was changed; run it without --dry-run to undo vipctl's part, and `kubeadm reset` to undo kubeadm's (vipctl never runs it)")
+		return errors.Join(errs...)
+	}
+	say("vipctl's part is undone; run `kubeadm reset` to undo kubeadm's (vipctl never runs it)")
 	return errors.Join(errs...)
 }
 

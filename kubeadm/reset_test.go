@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
 func (w *world) resetter() *Resetter {
@@ -20,6 +22,7 @@ func (w *world) resetter() *Resetter {
 			w.dpOpens++
 			return w.dp, w.dpErr
 		},
+		Plumbing:  func() (ipvs.Plumbing, error) { return w.dp, nil },
 		Hosts:     w.hosts,
 		Files:     w.files,
 		Inspector: w.insp,
@@ -147,6 +150,21 @@ func TestResetWithoutIPVS(t *testing.T) {
 	assert.Contains(t, w.out.String(), "IPVS is not loaded")
 }
 
+// The VIP's interface, address and route need no IPVS: they are removed
+// even when the module is not loaded (say after a reboot without the
+// modules file).
+func TestResetWithoutIPVSStillRemovesThePlumbing(t *testing.T) {
+	w := newWorld(t)
+	w.join()
+	require.True(t, w.state().Plumbing)
+	w.insp.ipvsLoaded = false
+	opens := w.dpOpens
+	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	assert.Equal(t, opens, w.dpOpens, "no IPVS handle is opened")
+	assert.False(t, w.state().Plumbing, "the VIP plumbing is removed")
+	assert.Contains(t, w.out.String(), "delete interface vipctl0")
+}
+
 func TestResetDryRunChangesNothing(t *testing.T) {
 	w := newWorld(t)
 	w.join()
@@ -161,4 +179,12 @@ func TestResetDryRunChangesNothing(t *testing.T) {
 	assert.Contains(t, out, "would delete the virtual server 10.103.97.2:6443")
 	assert.Contains(t, out, "would remove "+w.modulesPath())
 	assert.Contains(t, out, "would remove vipctl's line")
+	assert.NotContains(t, out, "is would", "no garbled sentence")
+	assert.NotContains(t, out, "is undone", "a dry run undoes nothing")
+	assert.True(t, strings.HasPrefix(lastLine(out), "dry run: nothing was changed"), "the last line says nothing was changed: %q", lastLine(out))
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
 }

@@ -16,6 +16,8 @@ import (
 
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+
+	"github.com/vipctl/vipctl/internal/atomicfile"
 )
 
 // The real implementations of the join's interfaces.
@@ -26,42 +28,11 @@ type OSFiles struct{}
 // ReadFile implements Files.
 func (OSFiles) ReadFile(path string) ([]byte, error) { return os.ReadFile(path) }
 
-// WriteFile implements Files: a temporary file in the same folder (its name
-// starts with a dot, which the kubelet's static pod source ignores) is
-// written, synced and renamed over path, and the folder is synced.
-func (OSFiles) WriteFile(path string, data []byte, perm fs.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".vipctl-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil // the file is in place; only durability is weaker
-	}
-	_ = d.Sync()
-	return d.Close()
+// WriteFile implements Files with atomicfile: the kubelet's static pod
+// source ignores the temporary file (its name starts with a dot), and once
+// the file is in place a failed folder sync does not fail the write.
+func (OSFiles) WriteFile(path string, data []byte, perm fs.FileMode) error {
+	return atomicfile.WriteFile(path, data, perm)
 }
 
 // MkdirAll implements Files.

@@ -1,16 +1,21 @@
 package manifests
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/vipctl/vipctl/internal/atomicfile"
 )
 
 func TestWriteFileCreatesWithMode0600(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "etc", "kubernetes", "manifests")
+	require.NoError(t, os.MkdirAll(dir, 0o700))
 	path := filepath.Join(dir, "vipctl-care.yaml")
 	require.NoError(t, WriteFile(path, []byte("first\n")))
 
@@ -47,6 +52,31 @@ func TestWriteFileFailsWithoutLeftovers(t *testing.T) {
 	err := WriteFile(path, []byte("data"))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), path)
+	assertOnlyFile(t, dir, "vipctl-care.yaml")
+}
+
+func TestWriteFileDoesNotCreateAMissingFolder(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "etc", "kubernetes", "manifests")
+	err := WriteFile(filepath.Join(dir, "vipctl-care.yaml"), []byte("x"))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	assert.Contains(t, err.Error(), dir)
+	_, err = os.Stat(dir)
+	assert.ErrorIs(t, err, fs.ErrNotExist, "no folder is created silently")
+}
+
+// A folder sync that fails after the rename leaves the manifest in place:
+// the write succeeds rather than telling the user it failed.
+func TestWriteFileSucceedsWhenOnlyTheFolderSyncFails(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "vipctl-care.yaml")
+	synced := false
+	w := atomicfile.Writer{SyncDir: func(string) error { synced = true; return syscall.EIO }}
+	require.NoError(t, writeFile(w, path, []byte("new\n")))
+	assert.True(t, synced, "the folder sync was attempted")
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, "new\n", string(got))
 	assertOnlyFile(t, dir, "vipctl-care.yaml")
 }
 

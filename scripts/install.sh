@@ -8,7 +8,9 @@
 #   2. imports the watchdog image into every runtime it finds running
 #      (containerd: ctr -n k8s.io images import; docker load; podman load)
 #      and checks the tag is present afterwards,
-#   3. writes <root>/etc/modules-load.d/vipctl.conf and loads the modules now,
+#   3. loads the kernel modules now (persisting them for boot is `vipctl join`'s
+#      job: it alone owns /etc/modules-load.d/vipctl.conf, and `vipctl reset`
+#      removes it),
 #   4. prints the next command.
 # Running it again changes nothing that is already right.
 set -eu
@@ -31,7 +33,7 @@ Installs vipctl and its watchdog image from this offline bundle.
   --runtime NAME   import the image into NAME only; auto (default) imports into
                    every runtime that answers: containerd (ctr, honours
                    CONTAINERD_ADDRESS), docker, podman (env VIPCTL_RUNTIME)
-  --skip-modules   neither check, persist nor load kernel modules ($modules)
+  --skip-modules   neither check nor load kernel modules ($modules)
   -h, --help       show this help
 EOF
 }
@@ -210,16 +212,6 @@ for r in $runtimes; do
 done
 
 if [ "$skip_modules" = 0 ]; then
-	conf=$prefix/etc/modules-load.d/vipctl.conf
-	want="# Kernel modules for vipctl's IPVS virtual IP (written by vipctl's $prog).
-$(printf '%s\n' "$modules" | tr ' ' '\n')"
-	if [ -f "$conf" ] && [ "$(cat "$conf")" = "$want" ]; then
-		say "$conf is up to date"
-	elif act "write $conf"; then
-		write_file "$conf" 0644 <<EOF
-$want
-EOF
-	fi
 	if act "load kernel modules: $modules"; then
 		for m in $modules; do
 			module_present "$m" || modprobe "$m" || die "modprobe $m failed"

@@ -19,6 +19,9 @@ func newHostsCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hosts",
 		Short: "Map a name such as apiserver.cluster.local to one address in /etc/hosts",
+		Example: `  vipctl hosts set apiserver.cluster.local 10.103.97.2
+  vipctl hosts show apiserver.cluster.local
+  vipctl hosts remove apiserver.cluster.local`,
 		Long: `Map a name, normally apiserver.cluster.local, to exactly one address in the
 hosts file: the virtual IP on workers, the node's own address on masters.
 
@@ -58,8 +61,8 @@ func newHostsSetCmd(a *app, path *string) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("argument IP: %w", err)
 			}
-			f := hosts.File{Path: *path}
 			log := a.log.With(zap.String("file", *path), zap.String("name", name), zap.Stringer("address", addr))
+			f := hosts.File{Path: *path, NotDurable: notDurable(log)}
 
 			// What Set will displace, to tell the user. A missing file has none.
 			before, _ := f.Lookup(name)
@@ -93,14 +96,16 @@ func newHostsRemoveCmd(a *app, path *string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Remove vipctl's line for NAME; lines vipctl did not write are left alone",
-		Args:  hostsArgs("NAME"),
+		Example: `  vipctl hosts remove apiserver.cluster.local
+  vipctl hosts remove apiserver.cluster.local --hosts-file /host/etc/hosts`,
+		Args: hostsArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := hostsNameArg(args[0])
 			if err != nil {
 				return err
 			}
-			f := hosts.File{Path: *path}
 			log := a.log.With(zap.String("file", *path), zap.String("name", name))
+			f := hosts.File{Path: *path, NotDurable: notDurable(log)}
 			changed, err := f.Remove(cmd.Context(), name)
 			if err != nil {
 				return fmt.Errorf("remove %s from %s: %w", name, *path, err)
@@ -132,6 +137,12 @@ func newHostsRemoveCmd(a *app, path *string) *cobra.Command {
 	}
 }
 
+// notDurable logs a hosts file change that is made but may not survive a
+// crash (its directory could not be synced).
+func notDurable(log *zap.Logger) func(error) {
+	return func(err error) { log.Warn("the hosts file is updated, but may not survive a crash", zap.Error(err)) }
+}
+
 // hostsShow is the JSON form of `vipctl hosts show`.
 type hostsShow struct {
 	File     string          `json:"file"`
@@ -148,6 +159,8 @@ func newHostsShowCmd(a *app, path *string) *cobra.Command {
 address is printed once, in file order (after "vipctl hosts set" there is
 exactly one); --output json also gives the line numbers and which lines are
 vipctl's. Exits non-zero when the file maps NAME to no address.`,
+		Example: `  vipctl hosts show apiserver.cluster.local
+  vipctl hosts show apiserver.cluster.local -o json`,
 		Args: hostsArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "text" && output != "json" {

@@ -16,8 +16,9 @@ import (
 
 func newImageCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "image",
-		Short: "Build vipctl's container image without a Docker engine (for air-gapped installs)",
+		Use:     "image",
+		Short:   "Build vipctl's container image without a Docker engine (for air-gapped installs)",
+		Example: `  vipctl image build --binary linux/amd64=bin/vipctl -o vipctl-image.tar`,
 	}
 	cmd.AddCommand(newImageBuildCmd(a))
 	return cmd
@@ -73,6 +74,11 @@ Formats:
 	fl.StringVar(&f.created, "created", "", "creation time: RFC 3339 or seconds since the epoch (default $SOURCE_DATE_EPOCH, else 0)")
 	fl.StringVar(&f.format, "format", string(image.FormatDocker), "archive format: docker-archive (one platform) or oci-archive")
 	fl.StringVarP(&f.output, "output", "o", "", "file to write the image archive to (required)")
+	formats := make([]string, 0, len(image.Formats()))
+	for _, f := range image.Formats() {
+		formats = append(formats, string(f))
+	}
+	_ = cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(formats, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 

@@ -77,6 +77,9 @@ func newIPVSCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ipvs",
 		Short: "Manage the IPVS virtual server directly (plumbing for tests, join and debugging)",
+		Example: `  vipctl ipvs apply --master 192.0.2.11 --master 192.0.2.12
+  vipctl ipvs show
+  vipctl ipvs delete`,
 	}
 	cmd.AddCommand(newIPVSApplyCmd(a), newIPVSShowCmd(a), newIPVSDeleteCmd(a))
 	return cmd
@@ -153,7 +156,9 @@ func newIPVSShowCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show [--vip VIP[:PORT]] [-o table|json]",
 		Short: "Show the virtual server, its real servers, weights and connection counts",
-		Args:  cobra.NoArgs,
+		Example: `  vipctl ipvs show
+  vipctl ipvs show --vip 10.103.97.2:6443 -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := parseVIP(vip)
 			if err != nil {
@@ -198,7 +203,9 @@ func newIPVSDeleteCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete [--vip VIP[:PORT]]",
 		Short: "Delete the virtual server and the VIP plumbing vipctl created (interface, address, route)",
-		Args:  cobra.NoArgs,
+		Example: `  vipctl ipvs delete
+  vipctl ipvs delete --vip 10.103.97.2:6443 --mode route -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := parseVIP(vip)
 			if err != nil {

@@ -16,8 +16,9 @@ import (
 
 func newKubeadmCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "kubeadm",
-		Short: "kubeadm integration: configuration for a cluster behind the vipctl VIP",
+		Use:     "kubeadm",
+		Short:   "kubeadm integration: configuration for a cluster behind the vipctl VIP",
+		Example: `  vipctl kubeadm config --master 192.168.0.2 --master 192.168.0.3 > kubeadm.yaml`,
 	}
 	cmd.AddCommand(newKubeadmConfigCmd(a))
 	return cmd

@@ -35,8 +35,9 @@ const (
 
 func newKubeProxyCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "kube-proxy",
-		Short: "Keep kube-proxy (IPVS mode) away from vipctl's virtual server in an existing cluster",
+		Use:     "kube-proxy",
+		Short:   "Keep kube-proxy (IPVS mode) away from vipctl's virtual server in an existing cluster",
+		Example: `  vipctl kube-proxy exclude --vip 10.103.97.2 --kubeconfig /etc/kubernetes/admin.conf`,
 	}
 	cmd.AddCommand(newKubeProxyExcludeCmd(a))
 	return cmd

@@ -47,7 +47,11 @@ func TestManifestCmdPrints(t *testing.T) {
 }
 
 func TestManifestCmdWritesFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "manifests", "vipctl-care.yaml")
+	dir := filepath.Join(t.TempDir(), "manifests")
+	path := filepath.Join(dir, "vipctl-care.yaml")
+	_, err := runAppCmd(t, newManifestCmd, "--output-file", path, "--master", "192.168.0.2")
+	require.ErrorContains(t, err, "the folder "+dir+" does not exist", "a missing folder is not created silently")
+	require.NoError(t, os.Mkdir(dir, 0o700))
 	out, err := runAppCmd(t, newManifestCmd, "--output-file", path, "--master", "192.168.0.2,192.168.0.3")
 	require.NoError(t, err)
 	assert.Empty(t, out)

@@ -12,6 +12,7 @@ import (
 	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/hosts"
 	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/ipvs/kernel"
 	"github.com/vipctl/vipctl/kubeadm"
 	"github.com/vipctl/vipctl/manifests"
 )
@@ -36,6 +37,9 @@ alone. Running it again changes nothing.
 
 kubeadm's part is undone by "kubeadm reset", which vipctl never runs. Either
 order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`,
+		Example: `  vipctl reset --dry-run
+  vipctl reset
+  vipctl reset --mode route --vip 10.103.97.2:6443`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := parseVIP(vip)
@@ -57,7 +61,8 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 			defer k.Close()
 			r := &kubeadm.Resetter{
 				Dataplane: k.Dataplane,
-				Hosts:     hosts.File{Path: hostsFile},
+				Plumbing:  func() (ipvs.Plumbing, error) { return kernel.NewPlumbing(a.log), nil },
+				Hosts:     hosts.File{Path: hostsFile, NotDurable: notDurable(a.log)},
 				Files:     kubeadm.OSFiles{},
 				Inspector: kubeadm.System{},
 				Out:       cmd.OutOrStdout(),

@@ -24,6 +24,10 @@ func newRootCmd() *cobra.Command {
 		Long: `vipctl keeps, on every node, an IPVS virtual server VIP:6443 whose real
 servers are the masters' kube-apiservers, health-checks them and integrates
 with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
+		Example: `  vipctl join --master 192.168.0.2 --master 192.168.0.3 -- --token ... --discovery-token-ca-cert-hash sha256:...
+  vipctl status
+  vipctl reset --dry-run
+  source <(vipctl completion bash)`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -45,6 +49,7 @@ with kubeadm. No keepalived, haproxy or external load balancer is needed.`,
 		newStatusCmd(a),
 	)
 	root.AddCommand(nodeCommands(a)...)
+	registerCompletions(root)
 	return root
 }
 

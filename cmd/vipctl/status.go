@@ -71,7 +71,9 @@ func newStatusCmdWith(a *app, env statusEnv) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [--metrics-addr HOST:PORT] [-o table|json]",
 		Short: "Show each master's health (from the running watchdog), weight and connections (from the kernel)",
-		Args:  cobra.NoArgs,
+		Example: `  vipctl status
+  vipctl status --metrics-addr 127.0.0.1:9282 -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("--output %q: want table or json", output)

@@ -13,7 +13,9 @@ func newVersionCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print vipctl's version, commit and Go version",
-		Args:  cobra.NoArgs,
+		Example: `  vipctl version
+  vipctl version -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v := version.Get()
 			switch output {

@@ -41,6 +41,9 @@ const (
 // image with ctr. No registry and no network are involved. It also imports a
 // multi-arch OCI archive and runs the host's platform from it.
 func TestOfflineBundleOnContainerd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the containerd import, which builds a bundle and runs containers (make test runs it)")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: containerd and runc run containers")
 	}

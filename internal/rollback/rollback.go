@@ -1,7 +1,8 @@
 // Package rollback is vipctl's one way to undo a run's changes: each step
 // records how to put back what it changed, as it changes it, and a failed
 // run undoes them, last first, so that the node is left as it was found.
-// ipvs.Converge, `vipctl join` and `vipctl init` all record on a Stack.
+// ipvs.Converge and `vipctl join` record on a Stack; a new command that
+// changes the node records on one too.
 package rollback
 
 import (

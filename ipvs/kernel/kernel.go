@@ -59,6 +59,16 @@ func New(log *zap.Logger) (*Kernel, error) {
 	return k, nil
 }
 
+// NewPlumbing returns the VIP plumbing of the running kernel alone: links,
+// addresses and routes through rtnetlink, which need no IPVS module (reset
+// removes a VIP where IPVS is not loaded).
+func NewPlumbing(log *zap.Logger) ipvs.Plumbing {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Kernel{log: log}
+}
+
 // Close releases the netlink handle.
 func (k *Kernel) Close() error {
 	k.mu.Lock()
