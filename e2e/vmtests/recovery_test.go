@@ -73,7 +73,9 @@ func benchCareLab(t *testing.T, n int, bin string) (*lab.Lab, *lab.Care) {
 	} else {
 		c = l.StartCareBin(bin)
 	}
-	lab.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
+	// Generous: on a loaded host the first probes time out and the
+	// masters come in after Rise probes.
+	lab.WaitFor(t, 30*time.Second, "all masters in", allServing(l))
 	return l, c
 }
 
