@@ -290,7 +290,7 @@ func TestCapacityWaiverNeedsRise(t *testing.T) {
 
 // A master whose health changes every 250 ms to 2 s (cycles of 500 ms to
 // 4 s) leaves the service at most twice in any 10 s and, once its flapping
-// is seen, is out almost the whole time, while the other two carry the
+// is seen, is out most of the time, while the other two carry the
 // load. At 4 Hz (a 250 ms cycle) the probes rarely see two failures in a
 // row: it must not flap the kernel either.
 func TestFlappingStaysMostlyOut(t *testing.T) {
@@ -316,7 +316,11 @@ func TestFlappingStaysMostlyOut(t *testing.T) {
 				return
 			}
 			assert.Equal(t, runs, seen, "the flapping is seen")
-			assert.Less(t, fracs/float64(seen), 0.2, "out almost the whole time once seen")
+			// What is left in service is mostly the time between its first
+			// and second removal, which only Fall failures in a row can end
+			// (a flapping master passes many probes): after the second it
+			// is held down while it flaps.
+			assert.Less(t, fracs/float64(seen), 0.3, "out most of the time once seen")
 		})
 	}
 }
@@ -442,39 +446,6 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// A master back from a recent fall is on probation: its next failure takes
-// it out without waiting for Fall confirmations, until its recent falls
-// have decayed (or with damping off).
-func TestProbation(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		holdDown time.Duration
-		quiet    time.Duration // between its return and the failure
-		fall     int           // failures that take it out
-	}{
-		{"just back", 5 * time.Second, 10 * time.Second, 1},
-		{"quiet for MaxHoldDown", 5 * time.Second, 40 * time.Second, 2},
-		{"damping off", 0, 10 * time.Second, 2},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := DefaultConfig()
-			cfg.HoldDown = tc.holdDown
-			f := newFixture(t, cfg, mA, mB, mC)
-			f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
-			f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
-			f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
-			require.Equal(t, Up, f.phase(mA))
-			f.advance(tc.quiet).probe(mA, ok())
-			for i := 1; i < tc.fall; i++ {
-				f.probe(mA, timedOut())
-				require.Equal(t, Up, f.phase(mA), "failure %d of %d", i, tc.fall)
-			}
-			f.probe(mA, timedOut())
-			assert.Equal(t, Down, f.phase(mA))
-		})
-	}
 }
 
 // A master that may be flapping is probed at irregular intervals, still

@@ -324,7 +324,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		}
 		return []Event{t.setPhase(m, Down, now, "first probe: "+o.Reason)}
 	case Up:
-		if o.OK || (m.failures < t.fall(m) && !o.Conclusive) {
+		if o.OK || (m.failures < t.cfg.Fall && !o.Conclusive) {
 			return nil
 		}
 		m.flaps++
@@ -332,10 +332,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		m.holdUntil = now.Add(t.holdDown(m.flaps))
 		m.heldTold = false
 		why := fmt.Sprintf("%s (%d consecutive failures)", o.Reason, m.failures)
-		switch {
-		case m.failures < t.cfg.Fall && !o.Conclusive:
-			why = fmt.Sprintf("%s: on probation after %d recent falls, one failure takes it out", o.Reason, m.flaps-1)
-		case m.failures < t.cfg.Fall:
+		if m.failures < t.cfg.Fall {
 			why = o.Reason + " after the master closed the sentinel connection"
 		}
 		e := t.setPhase(m, Down, now, why)
@@ -374,18 +371,6 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		return []Event{t.setPhase(m, Up, now, why)}
 	}
 	return nil
-}
-
-// fall is how many consecutive failures take m down: Fall, or one while m
-// is on probation, back up with a recent fall (and damping on). A master
-// flapping faster than Fall probes can confirm is then seen at its next
-// failure instead of looking healthy to most probes; one that fails once a
-// minute has no recent fall left by then.
-func (t *Tracker) fall(m *master) int {
-	if t.cfg.HoldDown > 0 && m.flaps > 0 {
-		return 1
-	}
-	return t.cfg.Fall
 }
 
 func heldReason(m *master) string {

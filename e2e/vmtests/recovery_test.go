@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -63,16 +64,33 @@ func localCopy(t *testing.T, src string) string {
 
 // benchCareLab is careLab with the watchdog binary bin ("" for the one
 // under test).
-func benchCareLab(t *testing.T, n int, bin string) *lab.Lab {
+func benchCareLab(t *testing.T, n int, bin string) (*lab.Lab, *lab.Care) {
 	t.Helper()
 	l := lab.New(t, n)
+	var c *lab.Care
 	if bin == "" {
-		l.StartCare()
+		c = l.StartCare()
 	} else {
-		l.StartCareBin(bin)
+		c = l.StartCareBin(bin)
 	}
-	lab.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
-	return l
+	// Generous: on a loaded host the first probes time out and the
+	// masters come in after Rise probes.
+	lab.WaitFor(t, 30*time.Second, "all masters in", allServing(l))
+	return l, c
+}
+
+// printDecisions prints the watchdog's decisions (transitions, hold-downs,
+// membership changes) to the console, prefixed "care| ", so that a figure
+// can be explained from the console log.
+func printDecisions(c *lab.Care) {
+	for _, line := range strings.Split(c.Log(), "\n") {
+		for _, k := range []string{`"msg":"master `, `"msg":"held-down"`, `"msg":"admit"`, `"msg":"drain"`, `"msg":"fail-open`} {
+			if strings.Contains(line, k) {
+				fmt.Println("care| " + line)
+				break
+			}
+		}
+	}
 }
 
 type fault struct {
@@ -113,6 +131,7 @@ func watchTable(t *testing.T, l *lab.Lab) *tableWatch {
 		back: map[*lab.Master]chan time.Duration{}, serving: map[*lab.Master]bool{}, minIn: len(l.Masters),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	majority := len(l.Masters)/2 + 1
+	first := make(chan struct{})
 	go func() {
 		defer close(w.done)
 		defer rd.Close()
@@ -148,6 +167,10 @@ func watchTable(t *testing.T, l *lab.Lab) *tableWatch {
 			}
 			wasShort, last = isShort, now
 			w.mu.Unlock()
+			if first != nil {
+				close(first)
+				first = nil
+			}
 			select {
 			case <-w.stop:
 				return
@@ -155,6 +178,7 @@ func watchTable(t *testing.T, l *lab.Lab) *tableWatch {
 			}
 		}
 	}()
+	<-first
 	return w
 }
 
@@ -196,7 +220,8 @@ func (w *tableWatch) pending(m *lab.Master) bool {
 func (w *tableWatch) close() { close(w.stop); <-w.done }
 
 func recoveryRun(t *testing.T, prefix, bin string, faults int) {
-	l := benchCareLab(t, 3, bin)
+	l, c := benchCareLab(t, 3, bin)
+	defer printDecisions(c)
 	w := watchTable(t, l)
 	defer w.close()
 	var backs sync.WaitGroup
@@ -252,7 +277,8 @@ func recoveryRun(t *testing.T, prefix, bin string, faults int) {
 // in any 10 s, and in all), its time in service, the client's failures and
 // how soon it is back once the flapping stops.
 func flapRun(t *testing.T, prefix, bin string, hz int) {
-	l := benchCareLab(t, 3, bin)
+	l, c := benchCareLab(t, 3, bin)
+	defer printDecisions(c)
 	m := l.Masters[1]
 	var mu sync.Mutex
 	var removals []time.Time
@@ -286,7 +312,7 @@ func flapRun(t *testing.T, prefix, bin string, hz int) {
 			}
 		}
 	}()
-	c := l.Client(3 * time.Second)
+	client := l.Client(3 * time.Second)
 	var requests, failed int
 	var clients sync.WaitGroup
 	clientsStop := make(chan struct{})
@@ -300,7 +326,7 @@ func flapRun(t *testing.T, prefix, bin string, hz int) {
 			case <-tk.C:
 			}
 			clients.Go(func() {
-				h := l.HitWith(c)
+				h := l.HitWith(client)
 				mu.Lock()
 				requests++
 				if h.Err != nil {
