@@ -131,6 +131,12 @@ func TestCluster(t *testing.T) {
 		names = append(names, name)
 	}
 
+	// The static pods' mirror pods turn Ready once their probes pass (the
+	// nodes stay NotReady: no CNI yet, and these pods need none).
+	t0 = time.Now()
+	_, err = lab.Kubectl(ctx, m1, "wait", "-n", "kube-system", "--for=condition=Ready", "pod", "-l", "tier=control-plane", "--timeout=5m")
+	require.NoError(t, err)
+	t.Logf("control-plane pods Ready %s after the last kubeadm", time.Since(t0).Round(time.Millisecond))
 	nodes, err := lab.Kubectl(ctx, m1, "get", "nodes", "-o", "wide")
 	require.NoError(t, err)
 	t.Logf("kubectl get nodes:\n%s", nodes)
