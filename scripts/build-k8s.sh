@@ -2,7 +2,9 @@
 # Build Kubernetes components (kube-apiserver, kubectl, kubeadm, ...) from the Go
 # module proxy alone (no GitHub, no dl.k8s.io), for the tests that run the real
 # thing: `kubeadm config validate` on vipctl's output, and the lab's real control
-# plane (three kube-apiservers and kubectl clients, see docs/lab.md).
+# plane (three kube-apiservers and kubectl clients, see docs/lab.md), and the
+# cluster e2e's kubelet, kube-controller-manager, kube-scheduler and kube-proxy
+# (e2e/cluster; after kube-apiserver on a cold cache: ~10 min more on 2 busy cores).
 #
 # The k8s.io/kubernetes module has replace directives pointing at ./staging, which
 # its module zip does not contain, so `go install` fails. This script copies the

@@ -131,6 +131,25 @@ func TestCluster(t *testing.T) {
 		names = append(names, name)
 	}
 
+	// Each master's static pods get mirror pods once its kubelet has
+	// registered; they turn Ready when their probes pass (the nodes stay
+	// NotReady: no CNI yet, and these hostNetwork pods need none).
+	t0 = time.Now()
+	var pods []string
+	for _, n := range names {
+		for _, c := range []string{"etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-"} {
+			pods = append(pods, "pod/"+c+n)
+		}
+	}
+	for _, p := range pods {
+		require.Eventually(t, func() bool {
+			_, err := lab.Kubectl(ctx, m1, "get", "-n", "kube-system", p)
+			return err == nil
+		}, 5*time.Minute, time.Second, "%s never appeared", p)
+	}
+	_, err = lab.Kubectl(ctx, m1, append([]string{"wait", "-n", "kube-system", "--for=condition=Ready", "--timeout=5m"}, pods...)...)
+	require.NoError(t, err)
+	t.Logf("control-plane pods Ready %s after the last kubeadm", time.Since(t0).Round(time.Millisecond))
 	nodes, err := lab.Kubectl(ctx, m1, "get", "nodes", "-o", "wide")
 	require.NoError(t, err)
 	t.Logf("kubectl get nodes:\n%s", nodes)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path"
@@ -112,8 +113,8 @@ func kubeProxyFiles(b Binaries, debRoot string) ([]k8simage.File, error) {
 }
 
 // WriteImages writes each image's archive into dir, named by its reference
-// and a hash of its inputs (paths, sizes, times), and sets Tar; an archive
-// already there for the same inputs is reused.
+// and a hash of its inputs (every file's path, mode and content), and sets
+// Tar; an archive already there for the same inputs is reused.
 func WriteImages(dir string, imgs []Image) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -141,13 +142,21 @@ func inputKey(s k8simage.Spec) (string, error) {
 	files := slices.Clone(s.Files)
 	slices.SortFunc(files, func(a, b k8simage.File) int { return strings.Compare(a.Dst, b.Dst) })
 	for _, f := range files {
-		fmt.Fprintf(h, "%s %s %s", f.Dst, f.Src, f.Link)
+		fmt.Fprintf(h, "%s %s", f.Dst, f.Link)
 		if f.Src != "" {
-			st, err := os.Stat(f.Src)
+			src, err := os.Open(f.Src)
 			if err != nil {
 				return "", err
 			}
-			fmt.Fprintf(h, " %d %d", st.Size(), st.ModTime().UnixNano())
+			st, err := src.Stat()
+			if err == nil {
+				fmt.Fprintf(h, " %o ", st.Mode().Perm())
+				_, err = io.Copy(h, src)
+			}
+			src.Close()
+			if err != nil {
+				return "", err
+			}
 		}
 		fmt.Fprintln(h)
 	}

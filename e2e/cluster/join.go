@@ -89,6 +89,8 @@ func (l *Lab) JoinControlPlane(ctx context.Context, n, first *Node, s Secrets) (
 	}
 	cfg := fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: JoinConfiguration
+patches:
+  directory: %[7]s
 nodeRegistration:
   name: %[1]s
   criSocket: unix:///run/containerd/containerd.sock
@@ -106,7 +108,10 @@ controlPlane:
     advertiseAddress: %[2]s
     bindPort: 6443
   certificateKey: %[6]s
-`, n.Name, n.IP, Hostname, s.Token, hash, strings.TrimSpace(string(key)))
+`, n.Name, n.IP, Hostname, s.Token, hash, strings.TrimSpace(string(key)), n.patchDir())
+	if err := n.writePatches(); err != nil {
+		return 0, err
+	}
 	p := filepath.Join(n.Dir, "join.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		return 0, err

@@ -21,12 +21,15 @@ var InitSkipPhases = []string{"addon/coredns", "addon/kube-proxy"}
 // `vipctl kubeadm config --config`: the node's name and address, the CRI
 // socket, and the kubelet settings this machine needs (cgroup v1 with the
 // cgroupfs driver, a cgroupRoot per node so that several kubelets do not
-// clean up each other's pods, no swap check). imagePullPolicy Never: every
+// clean up each other's pods, given as a kubeadm patch because joining
+// nodes download the cluster-wide KubeletConfiguration; no swap check). imagePullPolicy Never: every
 // image is imported beforehand and nothing may be pulled.
 func (n *Node) baseConfig(initExtra string) string {
 	return fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
-%[4]snodeRegistration:
+%[4]spatches:
+  directory: %[3]s
+nodeRegistration:
   name: %[1]s
   criSocket: unix:///run/containerd/containerd.sock
   imagePullPolicy: Never
@@ -40,10 +43,9 @@ kind: ClusterConfiguration
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
-cgroupRoot: %[3]s
 failCgroupV1: false
 failSwapOn: false
-`, n.Name, n.IP, n.CgroupRoot(), initExtra)
+`, n.Name, n.IP, n.patchDir(), initExtra)
 }
 
 // InitResult is what Init measured.
@@ -75,6 +77,9 @@ func (l *Lab) Init(ctx context.Context, n *Node, s *Secrets) (InitResult, error)
 		}
 		args = append(args, "--upload-certs")
 	}
+	if err := n.writePatches(); err != nil {
+		return r, err
+	}
 	base := filepath.Join(n.Dir, "kubeadm-base.yaml")
 	if err := os.WriteFile(base, []byte(n.baseConfig(extra)), 0o600); err != nil {
 		return r, err
@@ -99,4 +104,20 @@ func (l *Lab) Init(ctx context.Context, n *Node, s *Secrets) (InitResult, error)
 // Kubectl runs the real kubectl in n with the admin kubeconfig kubeadm wrote.
 func (l *Lab) Kubectl(ctx context.Context, n *Node, args ...string) ([]byte, error) {
 	return n.Run(ctx, "/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/etc/kubernetes/admin.conf"}, args...)...)
+}
+
+// patchDir holds the node's kubeadm patches (kubeadm's --patches).
+func (n *Node) patchDir() string { return filepath.Join(n.Dir, "patches") }
+
+// writePatches writes the node's own kubelet settings as a kubeadm patch:
+// its cgroupRoot. A setting in the cluster-wide KubeletConfiguration would
+// reach every node that joins, and two kubelets sharing a cgroupRoot kill
+// each other's pods as orphans (runc then fails with "can't get final
+// child's PID from pipe" or "error during container init").
+func (n *Node) writePatches() error {
+	if err := os.MkdirAll(n.patchDir(), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(n.patchDir(), "kubeletconfiguration+merge.yaml"),
+		[]byte("cgroupRoot: "+n.CgroupRoot()+"\n"), 0o644)
 }
