@@ -36,6 +36,11 @@ const (
 	// config gives a service subnet: kubeadm's default, 10.96.0.0/12, holds
 	// vipctl's default VIP 10.103.97.2, so a Service could be given the VIP.
 	DefaultServiceSubnet = "10.96.0.0/16"
+	// DefaultServiceSubnet6 is DefaultServiceSubnet for an IPv6 VIP (a
+	// single-stack IPv6 cluster): kind's IPv6 service subnet, a /112 as
+	// kube-apiserver wants (at most 2^20 addresses), outside vipctl's
+	// default IPv6 VIP fd00:103:97::2.
+	DefaultServiceSubnet6 = "fd00:10:96::/112"
 	// DefaultAPIVersion is the kubeadm API version of new documents.
 	DefaultAPIVersion = V1Beta4
 )
@@ -153,7 +158,11 @@ func Merge(o Options, existing []byte) ([]byte, []string, error) {
 		return def
 	}
 	kubernetesVersion := val(o.KubernetesVersion, cluster, DefaultKubernetesVersion, "kubernetesVersion")
-	serviceSubnet := val(o.ServiceSubnet, cluster, DefaultServiceSubnet, "networking", "serviceSubnet")
+	defaultSubnet := DefaultServiceSubnet
+	if p.vip.Addr().Is6() {
+		defaultSubnet = DefaultServiceSubnet6
+	}
+	serviceSubnet := val(o.ServiceSubnet, cluster, defaultSubnet, "networking", "serviceSubnet")
 	podSubnet := val(o.PodSubnet, cluster, "", "networking", "podSubnet")
 	imageRepository := val(o.ImageRepository, cluster, "", "imageRepository")
 	if err := checkOutside(p.vip.Addr(), "--service-subnet", o.ServiceSubnet, cluster, "serviceSubnet", serviceSubnet); err != nil {
@@ -309,6 +318,10 @@ func parseOptions(o Options) (parsed, error) {
 		if ap.Addr() == p.vip.Addr() {
 			return p, fmt.Errorf("--master %q: equal to the --vip; give the master's own address", m)
 		}
+		if ap.Addr().Is4() != p.vip.Addr().Is4() {
+			// IPVS forwards (masquerades) within one address family.
+			return p, fmt.Errorf("--master %q: not of the --vip %s's address family; the VIP and the masters must both be IPv4 or both IPv6", m, p.vip.Addr())
+		}
 		for _, q := range p.masters {
 			if q.Addr() == ap.Addr() {
 				return p, fmt.Errorf("--master %q: address given twice", m)
@@ -392,7 +405,11 @@ func checkOutside(vip netip.Addr, flag, given string, cluster *yaml.Node, field,
 }
 
 func certSANs(p parsed) []string {
-	sans := []string{"127.0.0.1", ControlPlaneHost, p.vip.Addr().String()}
+	loopback := "127.0.0.1"
+	if p.vip.Addr().Is6() {
+		loopback = "::1"
+	}
+	sans := []string{loopback, ControlPlaneHost, p.vip.Addr().String()}
 	for _, m := range p.masters {
 		sans = append(sans, m.Addr().String())
 	}

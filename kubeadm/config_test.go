@@ -172,9 +172,31 @@ func TestRenderIPv6(t *testing.T) {
 	out, err := Render(Options{VIP: "[fd00::2]:6443", Masters: []string{"fd00::10", "[fd00::11]:6443", "[fd00::12]"}, ServiceSubnet: "fd00:96::/108"})
 	require.NoError(t, err)
 	d := docs(t, out)
-	assert.Equal(t, []string{"127.0.0.1", "apiserver.cluster.local", "fd00::2", "fd00::10", "fd00::11", "fd00::12"}, strs(at(d[kindCluster], "apiServer", "certSANs")))
+	assert.Equal(t, []string{"::1", "apiserver.cluster.local", "fd00::2", "fd00::10", "fd00::11", "fd00::12"}, strs(at(d[kindCluster], "apiServer", "certSANs")),
+		"the IPv6 loopback: a client on a single-stack IPv6 master reaches its apiserver at [::1]")
 	assert.Equal(t, []string{"fd00::2/128"}, strs(at(d[kindProxy], "ipvs", "excludeCIDRs")))
 	assert.Equal(t, "fd00::10", at(d[kindInit], "localAPIEndpoint", "advertiseAddress"))
+	assert.Equal(t, "fd00:96::/108", at(d[kindCluster], "networking", "serviceSubnet"))
+}
+
+func TestRenderIPv6DefaultServiceSubnet(t *testing.T) {
+	out, err := Render(Options{VIP: "fd00:103:97::2", Masters: []string{"fd00:10::11", "fd00:10::12"}})
+	require.NoError(t, err)
+	d := docs(t, out)
+	assert.Equal(t, DefaultServiceSubnet6, at(d[kindCluster], "networking", "serviceSubnet"), "an IPv6 VIP gets an IPv6 service subnet")
+	assert.Equal(t, "apiserver.cluster.local:6443", at(d[kindCluster], "controlPlaneEndpoint"))
+}
+
+func TestRenderRefusesMastersOfTheOtherFamily(t *testing.T) {
+	for _, o := range []Options{
+		{VIP: "fd00:103:97::2", Masters: []string{"fd00:10::11", "192.168.0.3"}},
+		{VIP: "10.103.97.2", Masters: []string{"fd00:10::11"}},
+	} {
+		_, err := Render(o)
+		require.Error(t, err, "%+v", o)
+		assert.ErrorContains(t, err, "address family")
+		assert.ErrorContains(t, err, "--master")
+	}
 }
 
 // leaves flattens a document into path -> scalar value.

@@ -78,21 +78,29 @@ func TestKubeadmConfigValidate(t *testing.T) {
 	dual := baseOptions()
 	dual.PodSubnet = "100.64.0.0/10,fd00:10::/56"
 	dual.ServiceSubnet = "10.97.0.0/16,fd00:20::/108"
+	// Single-stack IPv6 with vipctl's default IPv6 VIP and service subnet.
+	ipv6 := Options{VIP: "fd00:103:97::2", Masters: []string{"fd00:10::11", "[fd00:10::12]:6443", "fd00:10::13"}, PodSubnet: "fd00:10:244::/56"}
+	ipv6SANs := []string{"::1", "apiserver.cluster.local", "fd00:103:97::2", "fd00:10::11", "fd00:10::12", "fd00:10::13"}
+	v4SANs := []string{"127.0.0.1", "apiserver.cluster.local", "10.103.97.2", "192.168.0.2", "192.168.0.3", "192.168.0.4"}
 
 	for _, tc := range []struct {
 		name   string
 		config []byte
 		// what kubeadm must have read, from `kubeadm config migrate`
-		cluster map[string]any
+		cluster   map[string]any
+		sans      []string
+		advertise string
 	}{
-		{"v1beta4", fresh(baseOptions()), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
-		{"v1beta3", fresh(v1beta3), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
-		{"kube-proxy-iptables", fresh(mode("iptables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
-		{"kube-proxy-ipvs", fresh(mode("ipvs")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
-		{"kube-proxy-nftables", fresh(mode("nftables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
-		{"dual-stack", fresh(dual), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
-		{"merged-v1beta4", merged, map[string]any{"kubernetesVersion": "v1.34.2", "clusterName": "prod"}},
-		{"merged-v1beta3", mergedV1beta3, map[string]any{"kubernetesVersion": DefaultKubernetesVersion}},
+		{"v1beta4", fresh(baseOptions()), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
+		{"v1beta3", fresh(v1beta3), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
+		{"kube-proxy-iptables", fresh(mode("iptables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
+		{"kube-proxy-ipvs", fresh(mode("ipvs")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
+		{"kube-proxy-nftables", fresh(mode("nftables")), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
+		{"dual-stack", fresh(dual), map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
+		{"ipv6", fresh(ipv6), map[string]any{"kubernetesVersion": DefaultKubernetesVersion,
+			"networking": map[string]any{"serviceSubnet": DefaultServiceSubnet6, "podSubnet": "fd00:10:244::/56", "dnsDomain": "cluster.local"}}, ipv6SANs, "fd00:10::11"},
+		{"merged-v1beta4", merged, map[string]any{"kubernetesVersion": "v1.34.2", "clusterName": "prod"}, v4SANs, "192.168.0.2"},
+		{"merged-v1beta3", mergedV1beta3, map[string]any{"kubernetesVersion": DefaultKubernetesVersion}, v4SANs, "192.168.0.2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := writeTemp(t, "kubeadm.yaml", tc.config)
@@ -121,10 +129,10 @@ func TestKubeadmConfigValidate(t *testing.T) {
 			require.NotNil(t, initc, "migrated:\n%s", data)
 			assert.Equal(t, "apiserver.cluster.local:6443", at(cluster, "controlPlaneEndpoint"))
 			sans := strs(at(cluster, "apiServer", "certSANs"))
-			for _, want := range []string{"127.0.0.1", "apiserver.cluster.local", "10.103.97.2", "192.168.0.2", "192.168.0.3", "192.168.0.4"} {
+			for _, want := range tc.sans {
 				assert.Contains(t, sans, want)
 			}
-			assert.Equal(t, "192.168.0.2", at(initc, "localAPIEndpoint", "advertiseAddress"))
+			assert.Equal(t, tc.advertise, at(initc, "localAPIEndpoint", "advertiseAddress"))
 			for k, v := range tc.cluster {
 				assert.Equal(t, v, cluster[k], k)
 			}

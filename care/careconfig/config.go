@@ -31,6 +31,12 @@ import (
 const (
 	// DefaultVIP is the virtual IP sealos/lvscare made the convention.
 	DefaultVIP = "10.103.97.2"
+	// DefaultVIP6 is the virtual IP when the masters are IPv6 and no --vip
+	// is given: a unique-local address (RFC 4193, fd00::/8) that mirrors
+	// DefaultVIP, outside the IPv6 service and pod subnets people pick
+	// (kind's and vipctl's fd00:10:96::/112 and fd00:10:244::/56, k3s's
+	// 2001:cafe:42::/56 and 2001:cafe:43::/112, Cilium's fd00::/104).
+	DefaultVIP6 = "fd00:103:97::2"
 	// DefaultPort is the kube-apiserver's port, the port of --vip and
 	// --master when they give none.
 	DefaultPort = 6443
@@ -144,6 +150,15 @@ type Config struct {
 	// (--metrics-addr); empty disables them.
 	MetricsAddr string
 	Once        bool // --once
+}
+
+// DefaultVIPFor is the VIP used when --vip is not given: DefaultVIP6 when
+// the first master is IPv6, else DefaultVIP, on DefaultPort.
+func DefaultVIPFor(masters []netip.AddrPort) netip.AddrPort {
+	if len(masters) > 0 && masters[0].Addr().Is6() {
+		return netip.AddrPortFrom(netip.MustParseAddr(DefaultVIP6), DefaultPort)
+	}
+	return netip.AddrPortFrom(netip.MustParseAddr(DefaultVIP), DefaultPort)
 }
 
 // Default returns the defaults of every flag, with the default VIP and no

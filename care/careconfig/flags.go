@@ -54,7 +54,7 @@ type flag struct {
 // flags lists every watchdog flag, in the order Args renders them.
 var flags = []flag{
 	{"vip", func(f *Flags, fs *pflag.FlagSet, n string) {
-		fs.StringVar(&f.vip, n, f.vip, "virtual server address, IP[:PORT] (port defaults to 6443)")
+		fs.StringVar(&f.vip, n, f.vip, "virtual server address, IP[:PORT] (port defaults to 6443; default ["+DefaultVIP6+"]:6443 when the masters are IPv6)")
 	}},
 	{"master", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.StringArrayVar(&f.masters, n, nil, "a master's apiserver address, IP[:PORT] (port defaults to 6443); repeat or separate with commas")
@@ -260,6 +260,11 @@ func (f *Flags) Config() (Config, []string, error) {
 		if c.Masters, err = ParseMasters(append(slices.Clone(f.masters), f.rs...)); err != nil {
 			return c, nil, err
 		}
+	}
+	if !f.Changed("vip") && c.VIP == DefaultVIPFor(nil) {
+		// The IPv4 default VIP with IPv6 masters cannot work: take the
+		// IPv6 default instead.
+		c.VIP = DefaultVIPFor(c.Masters)
 	}
 	c.NodeIP = netip.Addr{}
 	if f.nodeIP != "" {

@@ -20,6 +20,10 @@ import (
 // DefaultVIP is the virtual IP sealos/lvscare made the convention.
 const DefaultVIP = careconfig.DefaultVIP
 
+// DefaultVIP6 is the virtual IP when the masters are IPv6 and no --vip is
+// given.
+const DefaultVIP6 = careconfig.DefaultVIP6
+
 // DefaultAPIPort is the kube-apiserver's port.
 const DefaultAPIPort = careconfig.DefaultPort
 

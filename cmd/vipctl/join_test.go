@@ -217,3 +217,22 @@ func TestJoinCmdWarnsAboutAnOpenSecretFile(t *testing.T) {
 	assert.Contains(t, stderr.String(), "readable by other users (mode 0644)")
 	assert.NotContains(t, stderr.String(), testJoinToken)
 }
+
+// With IPv6 masters and no --vip, the VIP is the default IPv6 VIP, and the
+// VIP, the node IP and the masters are all IPv6.
+func TestJoinCmdIPv6MastersGetTheIPv6DefaultVIP(t *testing.T) {
+	o, _, err := runJoinFlags(t, "--master", "fd00:10::11", "--master", "[fd00:10::12]:6443", "--node-ip", "fd00:10::1",
+		"--", "--token", testJoinToken, "--discovery-token-ca-cert-hash", "sha256:abc")
+	require.NoError(t, err)
+	vip := netip.MustParseAddr(DefaultVIP6)
+	assert.Equal(t, netip.AddrPortFrom(vip, 6443), o.Service.Service.VIP)
+	assert.Equal(t, ipvs.VIPConfig{Mode: ipvs.ModeLink, Interface: "vipctl0", VIP: vip, NodeIP: netip.MustParseAddr("fd00:10::1")}, o.VIP)
+
+	// An explicit --vip wins; an IPv4 one with IPv6 masters is refused.
+	o, _, err = runJoinFlags(t, "--vip", "[fd00:99::2]:8443", "--master", "fd00:10::11", "--node-ip", "fd00:10::1", "--", "--token", testJoinToken)
+	require.NoError(t, err)
+	assert.Equal(t, netip.MustParseAddrPort("[fd00:99::2]:8443"), o.Service.Service.VIP)
+	_, _, err = runJoinFlags(t, "--vip", "10.103.97.2", "--master", "fd00:10::11", "--node-ip", "fd00:10::1", "--", "--token", testJoinToken)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "address family")
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/kubeadm"
 	"github.com/vipctl/vipctl/manifests"
 )
@@ -35,7 +36,7 @@ type renderFlags struct {
 // (--advertise-address or --node-ip) and whether to register it here.
 func (f *renderFlags) register(cmd *cobra.Command, advertise bool) {
 	fs := cmd.Flags()
-	fs.StringVar(&f.o.VIP, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]; its port is controlPlaneEndpoint's")
+	fs.StringVar(&f.o.VIP, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]; its port is controlPlaneEndpoint's (default ["+DefaultVIP6+"]:6443 when the masters are IPv6)")
 	fs.StringSliceVar(&f.o.Masters, "master", nil, "a master's apiserver address, IP[:PORT]; repeat for each master (required)")
 	if advertise {
 		fs.StringVar(&f.o.AdvertiseAddress, "advertise-address", "", "this master's IP for localAPIEndpoint (default: the first --master)")
@@ -43,7 +44,7 @@ func (f *renderFlags) register(cmd *cobra.Command, advertise bool) {
 	fs.StringVar(&f.o.KubeadmAPI, "kubeadm-api", kubeadm.DefaultAPIVersion, "kubeadm config API: v1beta4, or v1beta3 for kubeadm older than 1.31 (with --config: that file's version)")
 	fs.StringVar(&f.o.KubernetesVersion, "kubernetes-version", kubeadm.DefaultKubernetesVersion, "kubernetesVersion")
 	fs.StringVar(&f.o.PodSubnet, "pod-subnet", "", "networking.podSubnet, CIDR (two comma-separated for dual stack)")
-	fs.StringVar(&f.o.ServiceSubnet, "service-subnet", kubeadm.DefaultServiceSubnet, "networking.serviceSubnet, CIDR; must not hold the VIP")
+	fs.StringVar(&f.o.ServiceSubnet, "service-subnet", kubeadm.DefaultServiceSubnet, "networking.serviceSubnet, CIDR; must not hold the VIP (default "+kubeadm.DefaultServiceSubnet6+" for an IPv6 VIP)")
 	fs.StringVar(&f.o.ImageRepository, "image-repository", "", "imageRepository, e.g. a registry mirror for air-gapped installs")
 	fs.StringVar(&f.o.KubeProxyMode, "kube-proxy-mode", "", "kube-proxy's mode: "+strings.Join(kubeadm.KubeProxyModes, ", ")+
 		" (default: none written, kube-proxy's own default; a mode in --config wins)")
@@ -55,6 +56,14 @@ func (f *renderFlags) register(cmd *cobra.Command, advertise bool) {
 // warnings about values of --config it replaced. Nothing is written.
 func (f *renderFlags) render(cmd *cobra.Command) ([]byte, []string, error) {
 	o := f.o
+	if !cmd.Flags().Changed("vip") && len(o.Masters) > 0 {
+		if m, err := careconfig.ParseMasters(o.Masters[:1]); err == nil {
+			o.VIP = careconfig.DefaultVIPFor(m).String()
+		}
+	}
+	if v, err := careconfig.ParseVIP(o.VIP); err == nil && v.Addr().Is6() && !cmd.Flags().Changed("service-subnet") {
+		o.ServiceSubnet = "" // kubeadm.Merge's IPv6 default, kubeadm.DefaultServiceSubnet6
+	}
 	var existing []byte
 	if f.configFile != "" {
 		// Pass-through flags count only when given, so that --config's

@@ -126,3 +126,16 @@ func TestKubeadmConfigCmdKubeProxyMode(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `--kube-proxy-mode "userspace"`)
 }
+
+func TestKubeadmConfigCmdIPv6Defaults(t *testing.T) {
+	out, err := runAppCmd(t, newKubeadmCmd, "config", "--master", "fd00:10::11", "--master", "fd00:10::12")
+	require.NoError(t, err)
+	want, err := kubeadm.Render(kubeadm.Options{VIP: "[" + DefaultVIP6 + "]:6443", Masters: []string{"fd00:10::11", "fd00:10::12"},
+		KubeadmAPI: kubeadm.DefaultAPIVersion, KubernetesVersion: kubeadm.DefaultKubernetesVersion})
+	require.NoError(t, err)
+	assert.Equal(t, string(want), out)
+	c := kubeadmClusterDoc(t, out)
+	assert.Equal(t, kubeadm.DefaultServiceSubnet6, c["networking"].(map[string]any)["serviceSubnet"])
+	assert.Contains(t, c["apiServer"].(map[string]any)["certSANs"], DefaultVIP6)
+	assert.Contains(t, out, DefaultVIP6+"/128", "the VIP is in kube-proxy's excludeCIDRs")
+}

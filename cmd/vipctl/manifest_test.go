@@ -114,3 +114,21 @@ func TestManifestMetricsAddrReadBack(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, ok, "no manifest")
 }
+
+// With IPv6 masters and no --vip, the manifest's watchdog gets the default
+// IPv6 VIP, bracketed; `vipctl reset` reads it back from the manifest.
+func TestManifestCmdIPv6DefaultVIPAndResetReadsIt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vipctl-care.yaml")
+	_, err := runAppCmd(t, newManifestCmd, "--output-file", path, "--master", "fd00:10::11", "--master", "[fd00:10::12]:6443")
+	require.NoError(t, err)
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var pod corev1.Pod
+	require.NoError(t, yaml.UnmarshalStrict(data, &pod))
+	assert.Contains(t, pod.Spec.Containers[0].Command, "--vip=["+DefaultVIP6+"]:6443")
+	vip, ok := manifestVIP(path)
+	require.True(t, ok)
+	assert.Equal(t, "["+DefaultVIP6+"]:6443", vip)
+	_, ok = manifestVIP(filepath.Join(t.TempDir(), "absent.yaml"))
+	assert.False(t, ok, "no manifest: reset keeps its default")
+}

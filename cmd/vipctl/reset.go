@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -42,6 +43,12 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
   vipctl reset --mode route --vip 10.103.97.2:6443`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			manifestPath := filepath.Join(manifestDir, filepath.Base(manifests.DefaultPath))
+			if !cmd.Flags().Changed("vip") {
+				if m, ok := manifestVIP(manifestPath); ok {
+					vip = m
+				}
+			}
 			v, err := parseVIP(vip)
 			if err != nil {
 				return err
@@ -72,7 +79,7 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 				VIP:          v,
 				Modes:        modes,
 				Interface:    iface,
-				ManifestPath: filepath.Join(manifestDir, filepath.Base(manifests.DefaultPath)),
+				ManifestPath: manifestPath,
 				ModulesFile:  modulesFile,
 				WatchdogAddr: watchdogAddr,
 				WatchdogWait: wait,
@@ -81,7 +88,7 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
+	fs.StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT] (default: the watchdog manifest's --vip, else "+DefaultVIP+":6443)")
 	fs.StringVar(&mode, "mode", "", "remove only this mode's plumbing: link or route (default both)")
 	fs.StringVar(&iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
 	fs.StringVar(&hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
@@ -91,4 +98,19 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 	fs.DurationVar(&wait, "wait", kubeadm.DefaultWatchdogWait, "how long to wait for the kubelet to stop the watchdog")
 	fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and change nothing")
 	return cmd
+}
+
+// manifestVIP is the --vip of the watchdog's manifest at path, the VIP the
+// join set up (an IPv6 join's default VIP differs from --vip's default),
+// read with the watchdog's own parser.
+func manifestVIP(path string) (string, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", false
+	}
+	c, _, err := manifests.ReadCare(b)
+	if err != nil {
+		return "", false
+	}
+	return c.VIP.String(), true
 }

@@ -53,13 +53,13 @@ func (l *Lab) CareArgs(extra ...string) []string {
 	for i, m := range l.Masters {
 		addrs[i] = m.Addr
 	}
-	return careArgs(l.CAFile, addrs, extra)
+	return careArgs(l.VIPPort(), l.CAFile, addrs, extra)
 }
 
-// careArgs is a `vipctl care` command line for masters, verified against
-// caFile, with JSON logs and the lab's metrics address, plus extra.
-func careArgs(caFile string, masters []netip.AddrPort, extra []string) []string {
-	args := []string{"care", "--vip", VIPPort.String(), "--ca-file", caFile, "--log-format", "json", "--metrics-addr", MetricsAddr}
+// careArgs is a `vipctl care` command line for vip and masters, verified
+// against caFile, with JSON logs and the lab's metrics address, plus extra.
+func careArgs(vip netip.AddrPort, caFile string, masters []netip.AddrPort, extra []string) []string {
+	args := []string{"care", "--vip", vip.String(), "--ca-file", caFile, "--log-format", "json", "--metrics-addr", MetricsAddr}
 	for _, m := range masters {
 		args = append(args, "--master", m.String())
 	}
@@ -207,11 +207,17 @@ func (c *Care) CPUTime() (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100
 }
 
-// RealServers reads the VIP's real servers and weights from the kernel; nil
-// when the service does not exist.
+// RealServers reads the IPv4 VIP's real servers and weights from the
+// kernel; nil when the service does not exist.
 func RealServers(t testing.TB) map[netip.AddrPort]int {
 	t.Helper()
-	r, err := NewIPVSReader()
+	return IPv4.RealServers(t)
+}
+
+// RealServers is RealServers for the family's VIP.
+func (f Family) RealServers(t testing.TB) map[netip.AddrPort]int {
+	t.Helper()
+	r, err := f.NewIPVSReader()
 	must(t, err, "ipvs handle")
 	defer r.Close()
 	return r.RealServers()
@@ -221,11 +227,17 @@ func RealServers(t testing.TB) map[netip.AddrPort]int {
 // real server of the VIP with a weight above 0.
 func Serving(rs map[netip.AddrPort]int, m *Master) bool { return rs[m.Addr] > 0 }
 
-// WaitFor polls the kernel every 2 ms until cond holds for the VIP's real
-// servers and returns how long that took.
+// WaitFor polls the kernel every 2 ms until cond holds for the IPv4 VIP's
+// real servers and returns how long that took.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func(map[netip.AddrPort]int) bool) time.Duration {
 	t.Helper()
-	r, err := NewIPVSReader()
+	return IPv4.WaitFor(t, timeout, what, cond)
+}
+
+// WaitFor is WaitFor for the family's VIP.
+func (f Family) WaitFor(t testing.TB, timeout time.Duration, what string, cond func(map[netip.AddrPort]int) bool) time.Duration {
+	t.Helper()
+	r, err := f.NewIPVSReader()
 	must(t, err, "ipvs handle")
 	defer r.Close()
 	start := time.Now()
@@ -259,21 +271,36 @@ func RecordValue(t testing.TB, name string, v float64, unit string) {
 
 // IPVSReader reads the VIP's real servers with one netlink handle, for
 // samplers that poll the kernel often.
-type IPVSReader struct{ h *mobyipvs.Handle }
+type IPVSReader struct {
+	h   *mobyipvs.Handle
+	svc *mobyipvs.Service
+}
 
-// NewIPVSReader opens the handle; Close it.
-func NewIPVSReader() (*IPVSReader, error) {
+// NewIPVSReader opens the handle for the IPv4 VIP; Close it.
+func NewIPVSReader() (*IPVSReader, error) { return IPv4.NewIPVSReader() }
+
+// NewIPVSReader opens the handle for the family's VIP; Close it.
+func (f Family) NewIPVSReader() (*IPVSReader, error) {
 	h, err := mobyipvs.New("")
 	if err != nil {
 		return nil, fmt.Errorf("ipvs handle: %w", err)
 	}
-	return &IPVSReader{h: h}, nil
+	return &IPVSReader{h: h, svc: f.service("")}, nil
+}
+
+// service is the family's VIP service as moby/ipvs names it.
+func (f Family) service(sched string) *mobyipvs.Service {
+	s := &mobyipvs.Service{Address: f.VIP.AsSlice(), Port: 6443, Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff, SchedName: sched}
+	if f.VIP.Is6() {
+		s.AddressFamily, s.Netmask = syscall.AF_INET6, 128
+	}
+	return s
 }
 
 // RealServers returns the VIP's real servers and weights; nil when the
 // service does not exist or cannot be read.
 func (r *IPVSReader) RealServers() map[netip.AddrPort]int {
-	svc, err := r.h.GetService(&mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff})
+	svc, err := r.h.GetService(r.svc)
 	if err != nil {
 		return nil
 	}

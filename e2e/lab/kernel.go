@@ -26,9 +26,19 @@ type Observed struct {
 	MainRoute   string // "dev br0 src 10.10.0.1" for a VIP/32 route in the main table
 }
 
-// Observe reads the kernel state.
+// Observe reads the kernel state of the IPv4 VIP.
 func Observe(t testing.TB) Observed {
 	t.Helper()
+	return IPv4.Observe(t)
+}
+
+// Observe reads the kernel state of the family's VIP.
+func (f Family) Observe(t testing.TB) Observed {
+	t.Helper()
+	VIP, VIPPort, fam := f.VIP, f.VIPPort(), netlink.FAMILY_V4
+	if f.VIP.Is6() {
+		fam = netlink.FAMILY_V6
+	}
 	o := Observed{RealServers: map[string]int{}, Forwarding: map[string]uint32{}}
 	h, err := mobyipvs.New("")
 	must(t, err, "ipvs handle")
@@ -58,26 +68,31 @@ func Observe(t testing.TB) Observed {
 		o.Link = true
 		o.LinkType = lk.Type()
 		o.LinkUp = lk.Attrs().Flags&net.FlagUp != 0
-		addrs, _ := netlink.AddrList(lk, netlink.FAMILY_V4)
+		addrs, _ := netlink.AddrList(lk, fam)
 		for _, a := range addrs {
 			ones, _ := a.Mask.Size()
-			if addr(a.IP) == VIP && ones == 32 {
+			if addr(a.IP) == VIP && ones == VIP.BitLen() {
 				o.VIPOnLink = true
 			}
 		}
 	}
 	for _, table := range []int{unix.RT_TABLE_LOCAL, unix.RT_TABLE_MAIN} {
-		rs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table, Dst: prefix(VIP, 32)}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		rs, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: table, Dst: prefix(VIP, VIP.BitLen())}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
 		must(t, err, "list routes")
 		for _, r := range rs {
 			if r.Dst == nil {
 				continue
 			}
-			if ones, _ := r.Dst.Mask.Size(); ones != 32 {
+			if ones, _ := r.Dst.Mask.Size(); ones != VIP.BitLen() {
 				continue
 			}
 			if table == unix.RT_TABLE_LOCAL {
-				o.LocalSrc = addr(r.Src).String()
+				// Every local route to the VIP, comma-separated, so that
+				// a kernel route left beside vipctl's shows.
+				if o.LocalSrc != "" {
+					o.LocalSrc += ","
+				}
+				o.LocalSrc += addr(r.Src).String()
 			} else {
 				dev := ""
 				if lk, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
@@ -105,13 +120,17 @@ func FlushIPVS(t testing.TB) {
 	must(t, h.Flush(), "flush IPVS")
 }
 
-// SetScheduler changes the VIP's service scheduler behind vipctl's back.
+// SetScheduler changes the IPv4 VIP's service scheduler behind vipctl's back.
 func SetScheduler(t testing.TB, sched string) {
+	t.Helper()
+	IPv4.SetScheduler(t, sched)
+}
+
+// SetScheduler changes the family's VIP service scheduler.
+func (f Family) SetScheduler(t testing.TB, sched string) {
 	t.Helper()
 	h, err := mobyipvs.New("")
 	must(t, err, "ipvs handle")
 	defer h.Close()
-	svc := &mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP,
-		AddressFamily: syscall.AF_INET, Netmask: 0xffffffff, SchedName: sched}
-	must(t, h.UpdateService(svc), "set scheduler "+sched)
+	must(t, h.UpdateService(f.service(sched)), "set scheduler "+sched)
 }

@@ -34,13 +34,49 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Addresses of the lab.
+// Family is a lab's address plan: the node, its masters and the VIP, all
+// in one IP family, the masters on the node's subnet.
+type Family struct {
+	Name   string // "ipv4" or "ipv6": subtest names, measurement suffixes
+	NodeIP netip.Addr
+	VIP    netip.Addr
+	Bits   int                    // prefix length of the node's subnet
+	master func(i int) netip.Addr // the address of master i (1-based)
+}
+
+// The lab's two address plans. The IPv6 one mirrors the IPv4 one in
+// unique-local addresses (RFC 4193), with the VIP outside the node's subnet
+// as in IPv4.
 var (
-	NodeIP   = netip.MustParseAddr("10.10.0.1")
-	VIP      = netip.MustParseAddr("10.103.97.2")
-	VIPPort  = netip.AddrPortFrom(VIP, 6443)
-	bridge   = "br0"
-	prefixV4 = 24
+	IPv4 = Family{Name: "ipv4", NodeIP: netip.MustParseAddr("10.10.0.1"), VIP: netip.MustParseAddr("10.103.97.2"), Bits: 24,
+		master: func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 10, 0, byte(10 + i)}) }}
+	IPv6 = Family{Name: "ipv6", NodeIP: netip.MustParseAddr("fd00:10::1"), VIP: netip.MustParseAddr("fd00:103:97::2"), Bits: 64,
+		master: func(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("fd00:10::%d", 10+i)) }}
+	// Families are both, IPv4 first: the scenarios that run in each.
+	Families = []Family{IPv4, IPv6}
+)
+
+// VIPPort is the family's VIP with the apiserver port.
+func (f Family) VIPPort() netip.AddrPort { return netip.AddrPortFrom(f.VIP, 6443) }
+
+// Master is the address of master i (1-based).
+func (f Family) Master(i int) netip.Addr { return f.master(i) }
+
+// Measure is name for this family's measurements: unchanged for IPv4 (the
+// names docs/benchmarks.md has always had), name_ipv6 for IPv6.
+func (f Family) Measure(name string) string {
+	if f.Name == IPv4.Name {
+		return name
+	}
+	return name + "_" + f.Name
+}
+
+// Addresses of the IPv4 lab, which most scenarios use.
+var (
+	NodeIP  = IPv4.NodeIP
+	VIP     = IPv4.VIP
+	VIPPort = IPv4.VIPPort()
+	bridge  = "br0"
 )
 
 // Lab is a node with n masters.
@@ -51,6 +87,9 @@ type Lab struct {
 	Masters []*Master
 	Vipctl  string // path of the vipctl binary under test
 	self    string // this test binary, re-executed as the fake apiservers
+	// Family is the lab's address plan: l.NodeIP, l.VIP, l.VIPPort(),
+	// l.Observe and the other kernel readers are the family's.
+	Family
 }
 
 // Master is one master: a network namespace and a fake apiserver process.
@@ -76,9 +115,17 @@ func Need(t testing.TB) {
 	}
 }
 
-// New builds the lab with n masters, all healthy, and removes it (and any
-// vipctl state left in the kernel) when the test ends.
+// New builds the IPv4 lab with n masters, all healthy, and removes it (and
+// any vipctl state left in the kernel) when the test ends.
 func New(t testing.TB, n int) *Lab {
+	t.Helper()
+	return NewIn(t, IPv4, n)
+}
+
+// NewIn is New with the addresses of family f. Addresses are added without
+// duplicate address detection (IPv6 DAD), like the long-settled addresses
+// of a real node and its masters: a tentative address can be no source.
+func NewIn(t testing.TB, f Family, n int) *Lab {
 	t.Helper()
 	Need(t)
 	self, err := os.Executable()
@@ -89,22 +136,22 @@ func New(t testing.TB, n int) *Lab {
 	if vipctl == "" {
 		t.Fatal("VIPCTL_BIN is not set")
 	}
-	l := &Lab{t: t, Dir: t.TempDir(), Vipctl: vipctl, self: self}
+	l := &Lab{t: t, Dir: t.TempDir(), Vipctl: vipctl, self: self, Family: f}
 	l.CAFile = filepath.Join(l.Dir, "ca.crt")
 	t.Cleanup(l.teardown)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridge}}
 	must(t, netlink.LinkAdd(br), "add bridge")
-	must(t, netlink.AddrAdd(br, &netlink.Addr{IPNet: prefix(NodeIP, prefixV4)}), "node IP")
+	must(t, netlink.AddrAdd(br, settled(prefix(f.NodeIP, f.Bits))), "node IP")
 	must(t, netlink.LinkSetUp(br), "bridge up")
 	for i := 1; i <= n; i++ {
-		m := &Master{lab: l, Name: fmt.Sprintf("master%d", i), IP: netip.AddrFrom4([4]byte{10, 10, 0, byte(10 + i)})}
+		m := &Master{lab: l, Name: fmt.Sprintf("master%d", i), IP: f.Master(i)}
 		m.Addr = netip.AddrPortFrom(m.IP, 6443)
 		m.HostVeth = fmt.Sprintf("vm%d", i)
 		m.statusFile = filepath.Join(l.Dir, m.Name+".status")
 		l.Masters = append(l.Masters, m)
 		m.setupNetwork(t)
 	}
-	must(t, writePKI(l.Dir, VIP, l.Masters), "lab PKI")
+	must(t, writePKI(l.Dir, l.VIP, l.Masters), "lab PKI")
 	for _, m := range l.Masters {
 		m.Start()
 	}
@@ -122,7 +169,16 @@ func must(t testing.TB, err error, what string) {
 }
 
 func prefix(a netip.Addr, bits int) *net.IPNet {
-	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, 32)}
+	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, a.BitLen())}
+}
+
+// settled is the address a without duplicate address detection for IPv6.
+func settled(a *net.IPNet) *netlink.Addr {
+	addr := &netlink.Addr{IPNet: a}
+	if a.IP.To4() == nil {
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	return addr
 }
 
 func (m *Master) setupNetwork(t testing.TB) {
@@ -149,7 +205,7 @@ func (m *Master) setupNetwork(t testing.TB) {
 	defer h.Close()
 	eth, err := h.LinkByName("eth0")
 	must(t, err, "eth0 in "+m.Name)
-	must(t, h.AddrAdd(eth, &netlink.Addr{IPNet: prefix(m.IP, prefixV4)}), "address in "+m.Name)
+	must(t, h.AddrAdd(eth, settled(prefix(m.IP, m.lab.Family.Bits))), "address in "+m.Name)
 	must(t, h.LinkSetUp(eth), "eth0 up")
 	lo, err := h.LinkByName("lo")
 	must(t, err, "lo in "+m.Name)
@@ -227,7 +283,7 @@ func (l *Lab) teardown() {
 		m.Kill()
 	}
 	// Leave no vipctl state behind for the next scenario.
-	exec.Command(l.Vipctl, "ipvs", "delete", "--vip", VIPPort.String()).Run()
+	exec.Command(l.Vipctl, "ipvs", "delete", "--vip", l.VIPPort().String()).Run()
 	for _, m := range l.Masters {
 		if lk, err := netlink.LinkByName(m.HostVeth); err == nil {
 			netlink.LinkDel(lk)
@@ -270,13 +326,16 @@ func (l *Lab) HitVIP(n int, timeout time.Duration) []Hit {
 	c := l.Client(timeout)
 	hits := make([]Hit, 0, n)
 	for range n {
-		hits = append(hits, hit(c, "https://"+VIPPort.String()+"/"))
+		hits = append(hits, hit(c, l.VIPURL("/")))
 	}
 	return hits
 }
 
+// VIPURL is https://VIP:6443 with path, the VIP bracketed when IPv6.
+func (l *Lab) VIPURL(path string) string { return "https://" + l.VIPPort().String() + path }
+
 // HitWith makes one request to https://VIP:6443/ with c.
-func (l *Lab) HitWith(c *http.Client) Hit { return hit(c, "https://"+VIPPort.String()+"/") }
+func (l *Lab) HitWith(c *http.Client) Hit { return hit(c, l.VIPURL("/")) }
 
 func hit(c *http.Client, url string) Hit {
 	resp, err := c.Get(url)

@@ -192,7 +192,7 @@ func (r *Real) CareArgs(extra ...string) []string {
 	for i, m := range r.Masters {
 		addrs[i] = m.Addr
 	}
-	return careArgs(r.CAFile, addrs, extra)
+	return careArgs(VIPPort, r.CAFile, addrs, extra)
 }
 
 // StartCare starts `vipctl care` for the real masters and waits until it

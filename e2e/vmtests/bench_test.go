@@ -30,6 +30,16 @@ func benchTrials(t *testing.T) int {
 	return n
 }
 
+// benchFamily is the address family of the failover benchmarks: IPv6 when
+// VIPCTL_BENCH_FAMILY=ipv6 (`vmlab bench6`), else IPv4. IPv6 measurements
+// are named name_ipv6.
+func benchFamily() lab.Family {
+	if os.Getenv("VIPCTL_BENCH_FAMILY") == lab.IPv6.Name {
+		return lab.IPv6
+	}
+	return lab.IPv4
+}
+
 // Kill a master's apiserver process, time until the kernel stops sending it
 // new connections; restart it and wait until it is back. The hold-down is
 // off so that every trial measures detection, not flap damping. Each kill
@@ -37,60 +47,60 @@ func benchTrials(t *testing.T) int {
 // (right after the watchdog starts or a master returns, a kill is noticed
 // by the periodic probe instead: within interval + jitter + fall re-probes).
 func TestBenchKill(t *testing.T) {
-	n := benchTrials(t)
-	l, _ := careLab(t, 3, "--hold-down=0")
+	n, fam := benchTrials(t), benchFamily()
+	l, _ := careLabIn(t, fam, 3, "--hold-down=0")
 	for i := range n {
 		m := l.Masters[i%len(l.Masters)]
 		require.NoError(t, lab.Poll(10*time.Second, func() bool { return sentinelsHeld(t) == len(l.Masters) }), "sentinels held")
 		t0 := time.Now()
 		m.Kill()
-		lab.WaitFor(t, 10*time.Second, "out", out(m))
-		lab.Record(t, "kill_to_out", time.Since(t0))
+		l.WaitFor(t, 10*time.Second, "out", out(m))
+		lab.Record(t, fam.Measure("kill_to_out"), time.Since(t0))
 		t1 := time.Now()
 		m.Start()
-		lab.WaitFor(t, 15*time.Second, "back", in(m))
-		lab.Record(t, "restart_to_in", time.Since(t1))
+		l.WaitFor(t, 15*time.Second, "back", in(m))
+		lab.Record(t, fam.Measure("restart_to_in"), time.Since(t1))
 	}
 }
 
 // Cut a master's link (packets dropped, no RST): time until it is out, and
 // until a client's established connection to it through the VIP errors.
 func TestBenchBlackhole(t *testing.T) {
-	n := benchTrials(t)
-	l, _ := careLab(t, 2, "--hold-down=0")
+	n, fam := benchTrials(t), benchFamily()
+	l, _ := careLabIn(t, fam, 2, "--hold-down=0")
 	for range n {
 		name, done, closeWatch := openWatch(t, l)
 		m := master(l, name)
 		require.NotNil(t, m)
 		t0 := time.Now()
 		m.LinkDown()
-		lab.WaitFor(t, 15*time.Second, "out", out(m))
+		l.WaitFor(t, 15*time.Second, "out", out(m))
 		outAt := time.Now()
-		lab.Record(t, "blackhole_to_out", outAt.Sub(t0))
+		lab.Record(t, fam.Measure("blackhole_to_out"), outAt.Sub(t0))
 		select {
 		case <-done:
 			now := time.Now()
-			lab.Record(t, "established_reset_after_out", now.Sub(outAt))
-			lab.Record(t, "blackhole_to_client_error", now.Sub(t0))
+			lab.Record(t, fam.Measure("established_reset_after_out"), now.Sub(outAt))
+			lab.Record(t, fam.Measure("blackhole_to_client_error"), now.Sub(t0))
 		case <-time.After(10 * time.Second):
 			t.Fatal("the established connection was not reset")
 		}
 		closeWatch()
 		m.LinkUp()
-		lab.WaitFor(t, 15*time.Second, "back", in(m))
+		l.WaitFor(t, 15*time.Second, "back", in(m))
 	}
 }
 
 // Flush every IPVS rule (ipvsadm -C, kube-proxy in nftables mode starting)
 // and time until the service and all real servers are back.
 func TestBenchFlush(t *testing.T) {
-	n := benchTrials(t)
-	l, _ := careLab(t, 3)
+	n, fam := benchTrials(t), benchFamily()
+	l, _ := careLabIn(t, fam, 3)
 	for range n {
 		t0 := time.Now()
 		lab.FlushIPVS(t)
-		lab.WaitFor(t, 5*time.Second, "restored", allServing(l))
-		lab.Record(t, "flush_to_restored", time.Since(t0))
+		l.WaitFor(t, 5*time.Second, "restored", allServing(l))
+		lab.Record(t, fam.Measure("flush_to_restored"), time.Since(t0))
 		// Let a flush land at a random point of the poll period.
 		time.Sleep(time.Duration(37+time.Now().UnixNano()%60) * time.Millisecond)
 	}

@@ -18,13 +18,19 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// careLab starts a lab of n masters and the watchdog (with extra flags)
-// and waits until every master is in the IPVS service.
+// careLab starts an IPv4 lab of n masters and the watchdog (with extra
+// flags) and waits until every master is in the IPVS service.
 func careLab(t *testing.T, n int, extra ...string) (*lab.Lab, *lab.Care) {
 	t.Helper()
-	l := lab.New(t, n)
+	return careLabIn(t, lab.IPv4, n, extra...)
+}
+
+// careLabIn is careLab with the addresses of family fam.
+func careLabIn(t *testing.T, fam lab.Family, n int, extra ...string) (*lab.Lab, *lab.Care) {
+	t.Helper()
+	l := lab.NewIn(t, fam, n)
 	c := l.StartCare(extra...)
-	lab.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
+	l.WaitFor(t, 10*time.Second, "all masters in", allServing(l))
 	return l, c
 }
 
@@ -53,7 +59,7 @@ func in(m *lab.Master) func(map[netip.AddrPort]int) bool {
 func openWatch(t *testing.T, l *lab.Lab) (string, <-chan error, func()) {
 	t.Helper()
 	c := l.Client(0)
-	req, err := http.NewRequest("GET", "https://"+lab.VIPPort.String()+"/watch", nil)
+	req, err := http.NewRequest("GET", l.VIPURL("/watch"), nil)
 	require.NoError(t, err)
 	resp, err := c.Do(req)
 	require.NoError(t, err)
@@ -83,20 +89,58 @@ func master(l *lab.Lab, name string) *lab.Master {
 }
 
 func TestCareKillAndRestartMaster(t *testing.T) {
-	l, _ := careLab(t, 3)
-	m := l.Masters[1]
-	killed := time.Now()
-	m.Kill()
-	d := lab.WaitFor(t, 10*time.Second, m.Name+" out", out(m))
-	lab.Record(t, "kill_to_out", time.Since(killed))
-	_ = d
-	for _, h := range l.HitVIP(12, 3*time.Second) {
-		assert.NoError(t, h.Err)
-		assert.NotEqual(t, m.Name, h.Master)
+	eachFamily(t, func(t *testing.T, fam lab.Family) {
+		l, _ := careLabIn(t, fam, 3)
+		m := l.Masters[1]
+		killed := time.Now()
+		m.Kill()
+		l.WaitFor(t, 10*time.Second, m.Name+" out", out(m))
+		lab.Record(t, fam.Measure("kill_to_out"), time.Since(killed))
+		for _, h := range l.HitVIP(12, 3*time.Second) {
+			assert.NoError(t, h.Err)
+			assert.NotEqual(t, m.Name, h.Master)
+		}
+		assertStatusShows(t, l, m)
+		m.Start()
+		l.WaitFor(t, 15*time.Second, m.Name+" back in", in(m))
+		assert.Equal(t, 3, len(lab.Count(l.HitVIP(9, 3*time.Second))), "all three masters answer again")
+	})
+}
+
+// assertStatusShows checks `vipctl status` (table and JSON) while down is
+// out: the VIP and every master by address (bracketed when IPv6), down's
+// weight 0 and the others' 1.
+func assertStatusShows(t *testing.T, l *lab.Lab, down *lab.Master) {
+	t.Helper()
+	table, err := l.Run("status", "--vip", l.VIPPort().String(), "--metrics-addr", lab.MetricsAddr)
+	require.NoError(t, err)
+	for _, m := range l.Masters {
+		assert.Contains(t, table, m.Addr.String(), "status lists %s", m.Name)
 	}
-	m.Start()
-	lab.WaitFor(t, 15*time.Second, m.Name+" back in", in(m))
-	assert.Equal(t, 3, len(lab.Count(l.HitVIP(9, 3*time.Second))), "all three masters answer again")
+	js, err := l.Run("status", "--vip", l.VIPPort().String(), "--metrics-addr", lab.MetricsAddr, "-o", "json")
+	require.NoError(t, err)
+	var st struct {
+		VIP     string `json:"vip"`
+		Masters []struct {
+			Address string `json:"address"`
+			Weight  int    `json:"weight"`
+		} `json:"masters"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(js), &st), js)
+	assert.Equal(t, l.VIPPort().String(), st.VIP)
+	weights := map[string]int{}
+	for _, r := range st.Masters {
+		weights[r.Address] = r.Weight
+	}
+	for _, m := range l.Masters {
+		want := 1
+		if m == down {
+			want = 0
+		}
+		got, ok := weights[m.Addr.String()]
+		assert.True(t, ok, "status has a row for %s: %v", m.Addr, weights)
+		assert.Equal(t, want, got, "weight of %s", m.Name)
+	}
 }
 
 func TestCareStartupSequence403Then500Then200(t *testing.T) {
@@ -136,30 +180,32 @@ func TestCareEtcdDown500(t *testing.T) {
 }
 
 func TestCareLinkDownResetsEstablishedConnections(t *testing.T) {
-	l, _ := careLab(t, 2)
-	name, done, closeWatch := openWatch(t, l)
-	defer closeWatch()
-	m := master(l, name)
-	require.NotNil(t, m)
-	t0 := time.Now()
-	m.LinkDown()
-	lab.WaitFor(t, 15*time.Second, m.Name+" out after link down", out(m))
-	outAt := time.Now()
-	lab.Record(t, "blackhole_to_out", outAt.Sub(t0))
-	select {
-	case err := <-done:
-		lab.Record(t, "established_reset_after_out", time.Since(outAt))
-		assert.Error(t, err, "the client sees its connection end")
-	case <-time.After(10 * time.Second):
-		t.Fatal("the established connection to the dead master was not reset")
-	}
-	// New requests go to the healthy master.
-	for _, h := range l.HitVIP(6, 3*time.Second) {
-		assert.NoError(t, h.Err)
-		assert.NotEqual(t, m.Name, h.Master)
-	}
-	m.LinkUp()
-	lab.WaitFor(t, 15*time.Second, m.Name+" back after link up", in(m))
+	eachFamily(t, func(t *testing.T, fam lab.Family) {
+		l, _ := careLabIn(t, fam, 2)
+		name, done, closeWatch := openWatch(t, l)
+		defer closeWatch()
+		m := master(l, name)
+		require.NotNil(t, m)
+		t0 := time.Now()
+		m.LinkDown()
+		l.WaitFor(t, 15*time.Second, m.Name+" out after link down", out(m))
+		outAt := time.Now()
+		lab.Record(t, fam.Measure("blackhole_to_out"), outAt.Sub(t0))
+		select {
+		case err := <-done:
+			lab.Record(t, fam.Measure("established_reset_after_out"), time.Since(outAt))
+			assert.Error(t, err, "the client sees its connection end")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the established connection to the dead master was not reset")
+		}
+		// New requests go to the healthy master.
+		for _, h := range l.HitVIP(6, 3*time.Second) {
+			assert.NoError(t, h.Err)
+			assert.NotEqual(t, m.Name, h.Master)
+		}
+		m.LinkUp()
+		l.WaitFor(t, 15*time.Second, m.Name+" back after link up", in(m))
+	})
 }
 
 // maxWeightChanges is the most weight changes the damping of c allows a
@@ -227,7 +273,11 @@ func TestCareFlappingMasterDoesNotFlapTheKernel(t *testing.T) {
 }
 
 func TestCareAllMastersDownFailsOpen(t *testing.T) {
-	l, _ := careLab(t, 3)
+	eachFamily(t, testCareAllMastersDownFailsOpen)
+}
+
+func testCareAllMastersDownFailsOpen(t *testing.T, fam lab.Family) {
+	l, _ := careLabIn(t, fam, 3)
 	for _, m := range l.Masters {
 		m.Kill()
 	}
@@ -235,7 +285,7 @@ func TestCareAllMastersDownFailsOpen(t *testing.T) {
 	// (fail open), so clients retry rather than get nothing.
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		rs := lab.RealServers(t)
+		rs := l.RealServers(t)
 		require.NotNil(t, rs, "the service exists")
 		serving := 0
 		for _, m := range l.Masters {
@@ -249,7 +299,7 @@ func TestCareAllMastersDownFailsOpen(t *testing.T) {
 	assert.Equal(t, true, careStatus(t)["failOpen"], "the watchdog reports fail-open")
 	back := l.Masters[2]
 	back.Start()
-	lab.WaitFor(t, 15*time.Second, "only the recovered master serves", func(rs map[netip.AddrPort]int) bool {
+	l.WaitFor(t, 15*time.Second, "only the recovered master serves", func(rs map[netip.AddrPort]int) bool {
 		return lab.Serving(rs, back) && !lab.Serving(rs, l.Masters[0]) && !lab.Serving(rs, l.Masters[1])
 	})
 	for _, h := range l.HitVIP(6, 3*time.Second) {
@@ -272,33 +322,39 @@ func careStatus(t *testing.T) map[string]any {
 }
 
 func TestCareRepairsFlushedRules(t *testing.T) {
-	l, _ := careLab(t, 2)
-	for range 5 {
-		t0 := time.Now()
-		lab.FlushIPVS(t)
-		lab.WaitFor(t, 5*time.Second, "restored after flush", allServing(l))
-		lab.Record(t, "flush_to_restored", time.Since(t0))
-	}
-	for _, h := range l.HitVIP(4, 3*time.Second) {
-		assert.NoError(t, h.Err)
-	}
+	eachFamily(t, func(t *testing.T, fam lab.Family) {
+		l, _ := careLabIn(t, fam, 2)
+		for range 5 {
+			t0 := time.Now()
+			lab.FlushIPVS(t)
+			l.WaitFor(t, 5*time.Second, "restored after flush", allServing(l))
+			lab.Record(t, fam.Measure("flush_to_restored"), time.Since(t0))
+		}
+		for _, h := range l.HitVIP(4, 3*time.Second) {
+			assert.NoError(t, h.Err)
+		}
+	})
 }
 
+// The kernel adds its own local route (source the VIP) back with the
+// address; the watchdog must put vipctl's (source the node IP) back alone.
 func TestCareRepairsDeletedInterface(t *testing.T) {
-	l, _ := careLab(t, 2)
-	lk, err := netlink.LinkByName("vipctl0")
-	require.NoError(t, err)
-	t0 := time.Now()
-	require.NoError(t, netlink.LinkDel(lk))
-	require.NoError(t, lab.Poll(5*time.Second, func() bool {
-		o := lab.Observe(t)
-		return o.Link && o.LinkUp && o.VIPOnLink && o.LocalSrc == lab.NodeIP.String()
-	}), "vipctl0, the VIP and its src route come back")
-	lab.Record(t, "interface_deleted_to_restored", time.Since(t0))
-	for _, h := range l.HitVIP(4, 3*time.Second) {
-		assert.NoError(t, h.Err)
-		assert.Equal(t, lab.NodeIP, h.Src)
-	}
+	eachFamily(t, func(t *testing.T, fam lab.Family) {
+		l, _ := careLabIn(t, fam, 2)
+		lk, err := netlink.LinkByName("vipctl0")
+		require.NoError(t, err)
+		t0 := time.Now()
+		require.NoError(t, netlink.LinkDel(lk))
+		require.NoError(t, lab.Poll(5*time.Second, func() bool {
+			o := l.Observe(t)
+			return o.Link && o.LinkUp && o.VIPOnLink && o.LocalSrc == l.NodeIP.String()
+		}), "vipctl0, the VIP and its src route come back: %+v", l.Observe(t))
+		lab.Record(t, fam.Measure("interface_deleted_to_restored"), time.Since(t0))
+		for _, h := range l.HitVIP(4, 3*time.Second) {
+			assert.NoError(t, h.Err)
+			assert.Equal(t, l.NodeIP, h.Src)
+		}
+	})
 }
 
 func TestCareRestartKeepsStateAndConnections(t *testing.T) {

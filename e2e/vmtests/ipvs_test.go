@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -12,10 +13,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vipctl/vipctl/e2e/lab"
 	"github.com/vipctl/vipctl/ipvs/kernel"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 func applyArgs(l *lab.Lab, mode string, masters ...*lab.Master) []string {
-	args := []string{"ipvs", "apply", "--vip", lab.VIPPort.String(), "--mode", mode, "-o", "json"}
+	args := []string{"ipvs", "apply", "--vip", l.VIPPort().String(), "--mode", mode, "-o", "json"}
 	for _, m := range masters {
 		args = append(args, "--master", m.Addr.String())
 	}
@@ -62,21 +65,19 @@ func TestApplyCreatesExactlyTheDesiredState(t *testing.T) {
 }
 
 func TestApplyTwiceChangesNothing(t *testing.T) {
-	for _, mode := range []string{"link", "route"} {
-		t.Run(mode, func(t *testing.T) {
-			l := lab.New(t, 3)
-			first := apply(t, l, mode, l.Masters...)
-			require.NotEmpty(t, first.Changes)
-			s1 := lab.Observe(t)
-			second := apply(t, l, mode, l.Masters...)
-			assert.Empty(t, second.Changes, "the second apply reports no change")
-			assert.Equal(t, s1, lab.Observe(t), "the kernel state is the same")
-			out, err := l.Run("ipvs", "apply", "--vip", lab.VIPPort.String(), "--mode", mode,
-				"--master", l.Masters[0].Addr.String(), "--master", l.Masters[1].Addr.String(), "--master", l.Masters[2].Addr.String())
-			require.NoError(t, err)
-			assert.Contains(t, out, "no changes", "the text output says so too")
-		})
-	}
+	eachFamilyAndMode(t, func(t *testing.T, fam lab.Family, mode string) {
+		l := lab.NewIn(t, fam, 3)
+		first := apply(t, l, mode, l.Masters...)
+		require.NotEmpty(t, first.Changes)
+		s1 := l.Observe(t)
+		second := apply(t, l, mode, l.Masters...)
+		assert.Empty(t, second.Changes, "the second apply reports no change")
+		assert.Equal(t, s1, l.Observe(t), "the kernel state is the same")
+		out, err := l.Run("ipvs", "apply", "--vip", l.VIPPort().String(), "--mode", mode,
+			"--master", l.Masters[0].Addr.String(), "--master", l.Masters[1].Addr.String(), "--master", l.Masters[2].Addr.String())
+		require.NoError(t, err)
+		assert.Contains(t, out, "no changes", "the text output says so too")
+	})
 }
 
 func TestWeightChangeIsAnUpdateNotARecreate(t *testing.T) {
@@ -99,26 +100,43 @@ func TestWeightChangeIsAnUpdateNotARecreate(t *testing.T) {
 }
 
 func TestLocalClientReachesEveryMasterThroughTheVIP(t *testing.T) {
-	for _, mode := range []string{"link", "route"} {
-		t.Run(mode, func(t *testing.T) {
-			l := lab.New(t, 2)
-			apply(t, l, mode, l.Masters...)
-			o := lab.Observe(t)
-			if mode == "route" {
-				assert.False(t, o.Link, "route mode creates no interface")
-				assert.Equal(t, "dev br0 src "+lab.NodeIP.String(), o.MainRoute)
-			}
-			hits := l.HitVIP(20, 3*time.Second)
-			for _, h := range hits {
-				require.NoError(t, h.Err)
-				assert.Equal(t, lab.NodeIP, h.Src, "the master sees the node IP, not the VIP: no SNAT involved")
-			}
-			c := lab.Count(hits)
-			assert.Equal(t, 10, c["master1"], "round robin: %v", c)
-			assert.Equal(t, 10, c["master2"], "round robin: %v", c)
-			assertNoIptables(t)
-		})
+	eachFamilyAndMode(t, func(t *testing.T, fam lab.Family, mode string) {
+		l := lab.NewIn(t, fam, 2)
+		apply(t, l, mode, l.Masters...)
+		o := l.Observe(t)
+		if mode == "route" {
+			assert.False(t, o.Link, "route mode creates no interface")
+			assert.Equal(t, "dev br0 src "+l.NodeIP.String(), o.MainRoute)
+		} else {
+			assert.Equal(t, l.NodeIP.String(), o.LocalSrc, "one local route to the VIP, with the node IP as source")
+		}
+		hits := l.HitVIP(20, 3*time.Second)
+		for _, h := range hits {
+			require.NoError(t, h.Err)
+			assert.Equal(t, l.NodeIP, h.Src, "the master sees the node IP, not the VIP: no SNAT involved")
+		}
+		c := lab.Count(hits)
+		assert.Equal(t, 10, c["master1"], "round robin: %v", c)
+		assert.Equal(t, 10, c["master2"], "round robin: %v", c)
+		assertNoIptables(t)
+	})
+}
+
+// eachFamily runs f as a subtest per IP family ("ipv4", "ipv6").
+func eachFamily(t *testing.T, f func(t *testing.T, fam lab.Family)) {
+	for _, fam := range lab.Families {
+		t.Run(fam.Name, func(t *testing.T) { f(t, fam) })
 	}
+}
+
+// eachFamilyAndMode runs f as a subtest per IP family and VIP mode
+// ("ipv4/link" ... "ipv6/route").
+func eachFamilyAndMode(t *testing.T, f func(t *testing.T, fam lab.Family, mode string)) {
+	eachFamily(t, func(t *testing.T, fam lab.Family) {
+		for _, mode := range []string{"link", "route"} {
+			t.Run(mode, func(t *testing.T) { f(t, fam, mode) })
+		}
+	})
 }
 
 // assertNoIptables shows that no NAT rules are involved: the VM's kernel has
@@ -150,22 +168,20 @@ func TestRemovingAMasterMovesNewConnectionsToTheRest(t *testing.T) {
 }
 
 func TestDeleteLeavesNothingBehind(t *testing.T) {
-	for _, mode := range []string{"link", "route"} {
-		t.Run(mode, func(t *testing.T) {
-			l := lab.New(t, 2)
-			clean := lab.Observe(t)
-			apply(t, l, mode, l.Masters...)
-			require.NotEqual(t, clean, lab.Observe(t))
-			_, err := l.Run("ipvs", "delete", "--vip", lab.VIPPort.String())
-			require.NoError(t, err)
-			assert.Equal(t, clean, lab.Observe(t), "no service, interface, address or route is left")
-			_, err = net.InterfaceByName("vipctl0")
-			assert.Error(t, err, "vipctl0 is gone")
-			out, err := l.Run("ipvs", "delete", "--vip", lab.VIPPort.String())
-			require.NoError(t, err, "deleting again is not an error")
-			assert.Contains(t, out, "no changes")
-		})
-	}
+	eachFamilyAndMode(t, func(t *testing.T, fam lab.Family, mode string) {
+		l := lab.NewIn(t, fam, 2)
+		clean := l.Observe(t)
+		apply(t, l, mode, l.Masters...)
+		require.NotEqual(t, clean, l.Observe(t))
+		_, err := l.Run("ipvs", "delete", "--vip", l.VIPPort().String())
+		require.NoError(t, err)
+		assert.Equal(t, clean, l.Observe(t), "no service, interface, address or route is left")
+		_, err = net.InterfaceByName("vipctl0")
+		assert.Error(t, err, "vipctl0 is gone")
+		out, err := l.Run("ipvs", "delete", "--vip", l.VIPPort().String())
+		require.NoError(t, err, "deleting again is not an error")
+		assert.Contains(t, out, "no changes")
+	})
 }
 
 func TestBadInputChangesNothing(t *testing.T) {
@@ -220,4 +236,35 @@ func TestPresenceCheckFollowsTheKernel(t *testing.T) {
 	require.NoError(t, err)
 	_, ok = present()
 	assert.False(t, ok, "deleted")
+}
+
+// A node IP that has just been added is tentative while IPv6 duplicate
+// address detection runs (about a second), and the kernel refuses it as a
+// route's source: apply waits for DAD rather than fail. Both modes wait at
+// the same place (EnsureVIP, before either); route mode is run here.
+func TestApplyWaitsForIPv6DAD(t *testing.T) {
+	for _, mode := range []string{"route"} {
+		t.Run(mode, func(t *testing.T) {
+			l := lab.NewIn(t, lab.IPv6, 2)
+			br, err := netlink.LinkByName("br0")
+			require.NoError(t, err)
+			fresh := netip.MustParseAddr("fd00:10::2")
+			require.NoError(t, netlink.AddrAdd(br, &netlink.Addr{IPNet: &net.IPNet{IP: fresh.AsSlice(), Mask: net.CIDRMask(64, 128)}}))
+			addrs, err := netlink.AddrList(br, netlink.FAMILY_V6)
+			require.NoError(t, err)
+			tentative := false
+			for _, a := range addrs {
+				if a.IP.Equal(fresh.AsSlice()) {
+					tentative = a.Flags&unix.IFA_F_TENTATIVE != 0
+				}
+			}
+			require.True(t, tentative, "the new address is tentative while DAD runs")
+			_, err = l.Run(append(applyArgs(l, mode, l.Masters...), "--node-ip", fresh.String())...)
+			require.NoError(t, err)
+			for _, h := range l.HitVIP(4, 3*time.Second) {
+				require.NoError(t, h.Err)
+				assert.Equal(t, fresh, h.Src, "the masters see the new node IP")
+			}
+		})
+	}
 }

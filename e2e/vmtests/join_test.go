@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -79,14 +80,26 @@ func (p joinPaths) flags() []string {
 // stand-in kubeadm that exits with exit.
 func joinScene(t *testing.T, n, exit int) (*lab.Lab, []byte, joinPaths, lab.Observed, *lab.FakeKubeadm) {
 	t.Helper()
-	l := lab.New(t, n)
-	base := realHosts(t)
-	p := newJoinPaths(t)
-	return l, base, p, lab.Observe(t), l.FakeKubeadm(exit)
+	return joinSceneIn(t, lab.IPv4, n, exit)
 }
 
+// joinSceneIn is joinScene with the addresses of family fam.
+func joinSceneIn(t *testing.T, fam lab.Family, n, exit int) (*lab.Lab, []byte, joinPaths, lab.Observed, *lab.FakeKubeadm) {
+	t.Helper()
+	l := lab.NewIn(t, fam, n)
+	base := realHosts(t)
+	p := newJoinPaths(t)
+	return l, base, p, l.Observe(t), l.FakeKubeadm(exit)
+}
+
+// joinArgs is a `vipctl join` command line for the lab. The IPv6 lab's VIP
+// is vipctl's default IPv6 VIP, so with IPv6 masters --vip is left out and
+// the default must be picked.
 func joinArgs(l *lab.Lab, fk *lab.FakeKubeadm, p joinPaths, extra ...string) []string {
-	args := []string{"join", "--vip", lab.VIPPort.String(), "--kubeadm", fk.Path, "--ca-file", l.CAFile, "--image", "e2e.local/vipctl:test"}
+	args := []string{"join", "--kubeadm", fk.Path, "--ca-file", l.CAFile, "--image", "e2e.local/vipctl:test"}
+	if l.VIP.Is4() {
+		args = append(args, "--vip", l.VIPPort().String())
+	}
 	for _, m := range l.Masters {
 		args = append(args, "--master", m.Addr.String())
 	}
@@ -136,8 +149,21 @@ func careCommand(t *testing.T, manifest string) []string {
 	return cmd[1:]
 }
 
+// hostPattern is a regular expression matching a, bracketed when IPv6, as
+// in "[fd00:10::1]:41234".
+func hostPattern(a netip.Addr) string {
+	if a.Is6() {
+		return regexp.QuoteMeta("[" + a.String() + "]")
+	}
+	return regexp.QuoteMeta(a.String())
+}
+
 func TestJoinWorkerThroughTheVIPThenReset(t *testing.T) {
-	l, base, p, clean, fk := joinScene(t, 3, 0)
+	eachFamily(t, testJoinWorkerThroughTheVIPThenReset)
+}
+
+func testJoinWorkerThroughTheVIPThenReset(t *testing.T, fam lab.Family) {
+	l, base, p, clean, fk := joinSceneIn(t, fam, 3, 0)
 
 	stdout, stderr, err := l.RunWith(fk.Env, append(joinArgs(l, fk, p, "--"), kubeadmFlags...)...)
 	t.Logf("vipctl join stdout:\n%s\nstderr:\n%s", stdout, stderr)
@@ -151,16 +177,16 @@ func TestJoinWorkerThroughTheVIPThenReset(t *testing.T) {
 	require.Len(t, calls, 1, "kubeadm ran once")
 	c := calls[0]
 	assert.Equal(t, append([]string{"join", "apiserver.cluster.local:6443"}, kubeadmFlags...), c.Args)
-	assert.Equal(t, []string{lab.VIP.String()}, c.Resolved, "when kubeadm runs, the name resolves to the VIP")
+	assert.Equal(t, []string{l.VIP.String()}, c.Resolved, "when kubeadm runs, the name resolves to the VIP")
 	require.Empty(t, c.Err, "kubeadm reached an apiserver")
-	assert.Regexp(t, `^master[123] saw 10\.10\.0\.1:\d+$`, c.Answer, "a master answered through the VIP and saw the node IP")
+	assert.Regexp(t, `^master[123] saw `+hostPattern(l.NodeIP)+`:\d+$`, c.Answer, "a master answered through the VIP and saw the node IP")
 
-	joined := lab.Observe(t)
-	assert.Equal(t, []string{"TCP " + lab.VIPPort.String() + " rr"}, joined.Services)
+	joined := l.Observe(t)
+	assert.Equal(t, []string{"TCP " + l.VIPPort().String() + " rr"}, joined.Services)
 	assert.Len(t, joined.RealServers, 3)
 	assert.True(t, joined.VIPOnLink)
-	assert.Equal(t, lab.NodeIP.String(), joined.LocalSrc)
-	assert.Equal(t, []netip.Addr{lab.VIP}, hostsMapping(t))
+	assert.Equal(t, l.NodeIP.String(), joined.LocalSrc)
+	assert.Equal(t, []netip.Addr{l.VIP}, hostsMapping(t))
 	mods, err := os.ReadFile(p.modules)
 	require.NoError(t, err)
 	assert.Contains(t, string(mods), "\nip_vs\nip_vs_rr\n")
@@ -173,29 +199,34 @@ func TestJoinWorkerThroughTheVIPThenReset(t *testing.T) {
 		care := careCommand(t, p.manifest)
 		assert.Contains(t, care, "--ca-file="+l.CAFile)
 		lab.FlushIPVS(t)
-		require.Empty(t, lab.Observe(t).Services)
+		require.Empty(t, l.Observe(t).Services)
 		_, err := l.Run(append(care, "--once")...)
 		require.NoError(t, err, "vipctl %s --once", strings.Join(care, " "))
-		assert.Equal(t, joined, lab.Observe(t), "the watchdog restored the virtual server")
+		assert.Equal(t, joined, l.Observe(t), "the watchdog restored the virtual server")
 		for _, h := range l.HitVIP(6, 3*time.Second) {
 			assert.NoError(t, h.Err)
 		}
 	}
 
-	out, err := l.Run("reset", "--vip", lab.VIPPort.String(), "--manifest-dir", p.manifestDir, "--modules-file", p.modules)
+	// The IPv6 reset finds the VIP in the watchdog's manifest.
+	resetArgs := []string{"reset", "--manifest-dir", p.manifestDir, "--modules-file", p.modules}
+	if l.VIP.Is4() {
+		resetArgs = append(resetArgs, "--vip", l.VIPPort().String())
+	}
+	out, err := l.Run(resetArgs...)
 	require.NoError(t, err)
 	assert.Contains(t, out, "kubeadm reset")
 	after, err := os.ReadFile(etcHosts)
 	require.NoError(t, err)
 	assert.Equal(t, string(base), string(after), "the hosts file is byte-identical")
-	assert.Equal(t, clean, lab.Observe(t), "no rule, no interface, no route left")
+	assert.Equal(t, clean, l.Observe(t), "no rule, no interface, no route left")
 	assertAbsent(t, p.manifest)
 	assertAbsent(t, p.modules)
 
 	// Reset again: nothing to do, no error, nothing changes.
-	_, err = l.Run("reset", "--vip", lab.VIPPort.String(), "--manifest-dir", p.manifestDir, "--modules-file", p.modules)
+	_, err = l.Run(resetArgs...)
 	require.NoError(t, err)
-	assert.Equal(t, clean, lab.Observe(t))
+	assert.Equal(t, clean, l.Observe(t))
 	after, _ = os.ReadFile(etcHosts)
 	assert.Equal(t, string(base), string(after))
 }

@@ -119,7 +119,7 @@ func (k *Kernel) CloseConnections(ctx context.Context, vip, realServer netip.Add
 		}
 		src := &net.TCPAddr{IP: net.IP(c.From.Addr().AsSlice()), Port: int(c.From.Port())}
 		dst := &net.TCPAddr{IP: net.IP(c.To.Addr().AsSlice()), Port: int(c.To.Port())}
-		err := netlink.SocketDestroy(src, dst)
+		err := destroySocket(c.From, c.To)
 		switch {
 		case err == nil:
 			closed++

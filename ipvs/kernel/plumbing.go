@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -31,20 +32,32 @@ func family(a netip.Addr) int {
 // localRoute is the VIP's route in the local table with its source set to
 // the node IP, so local clients connect from the node IP and masters can
 // answer without a route back to the VIP.
+//
+// For IPv4 it replaces the kernel's own local route in place (same key), so
+// it keeps the kernel's protocol. For IPv6 a replace cannot reach the
+// kernel's route (metric 0, which a route added over netlink without a
+// metric never gets), so vipctl's route is added beside it with protocol
+// static, which tells the two apart, and the kernel's is deleted: see
+// ensureLocalRoute.
 func localRoute(c ipvs.VIPConfig, linkIndex int) *netlink.Route {
+	proto := netlink.RouteProtocol(unix.RTPROT_KERNEL)
+	if c.VIP.Is6() {
+		proto = unix.RTPROT_STATIC
+	}
 	return &netlink.Route{
 		Table:     unix.RT_TABLE_LOCAL,
 		Type:      unix.RTN_LOCAL,
 		Scope:     netlink.SCOPE_HOST,
-		Protocol:  unix.RTPROT_KERNEL,
+		Protocol:  proto,
 		Dst:       hostPrefix(c.VIP),
 		Src:       net.IP(c.NodeIP.AsSlice()),
 		LinkIndex: linkIndex,
 	}
 }
 
-// vipRoute is route mode's VIP/32 route: out of the node IP's interface
-// with the node IP as source. IPVS catches the traffic in LOCAL_OUT.
+// vipRoute is route mode's VIP/32 (VIP/128) route: out of the node IP's
+// interface with the node IP as source. IPVS catches the traffic in
+// LOCAL_OUT. The scope matters to IPv4 only; IPv6 routes have none.
 func vipRoute(c ipvs.VIPConfig, linkIndex int) *netlink.Route {
 	return &netlink.Route{
 		Table:     unix.RT_TABLE_MAIN,
@@ -58,38 +71,94 @@ func vipRoute(c ipvs.VIPConfig, linkIndex int) *netlink.Route {
 
 // findRoute returns the route in table with destination dst, if any.
 func findRoute(table int, a netip.Addr) (*netlink.Route, error) {
+	routes, err := hostRoutes(table, a)
+	if err != nil || len(routes) == 0 {
+		return nil, err
+	}
+	return &routes[0], nil
+}
+
+// hostRoutes returns the routes in table whose destination is exactly a
+// (a/32 or a/128), lowest metric first as the kernel lists them.
+func hostRoutes(table int, a netip.Addr) ([]netlink.Route, error) {
 	filter := &netlink.Route{Table: table, Dst: hostPrefix(a)}
 	routes, err := netlink.RouteListFiltered(family(a), filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
 	if err != nil {
 		return nil, fmt.Errorf("list routes to %s: %w", a, err)
 	}
-	for i := range routes {
-		if routes[i].Dst != nil {
-			ones, bits := routes[i].Dst.Mask.Size()
+	var out []netlink.Route
+	for _, r := range routes {
+		if r.Dst != nil {
+			ones, bits := r.Dst.Mask.Size()
 			if ones == bits {
-				return &routes[i], nil
+				out = append(out, r)
 			}
 		}
 	}
-	return nil, nil
+	return out, nil
 }
 
 // linkOf returns the link holding address a.
 func linkOf(a netip.Addr) (netlink.Link, error) {
+	ad, err := nodeAddr(a)
+	if err != nil {
+		return nil, err
+	}
+	l, err := netlink.LinkByIndex(ad.LinkIndex)
+	if err != nil {
+		return nil, fmt.Errorf("link of %s: %w", a, err)
+	}
+	return l, nil
+}
+
+// nodeAddr returns the node's address a.
+func nodeAddr(a netip.Addr) (netlink.Addr, error) {
 	addrs, err := netlink.AddrList(nil, family(a))
 	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
+		return netlink.Addr{}, fmt.Errorf("list addresses: %w", err)
 	}
 	for _, ad := range addrs {
 		if x, ok := netip.AddrFromSlice(ad.IP); ok && x.Unmap() == a {
-			l, err := netlink.LinkByIndex(ad.LinkIndex)
-			if err != nil {
-				return nil, fmt.Errorf("link of %s: %w", a, err)
-			}
-			return l, nil
+			return ad, nil
 		}
 	}
-	return nil, fmt.Errorf("node IP %s: not an address of this node", a)
+	return netlink.Addr{}, fmt.Errorf("node IP %s: not an address of this node", a)
+}
+
+// dadWait is how long EnsureVIP waits for an IPv6 node IP's duplicate
+// address detection (about a second with the kernel's defaults).
+const dadWait = 5 * time.Second
+
+// waitNodeIPSettled waits until the IPv6 node IP has passed duplicate
+// address detection: the kernel refuses a tentative address as a route's
+// source ("Invalid source address"), and a node that just got its address
+// (a boot, a DHCPv6 lease) runs vipctl during DAD. An address that failed
+// DAD is an error at once. IPv4 addresses have no DAD.
+func waitNodeIPSettled(ctx context.Context, a netip.Addr) error {
+	if !a.Is6() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, dadWait)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ad, err := nodeAddr(a)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ad.Flags&unix.IFA_F_DADFAILED != 0:
+			return fmt.Errorf("node IP %s: failed duplicate address detection: another host has it", a)
+		case ad.Flags&unix.IFA_F_TENTATIVE == 0:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node IP %s: still tentative (IPv6 duplicate address detection) after %s: %w", a, dadWait, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 func sameIP(a net.IP, b netip.Addr) bool {
@@ -108,13 +177,16 @@ func (k *Kernel) EnsureVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if err := waitNodeIPSettled(ctx, c.NodeIP); err != nil {
+		return nil, err
+	}
 	if c.Mode == ipvs.ModeRoute {
 		return ensureRoute(c)
 	}
-	return ensureLink(c)
+	return ensureLink(ctx, c)
 }
 
-func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
+func ensureLink(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change, error) {
 	var changes []ipvs.Change
 	link, err := netlink.LinkByName(c.Interface)
 	var notFound netlink.LinkNotFoundError
@@ -159,6 +231,19 @@ func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 			return changes, fmt.Errorf("interface %s: add address %s: %w", c.Interface, addr.IPNet, err)
 		}
 		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: ipvs.KindAddress, Target: hostPrefix(c.VIP).String() + " dev " + c.Interface})
+		if c.VIP.Is6() {
+			// The kernel inserts an IPv6 address's local route from a work
+			// queue once the address is up (no DAD here), after AddrAdd
+			// returns: wait for it, or it would land after vipctl's fix
+			// and win (metric 0) until the next repair.
+			if err := waitKernelLocalRoute(ctx, c.VIP); err != nil {
+				return changes, err
+			}
+		}
+	}
+	if c.VIP.Is6() {
+		more, err := ensureLocalRoute6(c, link.Attrs().Index)
+		return append(changes, more...), err
 	}
 	r, err := findRoute(unix.RT_TABLE_LOCAL, c.VIP)
 	if err != nil {
@@ -172,6 +257,83 @@ func ensureLink(c ipvs.VIPConfig) ([]ipvs.Change, error) {
 		changes = append(changes, ipvs.Change{Op: ipvs.OpUpdate, Kind: ipvs.KindRoute, Target: "local " + want.Dst.String() + " dev " + c.Interface, Detail: "src " + c.NodeIP.String()})
 	}
 	return changes, nil
+}
+
+// ensureLocalRoute6 makes vipctl's local route (source the node IP) the
+// only local route to an IPv6 VIP. IPv6 picks a source address for a local
+// destination from the local route's preferred source, or else the
+// destination itself: with the kernel's route (no source, metric 0) in
+// place, clients on the node connect from the VIP, the masters answer to
+// an address they have no route to, and every connection through the VIP
+// hangs in SYN_RECV. The kernel's route cannot be replaced in place (see
+// localRoute), so vipctl's is added first, then the kernel's deleted, so
+// that the VIP is never without a local route. The kernel adds its route
+// back whenever the address is added again (after a flush, a link down and
+// up); the watchdog sees that route event and calls EnsureVIP again.
+func ensureLocalRoute6(c ipvs.VIPConfig, linkIndex int) ([]ipvs.Change, error) {
+	want := localRoute(c, linkIndex)
+	routes, err := hostRoutes(unix.RT_TABLE_LOCAL, c.VIP)
+	if err != nil {
+		return nil, err
+	}
+	var changes []ipvs.Change
+	have := false
+	for _, r := range routes {
+		if isOurLocalRoute6(r, c, linkIndex) {
+			have = true
+		}
+	}
+	target := "local " + want.Dst.String() + " dev " + c.Interface
+	if !have {
+		if err := netlink.RouteAdd(want); err != nil && !errors.Is(err, unix.EEXIST) {
+			return changes, fmt.Errorf("route %s: add with src %s: %w", target, c.NodeIP, err)
+		}
+		changes = append(changes, ipvs.Change{Op: ipvs.OpAdd, Kind: ipvs.KindRoute, Target: target, Detail: "src " + c.NodeIP.String()})
+	}
+	for _, r := range routes {
+		if isOurLocalRoute6(r, c, linkIndex) || r.Type != unix.RTN_LOCAL {
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return changes, fmt.Errorf("route local %s (proto %s, no src %s): delete: %w", r.Dst, r.Protocol, c.NodeIP, err)
+		}
+		changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: ipvs.KindRoute, Target: "local " + r.Dst.String() + " proto " + r.Protocol.String(),
+			Detail: "without src " + c.NodeIP.String() + ", it would make the VIP the source"})
+	}
+	return changes, nil
+}
+
+// kernelRouteWait bounds waitKernelLocalRoute.
+const kernelRouteWait = 2 * time.Second
+
+// waitKernelLocalRoute waits until the kernel's own local route to the
+// IPv6 address a is in the local table; not finding it within
+// kernelRouteWait is no error (vipctl's route serves alone then).
+func waitKernelLocalRoute(parent context.Context, a netip.Addr) error {
+	ctx, cancel := context.WithTimeout(parent, kernelRouteWait)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		routes, err := hostRoutes(unix.RT_TABLE_LOCAL, a)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Protocol == unix.RTPROT_KERNEL && r.Type == unix.RTN_LOCAL {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return parent.Err() // nil when only the wait ran out
+		case <-tick.C:
+		}
+	}
+}
+
+func isOurLocalRoute6(r netlink.Route, c ipvs.VIPConfig, linkIndex int) bool {
+	return r.Type == unix.RTN_LOCAL && r.LinkIndex == linkIndex && sameIP(r.Src, c.NodeIP) && r.Protocol == unix.RTPROT_STATIC
 }
 
 func ensureRoute(c ipvs.VIPConfig) ([]ipvs.Change, error) {
@@ -210,7 +372,8 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change
 		if err != nil || r == nil {
 			return nil, err
 		}
-		if r.Protocol != unix.RTPROT_STATIC || r.Gw != nil || r.Scope != netlink.SCOPE_LINK {
+		// IPv6 routes have no scope (the kernel reports universe).
+		if r.Protocol != unix.RTPROT_STATIC || r.Gw != nil || (c.VIP.Is4() && r.Scope != netlink.SCOPE_LINK) {
 			return nil, fmt.Errorf("route %s: not vipctl's (proto %d, via %s, scope %s): left in place", r.Dst, r.Protocol, r.Gw, r.Scope)
 		}
 		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -247,6 +410,23 @@ func (k *Kernel) RemoveVIP(ctx context.Context, c ipvs.VIPConfig) ([]ipvs.Change
 			continue // the kernel's own IPv6 link-local address
 		}
 		others++
+	}
+	if c.VIP.Is6() {
+		// vipctl's IPv6 local route is not the address's own: it outlives
+		// the address, and would keep the VIP local, unless deleted.
+		routes, err := hostRoutes(unix.RT_TABLE_LOCAL, c.VIP)
+		if err != nil {
+			return changes, err
+		}
+		for _, r := range routes {
+			if r.LinkIndex != link.Attrs().Index || r.Protocol != unix.RTPROT_STATIC || r.Type != unix.RTN_LOCAL {
+				continue
+			}
+			if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				return changes, fmt.Errorf("route local %s dev %s: delete: %w", r.Dst, c.Interface, err)
+			}
+			changes = append(changes, ipvs.Change{Op: ipvs.OpDelete, Kind: ipvs.KindRoute, Target: "local " + r.Dst.String() + " dev " + c.Interface})
+		}
 	}
 	if others > 0 {
 		k.log.Warn("interface keeps other addresses: not deleted", zapString("interface", c.Interface))

@@ -4,6 +4,7 @@
 //	go run ./e2e/cmd/vmlab demo                # what `make demo` runs
 //	go run ./e2e/cmd/vmlab run 'TestCare.*'    # some scenarios, verbose
 //	go run ./e2e/cmd/vmlab bench [TRIALS]      # failover benchmarks -> docs/benchmarks.md
+//	go run ./e2e/cmd/vmlab bench6 [TRIALS]     # kill, link cut, flush with IPv6 -> docs/benchmarks.md
 //	go run ./e2e/cmd/vmlab bench-recovery [TRIALS] # recovery and flap damping -> docs/benchmarks.md
 package main
 
@@ -40,8 +41,8 @@ func run() error {
 	if len(os.Args) == 3 && os.Args[1] == "gobench" {
 		return spliceGoBench(os.Args[2])
 	}
-	if len(os.Args) < 2 || (os.Args[1] != "demo" && os.Args[1] != "run" && os.Args[1] != "bench" && os.Args[1] != "bench-real" && os.Args[1] != "bench-recovery") {
-		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench-real [TRIALS] | vmlab bench-recovery [TRIALS] | vmlab gobench FILE")
+	if len(os.Args) < 2 || !slices.Contains([]string{"demo", "run", "bench", "bench6", "bench-real", "bench-recovery"}, os.Args[1]) {
+		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench6 [TRIALS] | vmlab bench-real [TRIALS] | vmlab bench-recovery [TRIALS] | vmlab gobench FILE")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the VM lab needs root (it installs qemu and the kernel package with apt-get)")
@@ -94,6 +95,16 @@ func run() error {
 		}
 		defer bc.Close()
 		console = bc.Writer()
+	case "bench6":
+		// The fake-apiserver failover benchmarks with IPv6 node, masters
+		// and VIP; the other benchmarks do not depend on the family.
+		args = []string{"-test.run=" + benchPattern("^TestBench(Kill|Blackhole|Flush)$")}
+		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trialsArg(), "VIPCTL_BENCH_FAMILY": lab.IPv6.Name}
+		if bc, err = newBenchConsole("vmlab-bench6-console.log"); err != nil {
+			return err
+		}
+		defer bc.Close()
+		console = bc.Writer()
 	}
 	fmt.Fprintln(os.Stderr, "vmlab: building vipctl and the in-VM scenarios")
 	if err := vm.BuildShare(ctx, root, share, args, env); err != nil {
@@ -106,6 +117,18 @@ func run() error {
 	}
 	if code != 0 {
 		return fmt.Errorf("the VM's run ended with exit code %d", code)
+	}
+	if os.Args[1] == "bench6" {
+		series, err := benchreport.Parse(bytes.NewReader(bc.captured.Bytes()))
+		if err != nil {
+			return err
+		}
+		if partialBench() || len(series) == 0 {
+			fmt.Fprint(os.Stderr, benchreport.Table(series))
+			return nil
+		}
+		return spliceBenchmarks(root, "vm-failover-ipv6", fmt.Sprintf("Run %s on kernel %s (qemu %s), vipctl at %s, %s trials:",
+			time.Now().UTC().Format("2006-01-02 15:04 MST"), assets.KVer, accelName(), gitRev(root), trialsArg()), series)
 	}
 	if os.Args[1] == "bench" && partialBench() {
 		series, err := benchreport.Parse(bytes.NewReader(bc.captured.Bytes()))
