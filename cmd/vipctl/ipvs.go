@@ -186,7 +186,7 @@ func newIPVSShowCmd(a *app) *cobra.Command {
 			return printState(cmd.OutOrStdout(), st)
 		},
 	}
-	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
+	cmd.Flags().StringVar(&vip, "vip", careconfig.Default().VIP.String(), "virtual server address, IP[:PORT]")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	return cmd
 }
@@ -246,7 +246,7 @@ func newIPVSDeleteCmd(a *app) *cobra.Command {
 			return printChanges(cmd.OutOrStdout(), output, changes)
 		},
 	}
-	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT]")
+	cmd.Flags().StringVar(&vip, "vip", careconfig.Default().VIP.String(), "virtual server address, IP[:PORT]")
 	cmd.Flags().StringVar(&mode, "mode", "", "remove only this mode's plumbing: link or route (default both)")
 	cmd.Flags().StringVar(&iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "output format: text or json")

@@ -88,7 +88,7 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server address, IP[:PORT] (default: the watchdog manifest's --vip, else "+DefaultVIP+":6443)")
+	fs.StringVar(&vip, "vip", careconfig.Default().VIP.String(), "virtual server address, IP[:PORT] (default: the watchdog manifest's --vip, else "+careconfig.Default().VIP.String()+")")
 	fs.StringVar(&mode, "mode", "", "remove only this mode's plumbing: link or route (default both)")
 	fs.StringVar(&iface, "interface", ipvs.DefaultInterface, "dummy interface holding the VIP in link mode")
 	fs.StringVar(&hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")

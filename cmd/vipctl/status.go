@@ -104,7 +104,7 @@ func newStatusCmdWith(a *app, env statusEnv) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", "", "where the watchdog serves /status (default: the --metrics-addr of its manifest on this node, else "+careconfig.DefaultMetricsAddr+")")
-	cmd.Flags().StringVar(&vip, "vip", DefaultVIP+":6443", "virtual server to show (default: the watchdog's, else "+DefaultVIP+":6443)")
+	cmd.Flags().StringVar(&vip, "vip", careconfig.Default().VIP.String(), "virtual server to show (default: the watchdog's, else "+careconfig.Default().VIP.String()+")")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "how long to wait for the watchdog")
 	return cmd
