@@ -6,7 +6,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/vipctl/vipctl/internal/version.Version=$(VERSION) -X github.com/vipctl/vipctl/internal/version.Commit=$(COMMIT)
 GOARCH  ?= amd64
 
-.PHONY: all build test unit e2e chaos demo bench offline fmt vet lint fuzz clean
+.PHONY: all build test unit e2e chaos demo bench fleet offline fmt vet lint fuzz clean
 
 all: build
 
@@ -41,6 +41,11 @@ bench:
 	go run ./e2e/cmd/vmlab bench $(or $(TRIALS),20)
 	go run ./e2e/cmd/vmlab bench-real $(or $(TRIALS),20)
 	go run ./e2e/cmd/vmlab bench-recovery $(or $(TRIALS),20)
+
+## fleet: apiserver CPU, RSS and connections of N simulated nodes per load; rewrites docs/benchmarks.md's fleet section (as root)
+##        FLEET_ARGS narrows it, e.g. FLEET_ARGS='-n 250,500 -window 20s -loads watchdog,kubelet'
+fleet:
+	go run ./e2e/cmd/vmlab fleet $(FLEET_ARGS)
 
 ## offline: air-gapped bundles in dist/ (see docs/offline.md)
 offline:

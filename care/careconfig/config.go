@@ -84,6 +84,12 @@ const (
 	// probe's cost, while a fresh connection (and certificate check) still
 	// happens every 10 s.
 	DefaultProbeReuse = 10 * time.Second
+	// DefaultReadyEvery is, with --probe-http2, how long a healthy health
+	// GET stands: the probes within it are HTTP/2 PINGs.
+	DefaultReadyEvery = 1500 * time.Millisecond
+	// DefaultHTTP2ProbeReuse is --probe-reuse's default with --probe-http2:
+	// how long the shared HTTP/2 connection is kept.
+	DefaultHTTP2ProbeReuse = 10 * time.Minute
 	// MaxInterval bounds --interval (and the durations derived from it).
 	MaxInterval = 24 * time.Hour
 )
@@ -146,6 +152,8 @@ type Config struct {
 	ResyncPeriod time.Duration // --resync-period
 	ProbeReuse   time.Duration // --probe-reuse
 	Sentinel     bool          // --sentinel
+	ProbeHTTP2   bool          // --probe-http2
+	ReadyEvery   time.Duration // --ready-every
 	// MetricsAddr is HOST:PORT of /metrics, /healthz, /readyz and /status
 	// (--metrics-addr); empty disables them.
 	MetricsAddr string
@@ -182,6 +190,7 @@ func Default() Config {
 		ResyncPeriod:   DefaultResyncPeriod,
 		ProbeReuse:     DefaultProbeReuse,
 		Sentinel:       true,
+		ReadyEvery:     DefaultReadyEvery,
 		MetricsAddr:    DefaultMetricsAddr,
 	}
 }
@@ -296,6 +305,8 @@ func (c Config) validateTiming() error {
 		return fmt.Errorf("--max-hold-down %s: shorter than --hold-down %s", c.MaxHoldDown, c.HoldDown)
 	case c.ProbeReuse < 0:
 		return fmt.Errorf("--probe-reuse %s: want 0 (a fresh connection per probe) or a positive duration", c.ProbeReuse)
+	case c.ReadyEvery < 0:
+		return fmt.Errorf("--ready-every %s: want 0 (a GET every probe) or a positive duration", c.ReadyEvery)
 	}
 	return nil
 }

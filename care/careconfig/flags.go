@@ -126,6 +126,12 @@ var flags = []flag{
 	{"probe-reuse", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.DurationVar(&f.c.ProbeReuse, n, f.c.ProbeReuse, "how long a probe connection that answered healthy carries the next probes of its master (0: a fresh connection per probe); a connection closed while idle is replaced within the probe")
 	}},
+	{"probe-http2", func(f *Flags, fs *pflag.FlagSet, n string) {
+		fs.BoolVar(&f.c.ProbeHTTP2, n, f.c.ProbeHTTP2, "experimental: probe each master (https) over one HTTP/2 connection that the sentinel shares: a health GET every --ready-every and HTTP/2 PINGs between, the connection kept for --probe-reuse (default then 10m); a master without HTTP/2 is probed over HTTP/1.1")
+	}},
+	{"ready-every", func(f *Flags, fs *pflag.FlagSet, n string) {
+		fs.DurationVar(&f.c.ReadyEvery, n, f.c.ReadyEvery, "with --probe-http2, how long a healthy health GET stands: probes within it are PINGs (0: every probe is a GET)")
+	}},
 	{"sentinel", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.BoolVar(&f.c.Sentinel, n, f.c.Sentinel, "hold an idle keep-alive connection to each master and probe at once when it closes (detects a killed apiserver in milliseconds)")
 	}},
@@ -260,6 +266,9 @@ func (f *Flags) Config() (Config, []string, error) {
 		if c.Masters, err = ParseMasters(append(slices.Clone(f.masters), f.rs...)); err != nil {
 			return c, nil, err
 		}
+	}
+	if c.ProbeHTTP2 && !f.Changed("probe-reuse") {
+		c.ProbeReuse = DefaultHTTP2ProbeReuse
 	}
 	if !f.Changed("vip") && c.VIP == DefaultVIPFor(nil) {
 		// The IPv4 default VIP with IPv6 masters cannot work: take the
@@ -417,6 +426,14 @@ func (c Config) Args() []string {
 		case "probe-reuse":
 			if c.ProbeReuse != def.ProbeReuse {
 				add(n, c.ProbeReuse.String())
+			}
+		case "probe-http2":
+			if c.ProbeHTTP2 != def.ProbeHTTP2 {
+				add(n, strconv.FormatBool(c.ProbeHTTP2))
+			}
+		case "ready-every":
+			if c.ReadyEvery != def.ReadyEvery {
+				add(n, c.ReadyEvery.String())
 			}
 		case "sentinel":
 			if c.Sentinel != def.Sentinel {

@@ -4,7 +4,9 @@
 // next probes of the same master for a bounded time (Config.ReuseFor). It
 // also holds an idle keep-alive connection to a master (Hold) so that the
 // watchdog learns within milliseconds when the apiserver process dies and
-// closes it.
+// closes it. With Config.HTTP2 the probes and that connection are one
+// HTTP/2 connection per master: probes between two health GETs are HTTP/2
+// PINGs, which the server answers without running a handler.
 package probe
 
 import (
@@ -25,6 +27,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // Scheme is how a master is probed.
@@ -35,6 +39,18 @@ const (
 	HTTPS Scheme = "https"
 	HTTP  Scheme = "http"
 	TCP   Scheme = "tcp"
+)
+
+// Defaults of the HTTP/2 probing (Config.HTTP2) that `vipctl care` uses.
+const (
+	// DefaultReadyEvery is how long a healthy health GET stands: with the
+	// watchdog's 1 s interval (1-1.1 s with its jitter) every other probe
+	// is a GET and the others are PINGs, so that an apiserver turning
+	// unhealthy (500, 403) is still out within 3 s.
+	DefaultReadyEvery = 1500 * time.Millisecond
+	// DefaultHTTP2ReuseFor is how long the shared HTTP/2 connection is
+	// kept before a fresh one (and a full certificate check) replaces it.
+	DefaultHTTP2ReuseFor = 10 * time.Minute
 )
 
 // Config describes the probe.
@@ -62,6 +78,19 @@ type Config struct {
 	// Bounding the age keeps new connections, and the certificate check
 	// of a full handshake, exercised regularly.
 	ReuseFor time.Duration
+	// HTTP2, for the https scheme, makes the probes and the sentinel (Hold)
+	// of a master share one HTTP/2 connection; a server that does not
+	// negotiate HTTP/2 is probed over HTTP/1.1 as without it. ReuseFor
+	// then bounds that connection's age (0: kept until it fails).
+	HTTP2 bool
+	// ReadyEvery, with HTTP2, is how long a healthy answer to the health
+	// GET stands: until then a probe is an HTTP/2 PING on the same
+	// connection (it proves the server process and the path to it alive),
+	// after it the next probe is a GET again. PINGs begin only after two
+	// healthy GETs in a row on the connection. 0 makes every probe a GET.
+	// A failed probe drops the connection, and the next probe is a GET on
+	// a fresh one.
+	ReadyEvery time.Duration
 }
 
 // Validate checks c. Errors name the field and the value.
@@ -94,6 +123,9 @@ func (c Config) Validate() error {
 	if c.ReuseFor < 0 {
 		return fmt.Errorf("reuse-for %s: want 0 (no reuse) or a positive duration", c.ReuseFor)
 	}
+	if c.ReadyEvery < 0 {
+		return fmt.Errorf("ready-every %s: want 0 (a GET every probe) or a positive duration", c.ReadyEvery)
+	}
 	return nil
 }
 
@@ -121,12 +153,17 @@ type Result struct {
 }
 
 // Prober probes masters. It is safe for concurrent use. It keeps at most one
-// idle connection per master (see Config.ReuseFor).
+// idle connection per master (see Config.ReuseFor), or with Config.HTTP2
+// one HTTP/2 connection per master that its probes and Hold share.
 type Prober struct {
-	cfg  Config
-	now  func() time.Time
-	mu   sync.Mutex
-	idle map[netip.AddrPort]*kept
+	cfg      Config
+	now      func() time.Time
+	h2       *http2.Transport
+	mu       sync.Mutex
+	idle     map[netip.AddrPort]*kept
+	sessions map[netip.AddrPort]*session
+	noH2     map[netip.AddrPort]bool
+	next     map[netip.AddrPort]chan struct{} // see installed
 }
 
 // kept is an idle connection that answered healthy.
@@ -145,16 +182,21 @@ func New(cfg Config) (*Prober, error) {
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = "vipctl-care"
 	}
-	return &Prober{cfg: cfg, now: time.Now, idle: map[netip.AddrPort]*kept{}}, nil
+	return &Prober{cfg: cfg, now: time.Now, h2: &http2.Transport{}, idle: map[netip.AddrPort]*kept{},
+		sessions: map[netip.AddrPort]*session{}, noH2: map[netip.AddrPort]bool{}, next: map[netip.AddrPort]chan struct{}{}}, nil
 }
 
-// Close closes the idle connections the prober keeps.
+// Close closes the connections the prober keeps.
 func (p *Prober) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for a, k := range p.idle {
 		_ = k.conn.Close()
 		delete(p.idle, a)
+	}
+	for a, s := range p.sessions {
+		_ = s.cc.Close()
+		delete(p.sessions, a)
 	}
 }
 
@@ -190,7 +232,12 @@ func (p *Prober) Probe(ctx context.Context, target netip.AddrPort) Result {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
-	r := p.probe(ctx, target)
+	var r Result
+	if p.h2Enabled(target) {
+		r = p.probeH2(ctx, target)
+	} else {
+		r = p.probe(ctx, target)
+	}
 	r.Latency = time.Since(start)
 	if r.Err != nil {
 		r.Reason, r.Fast = p.classify(ctx, r.Err)
@@ -214,7 +261,7 @@ func (p *Prober) probe(ctx context.Context, target netip.AddrPort) Result {
 			// Closed or reset while idle: try a fresh connection.
 		}
 	}
-	conn, err := p.connect(ctx, target, false)
+	conn, err := p.connect(ctx, target, false, "http/1.1")
 	if err != nil {
 		return Result{Err: err}
 	}
@@ -246,7 +293,7 @@ func stale(err error) bool {
 // it came on, kept for the next probe if the answer was healthy and the
 // server keeps the connection open.
 func (p *Prober) judge(target netip.AddrPort, k *kept, resp *http.Response, body []byte) Result {
-	healthy := slices.Contains(p.cfg.Statuses, resp.StatusCode)
+	healthy := healthyStatus(p.cfg.Statuses, resp.StatusCode)
 	if k != nil {
 		if healthy && !resp.Close {
 			p.keep(target, k)
@@ -267,10 +314,13 @@ func (p *Prober) judge(target netip.AddrPort, k *kept, resp *http.Response, body
 	return r
 }
 
+func healthyStatus(statuses []int, status int) bool { return slices.Contains(statuses, status) }
+
 // connect dials target and, for HTTPS, completes a verified TLS handshake
-// with the master's IP as the name to verify. The connection's deadline
-// follows ctx, and it is unblocked when ctx ends.
-func (p *Prober) connect(ctx context.Context, target netip.AddrPort, keepAlive bool) (net.Conn, error) {
+// with the master's IP as the name to verify, offering the ALPN protocols
+// alpn. The connection's deadline follows ctx, and it is unblocked when
+// ctx ends.
+func (p *Prober) connect(ctx context.Context, target netip.AddrPort, keepAlive bool, alpn ...string) (net.Conn, error) {
 	d := net.Dialer{Timeout: p.cfg.Timeout, KeepAlive: -1}
 	if keepAlive {
 		d.KeepAlive = 0 // Go's default TCP keep-alive for held connections
@@ -284,7 +334,7 @@ func (p *Prober) connect(ctx context.Context, target netip.AddrPort, keepAlive b
 	}
 	cfg := p.cfg.TLS.Clone()
 	cfg.ServerName = target.Addr().String()
-	cfg.NextProtos = []string{"http/1.1"}
+	cfg.NextProtos = alpn
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
@@ -407,13 +457,24 @@ var ErrHoldUnsupported = errors.New("holding a connection needs the http or http
 // mean something happened to the server (it died, restarted, or closed an
 // idle connection, which kube-apiserver does after ~90 s). The request
 // counts for nothing; only Probe judges health.
+//
+// With Config.HTTP2 the connection is the one the probes of target use;
+// when a probe drops it after a failure, Hold waits for the next one.
 func (p *Prober) Hold(ctx context.Context, target netip.AddrPort, idle func()) (established bool, err error) {
 	if p.cfg.Scheme == TCP {
 		return false, ErrHoldUnsupported
 	}
+	if p.h2Enabled(target) {
+		return p.holdH2(ctx, target, idle)
+	}
+	return p.hold(ctx, target, idle)
+}
+
+// hold is Hold over HTTP/1.1: a connection of its own.
+func (p *Prober) hold(ctx context.Context, target netip.AddrPort, idle func()) (established bool, err error) {
 	setup, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
-	conn, err := p.connect(setup, target, true)
+	conn, err := p.connect(setup, target, true, "http/1.1")
 	if err != nil {
 		return false, err
 	}

@@ -23,13 +23,14 @@ import (
 // server is an apiserver stand-in on 127.0.0.1.
 type server struct {
 	*httptest.Server
-	conns  atomic.Int64
-	idle   atomic.Int64
-	status atomic.Int64
-	body   atomic.Value
-	target netip.AddrPort
-	mu     sync.Mutex
-	open   []net.Conn // the connections accepted, for resetIdle
+	conns    atomic.Int64
+	idle     atomic.Int64
+	requests atomic.Int64 // answered by the handler
+	status   atomic.Int64
+	body     atomic.Value
+	target   netip.AddrPort
+	mu       sync.Mutex
+	open     []net.Conn // the connections accepted, for resetIdle
 }
 
 // resetIdle resets every connection the server accepted (RST, not FIN), as
@@ -48,12 +49,13 @@ func (s *server) resetIdle(t *testing.T) {
 	s.open = nil
 }
 
-func newServer(t *testing.T, ca *probetest.CA, clientCA *probetest.CA, sanIP string) *server {
+func newServer(t *testing.T, ca *probetest.CA, clientCA *probetest.CA, sanIP string, opts ...func(*server)) *server {
 	t.Helper()
 	s := &server{}
 	s.status.Store(200)
 	s.body.Store("ok")
 	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.requests.Add(1)
 		if r.URL.Path != "/readyz" {
 			http.NotFound(w, r)
 			return
@@ -72,6 +74,9 @@ func newServer(t *testing.T, ca *probetest.CA, clientCA *probetest.CA, sanIP str
 		case http.StateIdle:
 			s.idle.Add(1)
 		}
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	if ca != nil {
 		pair, _, _ := ca.Issue(t, "kube-apiserver", false, sanIP)

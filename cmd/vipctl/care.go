@@ -130,7 +130,8 @@ func resolveNodeIP(ctx context.Context, env careEnv, firstMaster netip.Addr) (ne
 // buildProbe makes the probe's configuration and loads the TLS files.
 func buildProbe(c careconfig.Config, s *careSetup) error {
 	s.probe = probe.Config{Scheme: probe.Scheme(c.HealthScheme), Path: c.HealthPath, Statuses: c.HealthStatuses,
-		Timeout: c.EffectiveTimeout(), UserAgent: "vipctl-care/" + version.Get().Version, ReuseFor: c.ProbeReuse}
+		Timeout: c.EffectiveTimeout(), UserAgent: "vipctl-care/" + version.Get().Version, ReuseFor: c.ProbeReuse,
+		HTTP2: c.ProbeHTTP2, ReadyEvery: c.ReadyEvery}
 	if c.HealthScheme != careconfig.HTTPS {
 		return nil
 	}

@@ -153,6 +153,8 @@ func TestCareFlagsNative(t *testing.T) {
 	require.NotNil(t, s.probe.TLS)
 	assert.NotNil(t, s.probe.TLS.RootCAs, "verified against the CA")
 	assert.False(t, s.probe.TLS.InsecureSkipVerify)
+	assert.False(t, s.probe.HTTP2, "HTTP/2 probing is opt-in")
+	assert.Equal(t, careconfig.DefaultProbeReuse, s.probe.ReuseFor)
 	assert.True(t, s.sentinel)
 	assert.Equal(t, "127.0.0.1:9282", s.metricsAddr)
 	assert.False(t, s.lvscare)
@@ -269,6 +271,7 @@ func TestCareBadInput(t *testing.T) {
 		{with("--rise", "two"), nil, `invalid argument "two" for "--rise"`},
 		{with("--resync-period", "0s"), nil, "--resync-period 0s"},
 		{with("--probe-reuse", "-1s"), nil, "--probe-reuse -1s: want 0"},
+		{with("--ready-every", "-1s"), nil, "--ready-every -1s: want 0"},
 		{with("--drain-timeout", "-1s"), nil, "--drain-timeout -1s"},
 		{with("--hold-down", "-5s"), nil, "--hold-down -5s"},
 		{with("--max-hold-down", "1s"), nil, "--max-hold-down 1s: shorter than --hold-down 5s"},

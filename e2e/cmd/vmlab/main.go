@@ -6,6 +6,7 @@
 //	go run ./e2e/cmd/vmlab bench [TRIALS]      # failover benchmarks -> docs/benchmarks.md
 //	go run ./e2e/cmd/vmlab bench6 [TRIALS]     # kill, link cut, flush with IPv6 -> docs/benchmarks.md
 //	go run ./e2e/cmd/vmlab bench-recovery [TRIALS] # recovery and flap damping -> docs/benchmarks.md
+//	go run ./e2e/cmd/vmlab fleet [-n 250,500]  # apiserver cost of N nodes -> docs/benchmarks.md
 package main
 
 import (
@@ -41,8 +42,13 @@ func run() error {
 	if len(os.Args) == 3 && os.Args[1] == "gobench" {
 		return spliceGoBench(os.Args[2])
 	}
+	if len(os.Args) >= 2 && os.Args[1] == "fleet" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runFleet(ctx, os.Args[2:])
+	}
 	if len(os.Args) < 2 || !slices.Contains([]string{"demo", "run", "bench", "bench6", "bench-real", "bench-recovery"}, os.Args[1]) {
-		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench6 [TRIALS] | vmlab bench-real [TRIALS] | vmlab bench-recovery [TRIALS] | vmlab gobench FILE")
+		return fmt.Errorf("usage: vmlab demo | vmlab run [TEST-PATTERN] | vmlab bench [TRIALS] | vmlab bench6 [TRIALS] | vmlab bench-real [TRIALS] | vmlab bench-recovery [TRIALS] | vmlab gobench FILE | vmlab fleet [-h]")
 	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the VM lab needs root (it installs qemu and the kernel package with apt-get)")
