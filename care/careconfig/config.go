@@ -9,8 +9,8 @@
 // manifest can only hold a command line the watchdog accepts. `vipctl status`
 // and `vipctl reset` read a manifest's command line back with ParseArgs.
 //
-// The package depends on the standard library and pflag only: no netlink,
-// no Kubernetes types. Turning a Config into the watchdog's runtime types
+// The package depends on the standard library, pflag and the pure types of
+// package ipvs (its endpoint parser) only: no netlink, no Kubernetes types. Turning a Config into the watchdog's runtime types
 // (IPVS service, VIP plumbing, probes) is package care's job, detecting the
 // node IP the command's.
 package careconfig
@@ -25,6 +25,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
 // Defaults of the watchdog's settings.
@@ -392,29 +394,14 @@ func hasControl(s string) bool {
 }
 
 // ParseEndpoint parses IP or IP:PORT ([IPv6]:PORT); a missing port is
-// DefaultPort. IPv4-mapped IPv6 addresses are unmapped.
+// DefaultPort. IPv4-mapped IPv6 addresses are unmapped. It is
+// ipvs.ParseEndpoint, the one endpoint parser, with the apiserver's port.
 func ParseEndpoint(s string) (netip.AddrPort, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return netip.AddrPort{}, errors.New("empty address")
 	}
-	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
-		return netip.AddrPortFrom(a.Unmap(), DefaultPort), nil
-	}
-	i := strings.LastIndex(s, ":")
-	if i < 0 {
-		return netip.AddrPort{}, errors.New("not an IP address or IP:PORT")
-	}
-	host, port := strings.Trim(s[:i], "[]"), s[i+1:]
-	a, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address", host)
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return netip.AddrPort{}, fmt.Errorf("port %q: want 1 to 65535", port)
-	}
-	return netip.AddrPortFrom(a.Unmap(), uint16(n)), nil
+	return ipvs.ParseEndpoint(s, DefaultPort)
 }
 
 // ParseVIP parses --vip: IP[:PORT].
