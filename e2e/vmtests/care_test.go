@@ -108,8 +108,9 @@ func TestCareKillAndRestartMaster(t *testing.T) {
 }
 
 // assertStatusShows checks `vipctl status` (table and JSON) while down is
-// out: the VIP and every master by address (bracketed when IPv6), down's
-// weight 0 and the others' 1.
+// out: the VIP and every master by address (bracketed when IPv6), down out
+// of service (draining with weight 0, or removed: weight -1) and the others
+// in service with weight 1.
 func assertStatusShows(t *testing.T, l *lab.Lab, down *lab.Master) {
 	t.Helper()
 	table, err := l.Run("status", "--vip", l.VIPPort().String(), "--metrics-addr", lab.MetricsAddr)
@@ -122,24 +123,29 @@ func assertStatusShows(t *testing.T, l *lab.Lab, down *lab.Master) {
 	var st struct {
 		VIP     string `json:"vip"`
 		Masters []struct {
-			Address string `json:"address"`
-			Weight  int    `json:"weight"`
+			Address    string `json:"address"`
+			Membership string `json:"membership"`
+			Weight     int    `json:"weight"`
 		} `json:"masters"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(js), &st), js)
 	assert.Equal(t, l.VIPPort().String(), st.VIP)
-	weights := map[string]int{}
+	type row struct {
+		membership string
+		weight     int
+	}
+	rows := map[string]row{}
 	for _, r := range st.Masters {
-		weights[r.Address] = r.Weight
+		rows[r.Address] = row{r.Membership, r.Weight}
 	}
 	for _, m := range l.Masters {
-		want := 1
+		got, ok := rows[m.Addr.String()]
+		assert.True(t, ok, "status has a row for %s: %v", m.Addr, rows)
 		if m == down {
-			want = 0
+			assert.Contains(t, []row{{"draining", 0}, {"removed", -1}}, got, "%s is out of service", m.Name)
+			continue
 		}
-		got, ok := weights[m.Addr.String()]
-		assert.True(t, ok, "status has a row for %s: %v", m.Addr, weights)
-		assert.Equal(t, want, got, "weight of %s", m.Name)
+		assert.Equal(t, row{"in-service", 1}, got, "%s is in service", m.Name)
 	}
 }
 

@@ -193,7 +193,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}{
 		{[]string{"--master", "10.10.0.11:0"}, `--master "10.10.0.11:0"`},
 		{[]string{"--master", "10.10.0.11:70000"}, `--master "10.10.0.11:70000"`},
-		{[]string{"--master", "10.10.0.11", "--master", "10.10.0.11:6443"}, "duplicate"},
+		{[]string{"--master", "10.10.0.11", "--master", "10.10.0.11:6443"}, "--master 10.10.0.11:6443: listed twice"},
 		{[]string{"--master", lab.VIP.String()}, "same address as --vip"},
 		{[]string{"--master", "10.10.0.11", "--scheduler", "fastest"}, `--scheduler "fastest"`},
 		{[]string{"--master", "not-an-ip"}, `--master "not-an-ip"`},
