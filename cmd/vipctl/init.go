@@ -34,16 +34,7 @@ func newInitCmd(a *app) *cobra.Command {
 		return len(ifs) > 0, err
 	}
 	return newInitCmdWith(isLocal, func(cmd *cobra.Command, o kubeadm.InitOptions, hostsFile string) error {
-		j := &kubeadm.Joiner{
-			Hosts:         hosts.File{Path: hostsFile},
-			Files:         kubeadm.OSFiles{},
-			Runner:        kubeadm.ExecRunner{},
-			Inspector:     kubeadm.System{},
-			Out:           cmd.OutOrStdout(),
-			KubeadmOutput: cmd.ErrOrStderr(),
-			Log:           a.log,
-		}
-		return j.Init(cmd.Context(), o)
+		return osJoiner(a, cmd, hostsFile).Init(cmd.Context(), o)
 	})
 }
 

@@ -46,18 +46,25 @@ func newJoinCmd(a *app) *cobra.Command {
 	return newJoinCmdWith(func(cmd *cobra.Command, o kubeadm.JoinOptions, hostsFile string) error {
 		k := &lazyKernel{log: a.log}
 		defer k.Close()
-		j := &kubeadm.Joiner{
-			Dataplane:     k.Dataplane,
-			Hosts:         hosts.File{Path: hostsFile},
-			Files:         kubeadm.OSFiles{},
-			Runner:        kubeadm.ExecRunner{},
-			Inspector:     kubeadm.System{},
-			Out:           cmd.OutOrStdout(),
-			KubeadmOutput: cmd.ErrOrStderr(),
-			Log:           a.log,
-		}
+		j := osJoiner(a, cmd, hostsFile)
+		j.Dataplane = k.Dataplane
 		return j.Join(cmd.Context(), o)
 	})
+}
+
+// osJoiner is the Joiner of `vipctl join` and `vipctl init` on this machine:
+// the hosts file at hostsFile, the real files, kubeadm and system, output to
+// the command's streams. join adds the kernel's dataplane.
+func osJoiner(a *app, cmd *cobra.Command, hostsFile string) *kubeadm.Joiner {
+	return &kubeadm.Joiner{
+		Hosts:         hosts.File{Path: hostsFile},
+		Files:         kubeadm.OSFiles{},
+		Runner:        kubeadm.ExecRunner{},
+		Inspector:     kubeadm.System{},
+		Out:           cmd.OutOrStdout(),
+		KubeadmOutput: cmd.ErrOrStderr(),
+		Log:           a.log,
+	}
 }
 
 // newJoinCmdWith builds `vipctl join` running join with the validated

@@ -1,15 +1,14 @@
 package cluster
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+
+	"github.com/vipctl/vipctl/e2e/lab"
 )
 
 // Binaries are the programs a cluster node runs or the harness calls.
@@ -30,7 +29,7 @@ var components = []string{"kubeadm", "kubelet", "kubectl", "kube-apiserver", "ku
 // scripts' progress.
 func FindBinaries(ctx context.Context, root, dir string, log io.Writer) (Binaries, error) {
 	var b Binaries
-	out, err := script(ctx, root, log, "build-k8s.sh", components...)
+	out, err := lab.RunScript(ctx, root, log, "build-k8s.sh", components...)
 	if err != nil {
 		return b, err
 	}
@@ -39,7 +38,7 @@ func FindBinaries(ctx context.Context, root, dir string, log io.Writer) (Binarie
 	}
 	b.Kubeadm, b.Kubelet, b.Kubectl = out[0], out[1], out[2]
 	b.APIServer, b.ControllerManager, b.Scheduler, b.KubeProxy = out[3], out[4], out[5], out[6]
-	out, err = script(ctx, root, log, "build-etcd.sh")
+	out, err = lab.RunScript(ctx, root, log, "build-etcd.sh")
 	if err != nil {
 		return b, err
 	}
@@ -58,24 +57,4 @@ func FindBinaries(ctx context.Context, root, dir string, log io.Writer) (Binarie
 		}
 	}
 	return b, nil
-}
-
-// script runs scripts/name and returns its stdout lines.
-func script(ctx context.Context, root string, log io.Writer, name string, args ...string) ([]string, error) {
-	p := filepath.Join(root, "scripts", name)
-	cmd := exec.CommandContext(ctx, "bash", append([]string{p}, args...)...)
-	cmd.Dir = root
-	cmd.Stderr = log
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", p, strings.Join(args, " "), err)
-	}
-	var lines []string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	return lines, nil
 }

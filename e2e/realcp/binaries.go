@@ -1,15 +1,13 @@
 package realcp
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
+
+	"github.com/vipctl/vipctl/e2e/lab"
 )
 
 // Binaries are the real control plane's programs.
@@ -34,7 +32,7 @@ func FindBinaries(ctx context.Context, root string, log io.Writer) (Binaries, er
 	if dir := os.Getenv("VIPCTL_K8S_DIR"); dir != "" {
 		b.APIServer, b.Kubectl = filepath.Join(dir, "kube-apiserver"), filepath.Join(dir, "kubectl")
 	} else {
-		out, err := script(ctx, root, log, "build-k8s.sh", "kube-apiserver", "kubectl")
+		out, err := lab.RunScript(ctx, root, log, "build-k8s.sh", "kube-apiserver", "kubectl")
 		if err != nil {
 			return b, err
 		}
@@ -43,7 +41,7 @@ func FindBinaries(ctx context.Context, root string, log io.Writer) (Binaries, er
 		}
 		b.APIServer, b.Kubectl = out[0], out[1]
 	}
-	out, err := script(ctx, root, log, "fetch-etcd.sh")
+	out, err := lab.RunScript(ctx, root, log, "fetch-etcd.sh")
 	if err != nil {
 		return b, err
 	}
@@ -65,24 +63,4 @@ func (b Binaries) check() error {
 		}
 	}
 	return nil
-}
-
-// script runs scripts/name and returns its stdout lines.
-func script(ctx context.Context, root string, log io.Writer, name string, args ...string) ([]string, error) {
-	p := filepath.Join(root, "scripts", name)
-	cmd := exec.CommandContext(ctx, "bash", append([]string{p}, args...)...)
-	cmd.Dir = root
-	cmd.Stderr = log
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", p, strings.Join(args, " "), err)
-	}
-	var lines []string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	return lines, nil
 }
