@@ -288,11 +288,12 @@ func TestCapacityWaiverNeedsRise(t *testing.T) {
 	assert.True(t, f.now.Before(f.tr.Snapshot()[0].HoldUntil), "well inside its hold-down")
 }
 
-// A master whose health changes every 250 ms to 2 s (cycles of 500 ms to
+// A master whose health changes every 125 ms to 2 s (cycles of 250 ms to
 // 4 s) leaves the service at most twice in any 10 s and, once its flapping
-// is seen, is out most of the time, while the other two carry the
-// load. At 4 Hz (a 250 ms cycle) the probes rarely see two failures in a
-// row: it must not flap the kernel either.
+// is seen, is out most of the time, while the other two carry the load.
+// At 4 Hz (a 250 ms cycle) a failed probe's fast retry lands in the
+// healthy half: the probes rarely see two failures in a row, and only
+// counting failures over the last probes sees the flapping.
 func TestFlappingStaysMostlyOut(t *testing.T) {
 	for _, period := range []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 1500 * time.Millisecond, 2 * time.Second, 3 * time.Second, 4 * time.Second} {
 		t.Run(fmt.Sprint(period), func(t *testing.T) {
@@ -312,9 +313,6 @@ func TestFlappingStaysMostlyOut(t *testing.T) {
 			}
 			t.Logf("flapping every %s for 30 s, %d runs: %.1f removals on average, seen in %d, after %.1f s, then in service %.0f%% of the time",
 				period, runs, float64(removed)/runs, seen, firsts/float64(max(seen, 1)), fracs/float64(max(seen, 1))*100)
-			if period < 500*time.Millisecond {
-				return
-			}
 			assert.Equal(t, runs, seen, "the flapping is seen")
 			// What is left in service is mostly the time between its first
 			// and second removal, which only Fall failures in a row can end
@@ -463,4 +461,47 @@ func TestFlapperProbedIrregularly(t *testing.T) {
 	assert.Greater(t, f.tr.NextProbe(mA, 0.99), regular, "back after a recent fall: irregular")
 	assert.Equal(t, cfg.Interval, f.tr.NextProbe(mA, 0), "never more often than once per interval")
 	assert.LessOrEqual(t, f.tr.NextProbe(mB, 0.99), regular, "a steady master: regular pace")
+}
+
+// An Up master that fails every other probe falls on Fall failures among
+// its last 2*Fall-1 probes, with a hold-down at once: failing every other
+// probe is flapping already. Failures further apart than that window do
+// not add up, and only the probes since it last went Up count.
+func TestAlternateFailuresFall(t *testing.T) {
+	cfg := DefaultConfig() // Fall 2: a window of 3 probes
+	f := newFixture(t, cfg, mA, mB, mC)
+	f.probe(mA, ok()).probe(mB, ok()).probe(mC, ok())
+
+	f.advance(time.Second).probe(mA, refused())
+	f.advance(cfg.FastRetry).probe(mA, ok())
+	require.Equal(t, Up, f.phase(mA), "one failure of Fall 2")
+	d := f.tr.NextProbe(mA, 0.5)
+	assert.Greater(t, d, cfg.FastRetry, "re-probed soon, off the fast retry's phase")
+	assert.Less(t, d, 2*cfg.FastRetry, "re-probed soon, off the fast retry's phase")
+	ev := f.advance(d).tr.Observe(mA, refused(), f.now)
+	assert.Equal(t, Down, f.phase(mA), "2 of the last 3 probes failed")
+	require.Len(t, ev, 1)
+	assert.Contains(t, ev[0].Reason, "2 of the last 3 probes failed")
+	st := f.tr.Snapshot()[0]
+	assert.Equal(t, 2, st.Flaps, "counts as flapping")
+	assert.True(t, st.HoldUntil.After(f.now), "held down from this fall")
+
+	// mB: failures 3 probes apart stay Up, and it goes back to the
+	// regular pace once its last 3 probes passed.
+	f.advance(time.Second).probe(mB, refused()).advance(cfg.FastRetry).probe(mB, ok())
+	f.advance(cfg.FastRetry).probe(mB, ok())
+	assert.Less(t, f.tr.NextProbe(mB, 0.99), 2*cfg.FastRetry, "a failure still among the last 3")
+	f.advance(cfg.FastRetry).probe(mB, ok())
+	assert.GreaterOrEqual(t, f.tr.NextProbe(mB, 0), cfg.Interval, "last 3 clean: regular pace")
+	f.advance(time.Second).probe(mB, refused())
+	assert.Equal(t, Up, f.phase(mB), "failures 3 probes apart do not add up")
+	f.advance(cfg.FastRetry).probe(mB, ok())
+
+	// mC falls and rises: its failures before it went Up do not count.
+	f.advance(time.Second).probe(mC, refused()).probe(mC, refused())
+	require.Equal(t, Down, f.phase(mC))
+	f.advance(time.Second).probe(mC, ok()).advance(time.Second).probe(mC, ok())
+	require.Equal(t, Up, f.phase(mC))
+	f.advance(time.Second).probe(mC, refused())
+	assert.Equal(t, Up, f.phase(mC), "the failures before it rose are forgotten")
 }

@@ -15,6 +15,7 @@ package health
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 	"time"
@@ -33,7 +34,9 @@ const (
 	// decides (success: Up, failure: Down) so that a fresh start or --once
 	// needs a single probe round.
 	Unknown = carestatus.Unknown
-	// Up: healthy. Leaves after Fall consecutive failures.
+	// Up: healthy. Leaves after Fall consecutive failures, or Fall
+	// failures among its last 2*Fall-1 probes (a master that flaps faster
+	// than the re-probing).
 	Up = carestatus.Up
 	// Down: unhealthy, or healthy but held down. Leaves after Rise
 	// consecutive successes, and not before its hold-down ends unless fewer
@@ -62,7 +65,10 @@ type Config struct {
 	// master Up.
 	Rise int
 	// Fall is the number of consecutive failed probes that take an Up
-	// master Down.
+	// master Down. Fall failures among an Up master's last 2*Fall-1
+	// probes take it Down too: a master that flaps faster than FastRetry
+	// fails every other probe and would otherwise never fail Fall in a
+	// row.
 	Fall int
 	// Interval is the time between two probes of a master in steady state.
 	Interval time.Duration
@@ -72,7 +78,10 @@ type Config struct {
 	Jitter float64
 	// FastRetry is the delay before re-probing an Up master whose last probe
 	// failed (refused, reset, bad status or timeout), so that Fall failures
-	// take FastRetry*(Fall-1) plus the probes, not Interval*(Fall-1).
+	// take FastRetry*(Fall-1) plus the probes, not Interval*(Fall-1). An Up
+	// master with a failure among its last 2*Fall-1 probes but none pending
+	// is re-probed after FastRetry plus up to FastRetry more at random, so
+	// that the re-probes cannot stay in phase with a master that flaps.
 	FastRetry time.Duration
 	// HoldDown is the hold-down of a master that falls while it has one
 	// recent fall already: after it passes Rise again it stays out until
@@ -219,6 +228,7 @@ type master struct {
 	since      time.Time // when phase was entered
 	successes  int       // consecutive
 	failures   int       // consecutive
+	recent     uint32    // outcomes since it last went Up, newest in bit 0: 1 failed
 	flaps      int       // recent falls: halved for every MaxHoldDown of quiet
 	lastFlap   time.Time // last fall, or last failed probe while held down
 	holdUntil  time.Time
@@ -310,6 +320,10 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 	}
 	m.probed, m.last, m.lastAt = true, o, now
 	t.decay(m, now)
+	m.recent <<= 1
+	if !o.OK {
+		m.recent |= 1
+	}
 	if o.OK {
 		m.successes++
 		m.failures = 0
@@ -324,16 +338,25 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		}
 		return []Event{t.setPhase(m, Down, now, "first probe: "+o.Reason)}
 	case Up:
-		if o.OK || (m.failures < t.cfg.Fall && !o.Conclusive) {
+		if o.OK || (m.failures < t.cfg.Fall && !o.Conclusive && t.recentFailures(m) < t.cfg.Fall) {
 			return nil
 		}
 		m.flaps++
+		flapping := !o.Conclusive && m.failures < t.cfg.Fall
+		if flapping {
+			// Failing every other probe is flapping already: the hold-down
+			// starts with this fall instead of the next.
+			m.flaps = max(m.flaps, 2)
+		}
 		m.lastFlap = now
 		m.holdUntil = now.Add(t.holdDown(m.flaps))
 		m.heldTold = false
 		why := fmt.Sprintf("%s (%d consecutive failures)", o.Reason, m.failures)
-		if m.failures < t.cfg.Fall {
+		switch {
+		case o.Conclusive && m.failures < t.cfg.Fall:
 			why = o.Reason + " after the master closed the sentinel connection"
+		case flapping:
+			why = fmt.Sprintf("%s (%d of the last %d probes failed: flapping)", o.Reason, t.recentFailures(m), t.window())
 		}
 		e := t.setPhase(m, Down, now, why)
 		if m.holdUntil.After(now) {
@@ -371,6 +394,19 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		return []Event{t.setPhase(m, Up, now, why)}
 	}
 	return nil
+}
+
+// window is how many of an Up master's last probes count towards Fall.
+func (t *Tracker) window() int { return min(2*t.cfg.Fall-1, 32) }
+
+// recentFailures counts the failures among m's last window() probes since
+// it last went Up.
+func (t *Tracker) recentFailures(m *master) int {
+	mask := uint32(1)<<t.window() - 1
+	if t.window() == 32 {
+		mask = ^uint32(0)
+	}
+	return bits.OnesCount32(m.recent & mask)
 }
 
 func heldReason(m *master) string {
@@ -470,6 +506,9 @@ func (t *Tracker) holdDown(n int) time.Duration {
 func (t *Tracker) setPhase(m *master, p Phase, now time.Time, reason string) Event {
 	e := Event{Kind: EventTransition, Master: m.addr, From: string(m.phase), To: string(p), Reason: reason, At: now}
 	m.phase, m.since = p, now
+	if p == Up {
+		m.recent = 0 // only its probes since it is Up count towards Fall
+	}
 	return e
 }
 
@@ -503,6 +542,13 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	// Timeout*Fall + FastRetry*(Fall-1) instead of whole intervals.
 	if m != nil && m.phase == Up && m.failures > 0 {
 		return t.cfg.FastRetry
+	}
+	// One that failed recently but passed its last probe may be flapping
+	// faster than the re-probing: it is probed again soon, at a random
+	// spacing that cannot stay in phase with the flapping, until its last
+	// window() probes are clean.
+	if m != nil && m.phase == Up && t.recentFailures(m) > 0 {
+		return t.cfg.FastRetry + time.Duration(float64(t.cfg.FastRetry)*rnd)
 	}
 	jitter := t.cfg.Jitter
 	if m != nil && t.cfg.HoldDown > 0 && (m.flaps >= 2 || (m.flaps == 1 && m.phase == Up)) {
