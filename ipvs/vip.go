@@ -19,6 +19,12 @@ const (
 	ModeRoute Mode = "route"
 )
 
+// ErrRouteModeLocal explains why a master cannot use ModeRoute: its own
+// apiserver is a local real server, and in route mode no connection
+// reaches a local real server (measured on the real kernel, both
+// families: VM e2e TestMasterLocalRealServerBothModes).
+const ErrRouteModeLocal = "a master's own apiserver is a local real server, which IPVS does not reach in route mode (measured on the real kernel, see docs/join.md): use --mode link on a master"
+
 // DefaultInterface is the dummy interface vipctl creates in link mode.
 const DefaultInterface = "vipctl0"
 

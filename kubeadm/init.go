@@ -17,6 +17,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
 // Defaults of `vipctl init`.
@@ -64,13 +66,46 @@ type InitOptions struct {
 	SecretsDir string
 	// DryRun prints every step and file and changes nothing.
 	DryRun bool
+	// Mode and Interface are the VIP plumbing (ipvs.ModeLink and its
+	// dummy interface, or ipvs.ModeRoute).
+	Mode      ipvs.Mode
+	Interface string
+	// Manifest is the watchdog's static pod (every master, this one
+	// included), written to ManifestPath after kubeadm init.
+	Manifest     []byte
+	ManifestPath string
+	// ModulesFile is the modules-load.d file, written before kubeadm init.
+	ModulesFile string
 }
 
 // HostsAddr is the address apiserver.cluster.local maps to on the first
-// master while and after kubeadm init: its own, so that the name reaches
-// this node's apiserver (the sealos design) before there is a VIP to reach.
+// master, as on every node: the VIP, written once before kubeadm init and
+// never rewritten. The VIP's virtual server has this master's own
+// apiserver as its one real server until the watchdog adds the others.
 func (o InitOptions) HostsAddr() netip.Addr {
-	return o.NodeIP
+	return o.VIP.Addr()
+}
+
+// vipConfig is the VIP plumbing of the first master.
+func (o InitOptions) vipConfig() ipvs.VIPConfig {
+	return ipvs.VIPConfig{Mode: o.Mode, Interface: o.Interface, VIP: o.VIP.Addr(), NodeIP: o.NodeIP}
+}
+
+// self is this master's apiserver, the one of Masters at NodeIP.
+func (o InitOptions) self() netip.AddrPort {
+	for _, m := range o.Masters {
+		if m.Addr() == o.NodeIP {
+			return m
+		}
+	}
+	return netip.AddrPort{}
+}
+
+// Desired is the first master's one-shot virtual server: its own apiserver
+// alone, with the local preference (ipvs.MasterScheduler, ipvs.LocalWeight).
+func (o InitOptions) Desired() ipvs.Desired {
+	return ipvs.Desired{Service: ipvs.Service{VIP: o.VIP, Protocol: ipvs.ProtocolTCP, Scheduler: ipvs.MasterScheduler},
+		RealServers: []ipvs.RealServer{{Addr: o.self(), Weight: ipvs.LocalWeight}}}
 }
 
 // Validate checks o before anything is read or changed; errors name the
@@ -93,6 +128,24 @@ func (o InitOptions) Validate() error {
 	}
 	if len(o.Config) == 0 {
 		return errors.New("kubeadm configuration: empty")
+	}
+	if err := o.vipConfig().Validate(); err != nil {
+		return fmt.Errorf("--mode: %w", err)
+	}
+	if o.Mode == ipvs.ModeRoute {
+		return fmt.Errorf("--mode %s: %s", o.Mode, ipvs.ErrRouteModeLocal)
+	}
+	if err := o.Desired().Validate(); err != nil {
+		return err
+	}
+	if o.ManifestPath == "" {
+		return errors.New("--manifest-dir: empty")
+	}
+	if len(o.Manifest) == 0 {
+		return errors.New("watchdog manifest: empty")
+	}
+	if o.ModulesFile == "" {
+		return errors.New("--modules-file: empty")
 	}
 	for i := 0; i < len(o.KubeadmArgs); i++ {
 		a := o.KubeadmArgs[i]
@@ -200,13 +253,16 @@ func CAHash(pemData []byte) (string, error) {
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
-// Init sets up the first master: preflight, hosts file -> HostsAddr, then
+// Init sets up the first master: preflight, hosts file -> the VIP (once,
+// for good), the virtual server with this master's own apiserver as its
+// one real server and the VIP plumbing, the modules-load file, then
 // `kubeadm init --config F --upload-certs` with the configuration in a
-// private temporary file, then the join secrets written to SecretsDir and
-// the `vipctl join` command lines of the other nodes printed. When a step
-// up to and including kubeadm init fails, what this run changed is undone
-// and a *JoinError (Op "init") tells the step, the error and kubeadm's
-// output. The first master runs no watchdog, like a master that joins.
+// private temporary file, then the watchdog's manifest (every master; it
+// adds the others once they are healthy), the join secrets written to
+// SecretsDir and the `vipctl join` command lines of the other nodes
+// printed. When a step up to and including kubeadm init fails, what this
+// run changed is undone and a *JoinError (Op "init") tells the step, the
+// error and kubeadm's output.
 func (j *Joiner) Init(ctx context.Context, o InitOptions) error {
 	if err := o.Validate(); err != nil {
 		return &JoinError{Op: "init", Step: StepValidate, Err: err}
@@ -223,8 +279,13 @@ func (j *Joiner) Init(ctx context.Context, o InitOptions) error {
 	if !hasFlag(pass, "--upload-certs") {
 		pass = append(pass, "--upload-certs")
 	}
+	all := ipvs.Desired{Service: o.Desired().Service}
+	for _, m := range o.Masters {
+		all.RealServers = append(all.RealServers, ipvs.RealServer{Addr: m, Weight: ipvs.DefaultWeight})
+	}
 	r := &joinRun{j: j, log: log, op: "init", config: config, configName: "kubeadm.yaml", pass: pass,
-		o: JoinOptions{Kubeadm: o.Kubeadm, KubeadmArgs: o.KubeadmArgs, DryRun: o.DryRun}}
+		o:       JoinOptions{Kubeadm: o.Kubeadm, KubeadmArgs: o.KubeadmArgs, DryRun: o.DryRun, Service: all, VIP: o.vipConfig()},
+		desired: o.Desired()}
 	r.say("initialising the first master %s (the VIP %s, masters %s)%s", o.NodeIP, o.VIP, joinAddrs(o.Masters), dryNote(o.DryRun))
 
 	// Preflight: nothing is changed until every check passed.
@@ -241,11 +302,18 @@ func (j *Joiner) Init(ctx context.Context, o InitOptions) error {
 	} else {
 		r.say("[preflight] node IP %s on %s", o.NodeIP, strings.Join(ifs, ", "))
 	}
-	if ifs, err := j.Inspector.InterfacesWith(ctx, o.VIP.Addr()); err == nil && len(ifs) > 0 {
-		problems = append(problems, fmt.Errorf("--vip %s: already an address of interface %s on this master; the VIP lives on the workers only", o.VIP.Addr(), strings.Join(ifs, ", ")))
-	}
 	if _, err := j.Hosts.Snapshot(); err != nil {
 		problems = append(problems, fmt.Errorf("hosts file: %w", err))
+	}
+	problem := func(format string, a ...any) { problems = append(problems, fmt.Errorf(format, a...)) }
+	var warnings []string
+	warn := func(format string, a ...any) { warnings = append(warnings, fmt.Sprintf(format, a...)) }
+	if r.checkIPVS(ctx, problem, warn) {
+		r.checkVIPFree(ctx, problem)
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+		r.say("[preflight] warning: %s", w)
 	}
 	if len(problems) > 0 {
 		return &JoinError{Op: "init", Step: StepPreflight, Err: errors.Join(problems...)}
@@ -254,7 +322,16 @@ func (j *Joiner) Init(ctx context.Context, o InitOptions) error {
 	if err := r.setHosts(ctx, o.HostsAddr(), StepHosts); err != nil {
 		return err
 	}
+	if err := r.applyIPVS(ctx); err != nil {
+		return err
+	}
+	if err := r.writeFile(ctx, StepModules, o.ModulesFile, ModulesFileContent(ipvs.MasterScheduler), ModulesFileMode); err != nil {
+		return err
+	}
 	if err := r.kubeadm(ctx); err != nil {
+		return err
+	}
+	if err := r.writeAfterKubeadm(StepManifestAfter, o.ManifestPath, o.Manifest, ManifestFileMode); err != nil {
 		return err
 	}
 	return r.initDone(o, secrets)
@@ -289,7 +366,7 @@ func (r *joinRun) initDone(o InitOptions, s initSecrets) error {
 	if o.DryRun {
 		r.say("dry run done; a real run ends with the join lines:")
 	} else {
-		r.say("done: this node is the first master; %s maps to its own apiserver %s", ControlPlaneHost, o.HostsAddr())
+		r.say("done: this node is the first master; %s maps to the VIP %s, whose virtual server prefers this master's own apiserver %s", ControlPlaneHost, o.VIP, o.self())
 	}
 	if o.SecretsDir != "" {
 		r.say("The join secrets are in %s (mode %04o; the token expires in 24 h, the certificate key in 2 h).", o.SecretsDir, SecretFileMode)

@@ -24,6 +24,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
+
+	"github.com/vipctl/vipctl/ipvs"
 )
 
 var initNodeIP = netip.MustParseAddr("192.0.2.20")
@@ -55,7 +57,9 @@ func (w *world) initOpts(user string) InitOptions {
 	cfg, _, err := Merge(Options{VIP: testVIP.String(), Masters: masters, AdvertiseAddress: initNodeIP.String()}, []byte(user))
 	require.NoError(w.t, err)
 	o := InitOptions{Config: cfg, VIP: testVIP, NodeIP: initNodeIP, Kubeadm: "kubeadm",
-		SecretsDir: filepath.Join(w.dir, "etc", "kubernetes", "vipctl-join")}
+		SecretsDir: filepath.Join(w.dir, "etc", "kubernetes", "vipctl-join"),
+		Mode:       ipvs.ModeLink, Interface: "vipctl0",
+		Manifest: []byte(testManifest), ManifestPath: w.manifestPath(), ModulesFile: w.modulesPath()}
 	for _, m := range masters {
 		o.Masters = append(o.Masters, netip.AddrPortFrom(netip.MustParseAddr(m), 6443))
 	}
@@ -84,14 +88,21 @@ func TestInitFirstMaster(t *testing.T) {
 	caPEM, caHash := testCA(t)
 	tmp := &recordingTemp{OSTemp: OSTemp{Dir: t.TempDir()}}
 	var atKubeadm struct {
-		hosts []netip.Addr
-		mode  fs.FileMode
-		init  map[string]any
+		hosts    []netip.Addr
+		mode     fs.FileMode
+		init     map[string]any
+		service  ipvs.State
+		plumbing bool
+		manifest bool
 	}
 	w.runner.run = func(_ context.Context, _ string, args []string, out io.Writer) error {
 		for _, m := range w.hostsMapping() {
 			atKubeadm.hosts = append(atKubeadm.hosts, m.Addr)
 		}
+		atKubeadm.service, _ = w.dp.Get(context.Background(), testVIP)
+		atKubeadm.plumbing = w.dp.Has(w.vipConfig())
+		_, err := os.Stat(w.manifestPath())
+		atKubeadm.manifest = err == nil
 		st, err := os.Stat(args[2])
 		require.NoError(t, err)
 		atKubeadm.mode = st.Mode().Perm()
@@ -115,7 +126,17 @@ func TestInitFirstMaster(t *testing.T) {
 	require.Len(t, calls, 1)
 	require.Len(t, tmp.paths, 1)
 	assert.Equal(t, []string{"init", "--config", tmp.paths[0], "--v=5", "--upload-certs"}, calls[0].args, "no secret on kubeadm's command line")
-	assert.Equal(t, []netip.Addr{initNodeIP}, atKubeadm.hosts, "the name reaches this node's own apiserver while kubeadm init runs")
+	assert.Equal(t, []netip.Addr{testVIP.Addr()}, atKubeadm.hosts, "the name maps to the VIP while kubeadm init runs, as on every node")
+	require.Len(t, atKubeadm.service.RealServers, 1, "the VIP's one real server is this master's own apiserver")
+	assert.Equal(t, netip.AddrPortFrom(initNodeIP, 6443), atKubeadm.service.RealServers[0].Addr)
+	assert.Equal(t, ipvs.LocalWeight, atKubeadm.service.RealServers[0].Weight)
+	assert.Equal(t, ipvs.MasterScheduler, atKubeadm.service.Service.Scheduler)
+	assert.True(t, atKubeadm.plumbing, "the VIP is reachable while kubeadm init runs")
+	assert.False(t, atKubeadm.manifest, "the watchdog's manifest comes after kubeadm init (its preflight wants an empty manifest folder)")
+	b, err := os.ReadFile(w.manifestPath())
+	require.NoError(t, err)
+	assert.Equal(t, testManifest, string(b), "then the watchdog's manifest is written")
+	assert.Equal(t, 1, w.hosts.writes, "the hosts file is written exactly once by the whole init")
 	assert.Equal(t, fs.FileMode(0o600), atKubeadm.mode)
 	assertAbsent(t, tmp.paths[0])
 	assert.Equal(t, initNodeIP.String(), at(atKubeadm.init, "localAPIEndpoint", "advertiseAddress"))
@@ -148,11 +169,10 @@ func TestInitFirstMaster(t *testing.T) {
 		assert.NotContains(t, out+w.kout.String(), s)
 	}
 	assert.Contains(t, w.kout.String(), caHash, "the public hash is not redacted")
-	// The name stays on this master.
-	assert.Equal(t, []netip.Addr{initNodeIP}, atKubeadm.hosts)
+	// The name stays on the VIP.
 	ms := w.hostsMapping()
 	require.Len(t, ms, 1)
-	assert.Equal(t, initNodeIP, ms[0].Addr)
+	assert.Equal(t, testVIP.Addr(), ms[0].Addr)
 }
 
 func TestInitKeepsTheUsersSecrets(t *testing.T) {
@@ -216,6 +236,8 @@ func TestInitBadInputChangesNothing(t *testing.T) {
 			o.NodeIP = netip.MustParseAddr("192.0.2.12")
 		}, StepPreflight, "--node-ip 192.0.2.12: not an address of this node"},
 		{"VIP on this master", func(w *world, _ *InitOptions) { w.insp.otherIfs[testVIP.Addr()] = []string{"eth0"} }, StepPreflight, "--vip 10.103.97.2: already an address of interface eth0"},
+		{"bad mode", func(_ *world, o *InitOptions) { o.Mode = "bgp" }, StepValidate, `--mode: mode "bgp"`},
+		{"route mode on a master", func(_ *world, o *InitOptions) { o.Mode = ipvs.ModeRoute }, StepValidate, "--mode route: a master's own apiserver"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t)
@@ -244,7 +266,8 @@ func TestInitDryRunChangesNothing(t *testing.T) {
 	assert.Equal(t, before, w.state())
 	assert.Empty(t, w.runner.kubeadmCalls())
 	out := w.out.String()
-	assert.Contains(t, out, "would map apiserver.cluster.local to 192.0.2.20")
+	assert.Contains(t, out, "would map apiserver.cluster.local to 10.103.97.2")
+	assert.Contains(t, out, "with real servers 192.0.2.20:6443")
 	assert.Contains(t, out, "would run: kubeadm init --config <a private temporary file>/kubeadm.yaml --upload-certs")
 	assert.Contains(t, out, "token: "+Redacted)
 	assert.Contains(t, out, "certificateKey: "+Redacted)

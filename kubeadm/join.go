@@ -88,12 +88,15 @@ type Inspector interface {
 // JoinOptions describe one `vipctl join`, validated by the caller.
 type JoinOptions struct {
 	// Service is the virtual server and its real servers, the masters in
-	// the order given (the first is the one a master joins through).
+	// the order given.
 	Service ipvs.Desired
-	// VIP is the VIP plumbing; VIP.NodeIP is this node's address (on a
-	// master, the address the hosts file points at after the join).
+	// VIP is the VIP plumbing; VIP.NodeIP is this node's address.
 	VIP ipvs.VIPConfig
-	// ControlPlane joins a master: no IPVS, no watchdog.
+	// ControlPlane joins a master: like a worker, through the VIP over
+	// every master that accepts connections, but the watchdog's manifest
+	// is written after kubeadm join (kubeadm's control-plane preflight
+	// wants an empty manifest folder) and lists this master too, which
+	// the watchdog adds, preferred, once its apiserver is healthy.
 	ControlPlane bool
 	// ServiceSubnets and PodSubnets are the cluster's, when the user gave
 	// them; the VIP must not be inside them.
@@ -114,11 +117,10 @@ type JoinOptions struct {
 	CertificateKey string
 	// JoinConfig is the user's JoinConfiguration (--config); nil for none.
 	JoinConfig []byte
-	// Manifest is the watchdog's static pod, written to ManifestPath on a
-	// worker.
+	// Manifest is the watchdog's static pod, written to ManifestPath.
 	Manifest     []byte
 	ManifestPath string
-	// ModulesFile is the modules-load.d file written on a worker.
+	// ModulesFile is the modules-load.d file.
 	ModulesFile string
 	// DialTimeout bounds the connect to each master; DefaultDialTimeout when 0.
 	DialTimeout time.Duration
@@ -166,7 +168,8 @@ const (
 	StepManifest  = "manifest"
 	StepModules   = "modules"
 	StepKubeadm   = "kubeadm"
-	StepHostsSelf = "hosts (own address)"
+	// StepManifestAfter writes a master's watchdog manifest after kubeadm.
+	StepManifestAfter = "manifest (after kubeadm)"
 )
 
 // JoinError is a failed join: the step, its error, kubeadm's last output
@@ -238,15 +241,10 @@ type joinRun struct {
 	pass       []string
 }
 
-// Endpoint returns the API endpoint kubeadm joins through:
-// apiserver.cluster.local with the VIP's port on a worker, the first
-// master's port on a master.
+// Endpoint returns the API endpoint kubeadm joins through, on a worker and
+// a master alike: apiserver.cluster.local with the VIP's port.
 func (o JoinOptions) Endpoint() string {
-	port := o.Service.Service.VIP.Port()
-	if o.ControlPlane && len(o.Service.RealServers) > 0 {
-		port = o.Service.RealServers[0].Addr.Port()
-	}
-	return ControlPlaneHost + ":" + strconv.Itoa(int(port))
+	return ControlPlaneHost + ":" + strconv.Itoa(int(o.Service.Service.VIP.Port()))
 }
 
 // KubeadmCommand returns kubeadm's arguments: join, the endpoint, the
@@ -291,6 +289,9 @@ func (o JoinOptions) Validate() error {
 	if err := o.VIP.Validate(); err != nil {
 		return err
 	}
+	if o.ControlPlane && o.VIP.Mode == ipvs.ModeRoute {
+		return fmt.Errorf("--mode %s: %s", o.VIP.Mode, ipvs.ErrRouteModeLocal)
+	}
 	if o.VIP.VIP != o.Service.Service.VIP.Addr() {
 		return fmt.Errorf("--vip %s: differs from the virtual server %s", o.VIP.VIP, o.Service.Service)
 	}
@@ -318,26 +319,26 @@ func (o JoinOptions) Validate() error {
 			return fmt.Errorf("--certificate-key-file: %w", err)
 		}
 	}
-	if !o.ControlPlane {
-		if o.ManifestPath == "" {
-			return errors.New("--manifest-dir: empty")
-		}
-		if len(o.Manifest) == 0 {
-			return errors.New("watchdog manifest: empty")
-		}
-		if o.ModulesFile == "" {
-			return errors.New("--modules-file: empty")
-		}
+	if o.ManifestPath == "" {
+		return errors.New("--manifest-dir: empty")
+	}
+	if len(o.Manifest) == 0 {
+		return errors.New("watchdog manifest: empty")
+	}
+	if o.ModulesFile == "" {
+		return errors.New("--modules-file: empty")
 	}
 	return nil
 }
 
 // Join joins the node. On a worker: preflight, hosts file -> VIP, IPVS
 // rules and VIP plumbing, watchdog static pod, modules-load file, then
-// `kubeadm join`. On a master: preflight, hosts file -> first master,
-// `kubeadm join --control-plane`, hosts file -> this node. When a step up to
-// and including kubeadm join fails, what this run changed is undone and a
-// *JoinError tells the step, the error and kubeadm's output.
+// `kubeadm join`. On a master the same, through the VIP too, except that
+// the watchdog's static pod is written after `kubeadm join
+// --control-plane`. The hosts file is written once, before kubeadm, and
+// never rewritten. When a step up to and including kubeadm join fails,
+// what this run changed is undone and a *JoinError tells the step, the
+// error and kubeadm's output.
 func (j *Joiner) Join(ctx context.Context, o JoinOptions) error {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = DefaultDialTimeout
@@ -436,30 +437,54 @@ func (r *joinRun) worker(ctx context.Context) error {
 	return nil
 }
 
+// master joins a master through the VIP: the hosts file maps the name to
+// the VIP once, for good; kubeadm reaches every master that accepted a
+// connection in the preflight; the watchdog's manifest comes after kubeadm
+// (whose control-plane preflight wants an empty manifest folder) and adds
+// this master's own apiserver, preferred, once it is healthy.
 func (r *joinRun) master(ctx context.Context) error {
 	o := r.o
-	first := o.Service.RealServers[0].Addr.Addr()
-	if err := r.setHosts(ctx, first, StepHosts); err != nil {
+	if err := r.setHosts(ctx, o.VIP.VIP, StepHosts); err != nil {
+		return err
+	}
+	if err := r.applyIPVS(ctx); err != nil {
+		return err
+	}
+	if err := r.writeFile(ctx, StepModules, o.ModulesFile, ModulesFileContent(o.Service.Service.Scheduler), ModulesFileMode); err != nil {
 		return err
 	}
 	if err := r.kubeadm(ctx); err != nil {
 		return err
 	}
+	if err := r.writeAfterKubeadm(StepManifestAfter, o.ManifestPath, o.Manifest, ManifestFileMode); err != nil {
+		return err
+	}
 	if o.DryRun {
-		r.say("[%s] would map %s to this node's address %s in the hosts file", StepHostsSelf, ControlPlaneHost, o.VIP.NodeIP)
 		r.say("dry run: nothing was changed")
 		return nil
 	}
-	if _, err := r.j.Hosts.Set(ctx, ControlPlaneHost, o.VIP.NodeIP); err != nil {
-		// kubeadm join succeeded: undoing the hosts file now would cut the
-		// new master off its own apiserver name. It still maps the name to
-		// the first master, which works.
-		return &JoinError{Step: StepHostsSelf, Err: err,
-			Kept: fmt.Sprintf("kubeadm join succeeded, so nothing was undone: %s still maps to the first master %s; finish with `vipctl hosts set %s %s`",
-				ControlPlaneHost, first, ControlPlaneHost, o.VIP.NodeIP)}
+	r.say("done: the master joined through the VIP %s, where %s stays mapped; the watchdog starts from %s and adds this master's apiserver, preferred, once it is healthy",
+		o.Service.Service, ControlPlaneHost, o.ManifestPath)
+	return nil
+}
+
+// writeAfterKubeadm writes a file once kubeadm succeeded: nothing is
+// undone any more, so a failure keeps the node as it is (the name maps to
+// the VIP, the one-shot IPVS rules work) and says how to finish.
+func (r *joinRun) writeAfterKubeadm(step, path string, data []byte, perm fs.FileMode) error {
+	if r.o.DryRun {
+		r.say("[%s] would write %s (mode %04o):\n%s", step, path, perm, indent(data))
+		return nil
 	}
-	r.say("[%s] %s -> %s (this master)", StepHostsSelf, ControlPlaneHost, o.VIP.NodeIP)
-	r.say("done: the master joined; %s now maps to its own apiserver", ControlPlaneHost)
+	_, err := r.j.Files.MkdirAll(dirOf(path), 0o700)
+	if err == nil {
+		err = r.j.Files.WriteFile(path, data, perm)
+	}
+	if err != nil {
+		return &JoinError{Op: r.op, Step: step, Err: fmt.Errorf("write %s: %w", path, err),
+			Kept: fmt.Sprintf("kubeadm %s succeeded, so nothing was undone: %s maps to the VIP, whose rules work but are not watched; write the watchdog's manifest with `vipctl manifest --output-file %s ...` (the join's flags)", r.op, ControlPlaneHost, path)}
+	}
+	r.say("[%s] wrote %s", step, path)
 	return nil
 }
 

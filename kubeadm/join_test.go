@@ -73,9 +73,16 @@ type flakyHosts struct {
 	setWritesThenFails bool
 	restoreErr         error
 	removeErr          error
+	// writes counts the Set calls that changed the file.
+	writes int
 }
 
-func (h *flakyHosts) Set(ctx context.Context, name string, addr netip.Addr) (bool, error) {
+func (h *flakyHosts) Set(ctx context.Context, name string, addr netip.Addr) (changed bool, err error) {
+	defer func() {
+		if changed {
+			h.writes++
+		}
+	}()
 	if h.setErr != nil {
 		if h.setWritesThenFails {
 			_, _ = h.File.Set(ctx, name, addr)
@@ -307,7 +314,6 @@ func (w *world) masterOpts() JoinOptions {
 	o := w.workerOpts()
 	o.ControlPlane = true
 	o.KubeadmArgs = append(o.KubeadmArgs, "--certificate-key="+testCertKey)
-	o.Manifest, o.ManifestPath, o.ModulesFile = nil, "", ""
 	return o
 }
 
@@ -727,28 +733,52 @@ func TestJoinDryRunChangesNothing(t *testing.T) {
 func TestMasterJoin(t *testing.T) {
 	w := newWorld(t)
 	o := w.masterOpts()
-	o.Service.RealServers[0].Addr = netip.MustParseAddrPort("192.0.2.11:7443")
 	var atKubeadm []hosts.Mapping
+	var manifestAtKubeadm bool
+	var serviceAtKubeadm string
 	w.runner.run = func(context.Context, string, []string, io.Writer) error {
 		atKubeadm = w.hostsMapping()
+		_, err := os.Stat(w.manifestPath())
+		manifestAtKubeadm = err == nil
+		serviceAtKubeadm = w.state().Service
 		return nil
 	}
 	require.NoError(t, w.joiner().Join(context.Background(), o))
 	calls := w.runner.kubeadmCalls()
 	require.Len(t, calls, 1)
-	assert.Equal(t, []string{"join", "apiserver.cluster.local:7443", "--token", testToken, "--discovery-token-ca-cert-hash", testHash,
-		"--certificate-key=" + testCertKey, "--control-plane"}, calls[0].args, "a master joins through the first master's port")
+	assert.Equal(t, []string{"join", "apiserver.cluster.local:6443", "--token", testToken, "--discovery-token-ca-cert-hash", testHash,
+		"--certificate-key=" + testCertKey, "--control-plane"}, calls[0].args, "a master joins through the VIP's port")
 	require.Len(t, atKubeadm, 1)
-	assert.Equal(t, netip.MustParseAddr("192.0.2.11"), atKubeadm[0].Addr, "the name maps to the first master while kubeadm runs")
+	assert.Equal(t, testVIP.Addr(), atKubeadm[0].Addr, "the name maps to the VIP while kubeadm runs")
 	after := w.hostsMapping()
 	require.Len(t, after, 1)
-	assert.Equal(t, testNodeIP, after[0].Addr, "then to the master itself")
+	assert.Equal(t, testVIP.Addr(), after[0].Addr, "and still afterwards")
+	assert.Equal(t, 1, w.hosts.writes, "the hosts file is written exactly once by the whole join")
+	for _, m := range testMasters {
+		assert.Contains(t, serviceAtKubeadm, m.String(), "kubeadm reaches every master through the VIP")
+	}
+	assert.False(t, manifestAtKubeadm, "the watchdog's manifest comes after kubeadm (its control-plane preflight wants an empty folder)")
 	s := w.state()
-	assert.Empty(t, s.Service, "no IPVS on a master")
-	assert.False(t, s.Plumbing)
-	assert.Equal(t, 0, w.dpOpens)
-	assert.NotContains(t, s.Files, "etc/kubernetes")
+	assert.True(t, s.Plumbing)
+	assert.Equal(t, testManifest, s.Files[filepath.Join("etc", "kubernetes", "manifests", "vipctl-care.yaml")])
+	assert.Contains(t, s.Files[filepath.Join("etc", "modules-load.d", "vipctl.conf")], "ip_vs_rr")
 	w.assertNoSecrets(nil)
+}
+
+// A master joins with the first master down: through the others.
+func TestMasterJoinFirstMasterDown(t *testing.T) {
+	w := newWorld(t)
+	w.insp.unreachable[testMasters[0]] = true
+	var serviceAtKubeadm string
+	w.runner.run = func(context.Context, string, []string, io.Writer) error {
+		serviceAtKubeadm = w.state().Service
+		return nil
+	}
+	require.NoError(t, w.joiner().Join(context.Background(), w.masterOpts()))
+	assert.NotContains(t, serviceAtKubeadm, testMasters[0].String(), "the dead first master is left out")
+	assert.Contains(t, serviceAtKubeadm, testMasters[1].String())
+	assert.Contains(t, serviceAtKubeadm, testMasters[2].String())
+	assert.Contains(t, w.out.String(), "left out of the virtual server for now")
 }
 
 func TestMasterJoinDoesNotRepeatControlPlane(t *testing.T) {
@@ -777,29 +807,32 @@ func TestMasterJoinFailures(t *testing.T) {
 		assert.Equal(t, before, w.state())
 		w.assertNoSecrets(err)
 	})
-	t.Run("first master unreachable", func(t *testing.T) {
+	t.Run("every other master unreachable", func(t *testing.T) {
 		w := newWorld(t)
-		w.insp.unreachable[testMasters[0]] = true
+		for _, m := range testMasters {
+			w.insp.unreachable[m] = true
+		}
+		before := w.state()
 		err := w.joiner().Join(context.Background(), w.masterOpts())
 		var je *JoinError
 		require.ErrorAs(t, err, &je)
 		assert.Equal(t, StepPreflight, je.Step)
-		assert.Contains(t, err.Error(), "the first master")
+		assert.Contains(t, err.Error(), "no master accepts a connection")
+		assert.Equal(t, before, w.state())
 	})
-	t.Run("own address after kubeadm fails: kept, explained", func(t *testing.T) {
+	t.Run("manifest after kubeadm fails: kept, explained", func(t *testing.T) {
 		w := newWorld(t)
-		w.runner.run = func(context.Context, string, []string, io.Writer) error {
-			w.hosts.setErr = errors.New("read-only file system")
-			return nil
-		}
+		w.files.writeErr[w.manifestPath()] = errors.New("read-only file system")
 		err := w.joiner().Join(context.Background(), w.masterOpts())
 		var je *JoinError
 		require.ErrorAs(t, err, &je)
-		assert.Equal(t, StepHostsSelf, je.Step)
-		assert.Contains(t, err.Error(), "vipctl hosts set apiserver.cluster.local 192.0.2.20")
+		assert.Equal(t, StepManifestAfter, je.Step)
+		assert.Contains(t, err.Error(), "nothing was undone")
+		assert.Contains(t, err.Error(), "vipctl manifest --output-file "+w.manifestPath())
 		m := w.hostsMapping()
 		require.Len(t, m, 1)
-		assert.Equal(t, netip.MustParseAddr("192.0.2.11"), m[0].Addr, "the joined master keeps a working mapping")
+		assert.Equal(t, testVIP.Addr(), m[0].Addr, "the joined master keeps its mapping to the VIP")
+		assert.NotEmpty(t, w.state().Service, "and its one-shot virtual server")
 	})
 }
 
@@ -835,6 +868,7 @@ func TestJoinValidate(t *testing.T) {
 		{"no master", func(o *JoinOptions) { o.Service.RealServers = nil }, "--master"},
 		{"no node IP", func(o *JoinOptions) { o.VIP.NodeIP = netip.Addr{} }, "--node-ip"},
 		{"worker on a master's address", func(o *JoinOptions) { o.VIP.NodeIP = testMasters[0].Addr() }, "--control-plane"},
+		{"master in route mode", func(o *JoinOptions) { o.ControlPlane = true; o.VIP.Mode = ipvs.ModeRoute }, "--mode route: a master's own apiserver"},
 		{"VIP mismatch", func(o *JoinOptions) { o.VIP.VIP = netip.MustParseAddr("10.103.97.3") }, "differs"},
 		{"no manifest path", func(o *JoinOptions) { o.ManifestPath = "" }, "--manifest-dir"},
 		{"no modules file", func(o *JoinOptions) { o.ModulesFile = "" }, "--modules-file"},

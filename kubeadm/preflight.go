@@ -18,10 +18,11 @@ import (
 const KubeadmDefaultServiceSubnet = "10.96.0.0/12"
 
 // preflight checks the node before anything is changed and returns
-// warnings, or an error listing every problem found. On a worker it loads
-// ip_vs when needed (not in a dry run), opens the dataplane and picks the
-// real servers the join's one-shot IPVS apply uses: the masters that accept
-// a connection now (the watchdog adds the others once they are healthy).
+// warnings, or an error listing every problem found. On a worker and a
+// master alike it loads ip_vs when needed (not in a dry run), opens the
+// dataplane and picks the real servers the join's one-shot IPVS apply
+// uses: the masters that accept a connection now, this node excluded (the
+// watchdog adds the others once they are healthy).
 func (r *joinRun) preflight(ctx context.Context) (warnings []string, err error) {
 	o := r.o
 	var problems []error
@@ -47,26 +48,27 @@ func (r *joinRun) preflight(ctx context.Context) (warnings []string, err error) 
 	for _, u := range unreachable {
 		warn("master %s does not accept connections (%v): left out of the virtual server for now; the watchdog adds it once it is healthy", u.addr, u.err)
 	}
-	switch {
-	case len(reachable) == 0:
+	if len(reachable) == 0 {
 		problem("--master: no master accepts a connection on its port (tried %s)", realServers(o.Service))
-	case o.ControlPlane && reachable[0] != o.Service.RealServers[0].Addr:
-		problem("--master %s: the first master, which a master joins through, does not accept connections", o.Service.RealServers[0].Addr)
-	default:
+	} else {
 		ok("masters accepting connections: %s", joinAddrs(reachable))
 	}
 
-	if !o.ControlPlane {
-		r.desired = ipvs.Desired{Service: o.Service.Service}
-		for _, rs := range o.Service.RealServers {
-			if slices.Contains(reachable, rs.Addr) {
-				r.desired.RealServers = append(r.desired.RealServers, rs)
-			}
+	// A master joins through the VIP like a worker, over every master
+	// that accepts connections (not only the first). Its own apiserver is
+	// not up yet: the watchdog adds it later.
+	r.desired = ipvs.Desired{Service: o.Service.Service}
+	for _, rs := range o.Service.RealServers {
+		if slices.Contains(reachable, rs.Addr) && rs.Addr.Addr() != o.VIP.NodeIP {
+			r.desired.RealServers = append(r.desired.RealServers, rs)
 		}
-		r.checkSubnets(problem, warn)
-		if r.checkIPVS(ctx, problem, warn) {
-			r.checkVIPFree(ctx, problem)
-		}
+	}
+	if len(reachable) > 0 && len(r.desired.RealServers) == 0 {
+		problem("--master: only this node (%s) accepts connections: a master joins through another one", o.VIP.NodeIP)
+	}
+	r.checkSubnets(problem, warn)
+	if r.checkIPVS(ctx, problem, warn) {
+		r.checkVIPFree(ctx, problem)
 	}
 	if len(problems) > 0 {
 		return warnings, errors.Join(problems...)

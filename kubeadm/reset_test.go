@@ -75,7 +75,14 @@ func TestResetAfterMasterJoin(t *testing.T) {
 	before := w.state()
 	require.NoError(t, w.joiner().Join(context.Background(), w.masterOpts()))
 	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
-	assert.Equal(t, before, w.state())
+	// A master joins through the VIP like a worker: reset undoes the same
+	// (the folders are kubeadm's, left in place as after a worker's reset).
+	after := w.state()
+	assert.Equal(t, before.Hosts, after.Hosts, "hosts file byte-identical")
+	assert.Empty(t, after.Service, "no virtual server")
+	assert.False(t, after.Plumbing, "no VIP plumbing")
+	assert.NotContains(t, after.Files, "etc/kubernetes/manifests/vipctl-care.yaml")
+	assert.NotContains(t, after.Files, "etc/modules-load.d/vipctl.conf")
 }
 
 func TestResetWaitsForTheWatchdog(t *testing.T) {

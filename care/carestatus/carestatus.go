@@ -61,6 +61,10 @@ type Master struct {
 	// Kernel is the real server as the kernel reported it; nil when the
 	// kernel's service has no such real server (or was not read).
 	Kernel *Kernel `json:"kernel,omitempty"`
+	// Local marks the master on this node itself (a master's own
+	// apiserver), which the watchdog prefers while it is in service: then
+	// the node's traffic through the VIP is local.
+	Local bool `json:"local,omitempty"`
 }
 
 // Probe is the last probe of a master.

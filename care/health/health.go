@@ -106,6 +106,12 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Weight is the weight of a master in service.
 	Weight int
+	// Local is the master on this node itself (its address is one of the
+	// node's), zero when none; in service it gets LocalWeight instead of
+	// Weight, so that a weighted scheduler prefers it (see
+	// ipvs.LocalWeight). Down, it is drained like any other.
+	Local       netip.AddrPort
+	LocalWeight int
 }
 
 // DefaultConfig returns the defaults the `vipctl care` flags use.
@@ -144,6 +150,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("drain timeout %s: want 0 or more", c.DrainTimeout)
 	case c.Weight < 1 || c.Weight > 65535:
 		return fmt.Errorf("weight %d: want 1 to 65535", c.Weight)
+	case c.Local.IsValid() && (c.LocalWeight < 0 || c.LocalWeight > 65535):
+		return fmt.Errorf("local weight %d: want 0 to 65535", c.LocalWeight)
 	}
 	return nil
 }
@@ -622,7 +630,7 @@ func (t *Tracker) Plan(cur *ipvs.State, now time.Time) Plan {
 				p.Events = append(p.Events, Event{Kind: EventAdmit, Master: m.addr, From: string(m.member), To: string(InService), At: now, Reason: t.admitReason(m, failOpen)})
 				m.member, m.closeDue = InService, false
 			}
-			p.RealServers = append(p.RealServers, ipvs.RealServer{Addr: m.addr, Weight: t.cfg.Weight})
+			p.RealServers = append(p.RealServers, ipvs.RealServer{Addr: m.addr, Weight: t.weight(m.addr)})
 			continue
 		}
 		switch m.member {
@@ -726,13 +734,23 @@ func (t *Tracker) ConnsClosed(addr netip.AddrPort) {
 // down.
 func (t *Tracker) FailOpen() bool { return t.failOpen }
 
+// weight is the weight of master addr in service: LocalWeight for the
+// local master, Weight for the others.
+func (t *Tracker) weight(addr netip.AddrPort) int {
+	if t.cfg.Local.IsValid() && addr == t.cfg.Local && t.cfg.LocalWeight > 0 {
+		return t.cfg.LocalWeight
+	}
+	return t.cfg.Weight
+}
+
 // Snapshot returns every master's state, in the order given to NewTracker,
 // for /status and the metrics; Kernel is left nil.
 func (t *Tracker) Snapshot() []carestatus.Master {
 	out := make([]carestatus.Master, 0, len(t.masters))
 	for _, m := range t.masters {
 		s := carestatus.Master{Address: m.addr, Phase: m.phase, Since: m.since, Membership: m.member,
-			Successes: m.successes, Failures: m.failures, Flaps: m.flaps, HoldUntil: m.holdUntil}
+			Successes: m.successes, Failures: m.failures, Flaps: m.flaps, HoldUntil: m.holdUntil,
+			Local: t.cfg.Local.IsValid() && m.addr == t.cfg.Local}
 		if m.phase == Down && m.successes >= t.cfg.Rise {
 			// Down with Rise successes: only the hold-down keeps it out.
 			s.HeldDown = true
@@ -741,7 +759,7 @@ func (t *Tracker) Snapshot() []carestatus.Master {
 		}
 		switch m.member {
 		case InService:
-			s.Weight = t.cfg.Weight
+			s.Weight = t.weight(m.addr)
 		case Draining:
 			s.DrainSince = m.drainSince
 		default:

@@ -20,6 +20,7 @@ import (
 	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/internal/version"
+	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/ipvs/kernel"
 )
 
@@ -42,15 +43,19 @@ type careProber interface {
 type careEnv struct {
 	getenv       func(string) string
 	detectNodeIP func(context.Context, netip.Addr) (netip.Addr, error)
-	newKernel    func(*zap.Logger) (careKernel, error)
-	newProber    func(probe.Config) (careProber, error)
-	serve        func(context.Context, string, http.Handler, *zap.Logger) error
+	// isLocal reports whether an address is the node's own (a master's
+	// own apiserver); nil: no master is local.
+	isLocal   func(context.Context, netip.Addr) (bool, error)
+	newKernel func(*zap.Logger) (careKernel, error)
+	newProber func(probe.Config) (careProber, error)
+	serve     func(context.Context, string, http.Handler, *zap.Logger) error
 }
 
 func defaultCareEnv() careEnv {
 	return careEnv{
 		getenv:       os.Getenv,
 		detectNodeIP: kernel.DetectNodeIP,
+		isLocal:      kernel.IsLocalAddr,
 		newKernel:    func(l *zap.Logger) (careKernel, error) { return kernel.New(l) },
 		newProber:    func(c probe.Config) (careProber, error) { return probe.New(c) },
 		serve:        care.Serve,
@@ -104,10 +109,42 @@ func (f *careFlags) build(ctx context.Context, env careEnv) (careSetup, error) {
 			return s, err
 		}
 	}
+	local, err := localMaster(ctx, env, c.Masters)
+	if err != nil {
+		return s, err
+	}
+	if local.IsValid() && c.Mode == careconfig.ModeRoute {
+		return s, fmt.Errorf("--mode %s: --master %s is this node's own apiserver; %s", c.Mode, local, ipvs.ErrRouteModeLocal)
+	}
+	if local.IsValid() && c.Scheduler == careconfig.DefaultScheduler {
+		// rr ignores weights: on a master the preference needs wrr.
+		c.Scheduler = ipvs.MasterScheduler
+		s.warnings = append(s.warnings, fmt.Sprintf("--master %s is this node's own apiserver: scheduler %s instead of %s, so that it gets the new connections while it is healthy", local, ipvs.MasterScheduler, careconfig.DefaultScheduler))
+	}
 	if s.cfg, err = care.FromConfig(c, version.Get().Version); err != nil {
 		return s, err
 	}
+	s.cfg.Health.Local, s.cfg.Health.LocalWeight = local, ipvs.LocalWeight
 	return s, nil
+}
+
+// localMaster returns the master whose address is one of this node's (on
+// a master node: its own apiserver), the first one if several; none on a
+// worker.
+func localMaster(ctx context.Context, env careEnv, masters []netip.AddrPort) (netip.AddrPort, error) {
+	if env.isLocal == nil {
+		return netip.AddrPort{}, nil
+	}
+	for _, m := range masters {
+		ok, err := env.isLocal(ctx, m.Addr())
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("--master %s: is it this node's own apiserver: %w", m, err)
+		}
+		if ok {
+			return m, nil
+		}
+	}
+	return netip.AddrPort{}, nil
 }
 
 // resolveNodeIP finds the node IP when --node-ip is not given: from

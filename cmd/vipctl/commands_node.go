@@ -15,6 +15,7 @@ func nodeCommands(a *app) []*cobra.Command {
 		newImageCmd(a),
 		newInitCmd(a),
 		newJoinCmd(a),
+		newMigrateMasterCmd(a),
 		newResetCmd(a),
 		newKubeProxyCmd(a),
 	}

@@ -7,12 +7,16 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/hosts"
+	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/kubeadm"
+	"github.com/vipctl/vipctl/manifests"
 )
 
 // initFlags are `vipctl init`'s flags besides the configuration's.
@@ -23,6 +27,12 @@ type initFlags struct {
 	dryRun     bool
 	hostsFile  string
 	secretsDir string
+	// The VIP plumbing and the watchdog's static pod.
+	mode        string
+	iface       string
+	image       string
+	manifestDir string
+	modulesFile string
 }
 
 // isLocalFunc reports whether an address is one of this node's.
@@ -34,7 +44,11 @@ func newInitCmd(a *app) *cobra.Command {
 		return len(ifs) > 0, err
 	}
 	return newInitCmdWith(isLocal, func(cmd *cobra.Command, o kubeadm.InitOptions, hostsFile string) error {
-		return osJoiner(a, cmd, hostsFile).Init(cmd.Context(), o)
+		k := &lazyKernel{log: a.log}
+		defer k.Close()
+		j := osJoiner(a, cmd, hostsFile)
+		j.Dataplane = k.Dataplane
+		return j.Init(cmd.Context(), o)
 	})
 }
 
@@ -51,19 +65,24 @@ for the VIP, the name and every --master, the VIP excluded from kube-proxy's IPV
 merged into --config when given.
 
 In order: preflight checks (kubeadm found, --node-ip an address of this node
-and one of the --master, the VIP not on this node), the hosts file maps
-` + kubeadm.ControlPlaneHost + ` to this master's own address (its apiserver: there is no
-VIP on a master), then "kubeadm init --config FILE --upload-certs" with the
-configuration in a private temporary file (0600, removed afterwards). vipctl
-puts a new bootstrap token and certificate key in the configuration unless
---config has them; after kubeadm init they are written to --secrets-dir (0600)
-and the "vipctl join" command lines for the workers and the other masters are
-printed with the master list filled in. No secret is printed or logged.
+and one of the --master, IPVS loadable, the VIP unused), the hosts file maps
+` + kubeadm.ControlPlaneHost + ` to the VIP, as on every node, once and for good; the
+VIP's virtual server is set up with this master's own apiserver as its one
+real server (scheduler wrr, the local weight), with the VIP plumbing
+(--mode), and the modules-load file is written; then "kubeadm init --config
+FILE --upload-certs" with the configuration in a private temporary file (0600,
+removed afterwards): the name reaches the local apiserver through the VIP as
+soon as it is up. Then the watchdog's static pod is written (every --master;
+it adds the others once they are healthy and keeps preferring this one while
+it is healthy). vipctl puts a new bootstrap token and certificate key in the
+configuration unless --config has them; after kubeadm init they are written to
+--secrets-dir (0600) and the "vipctl join" command lines for the workers and
+the other masters are printed with the master list filled in. No secret is
+printed or logged.
 
 When a step up to kubeadm init fails, what this run changed is undone and the
-error names the step, with kubeadm's output. Like a master that joins, the
-first master runs no watchdog. Undo a successful init with "vipctl reset",
-then "kubeadm reset".`,
+error names the step, with kubeadm's output. Undo a successful init with
+"vipctl reset", then "kubeadm reset".`,
 		Example: `  vipctl init --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
   vipctl init --vip 10.103.97.2 --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 \
     --node-ip 192.168.0.2 --kube-proxy-mode nftables --config kubeadm.yaml -- --v=5
@@ -82,6 +101,11 @@ then "kubeadm reset".`,
 	fs.StringVar(&f.kubeadm, "kubeadm", "kubeadm", "the kubeadm command, a name in PATH or a path")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print every step and the configuration (secrets redacted), and change nothing")
 	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
+	fs.StringVar(&f.mode, "mode", string(careconfig.ModeLink), "how the VIP is reachable locally: link (dummy interface) or route")
+	fs.StringVar(&f.iface, "interface", careconfig.DefaultInterface, "dummy interface holding the VIP in link mode")
+	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
+	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
+	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
 	fs.StringVar(&f.secretsDir, "secrets-dir", kubeadm.DefaultSecretsDir, "write the join secrets (files "+kubeadm.TokenFileName+" and "+kubeadm.CertificateKeyFileName+", mode 0600) here after kubeadm init; \"\" writes none")
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (kubeadm's own flags go after --, e.g. vipctl init --master IP -- --v=5)", err)
@@ -138,6 +162,19 @@ func (f *initFlags) options(cmd *cobra.Command, args []string, isLocal isLocalFu
 	o.KubeadmArgs = args
 	o.DryRun = f.dryRun
 	o.SecretsDir = f.secretsDir
+	o.Mode, o.Interface, o.ModulesFile = ipvs.Mode(f.mode), f.iface, f.modulesFile
+	if f.manifestDir == "" {
+		return o, errors.New("--manifest-dir: empty")
+	}
+	o.ManifestPath = filepath.Join(f.manifestDir, filepath.Base(manifests.DefaultPath))
+	// The watchdog of a master: every master, this one preferred (it finds
+	// its own address among them), wrr so that the weight counts.
+	care := careconfig.Default()
+	care.VIP, care.Masters, care.Scheduler = o.VIP, o.Masters, ipvs.MasterScheduler
+	care.Mode, care.Interface = careconfig.Mode(f.mode), f.iface
+	if o.Manifest, err = manifests.Render(manifests.Options{Image: f.image, Care: care}); err != nil {
+		return o, fmt.Errorf("watchdog manifest: %w", err)
+	}
 	if err := o.Validate(); err != nil {
 		return o, err
 	}

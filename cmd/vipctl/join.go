@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/hosts"
+	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/kubeadm"
 	"github.com/vipctl/vipctl/manifests"
 )
@@ -84,9 +86,13 @@ the VIP are set up once (the watchdog keeps them from then on), the watchdog's
 static pod and ` + kubeadm.DefaultModulesFile + ` are written, and finally
 "kubeadm join ` + kubeadm.ControlPlaneHost + `:PORT KUBEADM-JOIN-FLAGS...".
 
-With --control-plane (a master): the hosts file maps the name to the first
---master, "kubeadm join ... --control-plane" runs, then the name maps to this
-node's own address (--node-ip). No IPVS and no watchdog on a master.
+With --control-plane (a master): the same, through the VIP over every --master
+that accepts connections (not only the first), with scheduler wrr unless
+--scheduler is given, and the watchdog's static pod is written after
+"kubeadm join ... --control-plane" (whose preflight wants an empty manifest
+folder). It lists this master too: the watchdog adds its apiserver once it is
+healthy, with a weight that sends this node's new connections to it while it
+is up. The hosts file is written once and never rewritten.
 
 Secrets: --token-file and --certificate-key-file read the bootstrap token and
 the certificate key from files (mode 0600; "vipctl init" writes them). Then, or
@@ -121,7 +127,7 @@ step, with kubeadm's output. Token and certificate key are never printed.
 	// The watchdog's flags: the service's, its tuning and the pod's.
 	f.svc.register(cmd, append(append([]string(nil), careconfig.TuningFlags...), careconfig.PodFlags...)...)
 	fs := cmd.Flags()
-	fs.BoolVar(&f.controlPlane, "control-plane", false, "join a master: hosts file -> first --master, kubeadm join --control-plane, hosts file -> --node-ip; no IPVS")
+	fs.BoolVar(&f.controlPlane, "control-plane", false, "join a master: through the VIP like a worker (every --master that accepts connections), kubeadm join --control-plane, then the watchdog's manifest, which adds this master's own apiserver, preferred")
 	fs.StringVar(&f.kubeadm, "kubeadm", "kubeadm", "the kubeadm command, a name in PATH or a path")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print every step and file the join would write, and change nothing")
 	fs.StringVar(&f.serviceSubnet, "service-subnet", "", "the cluster's service subnet, CIDR[,CIDR]: the VIP must be outside it (default: unknown, not checked)")
@@ -168,19 +174,21 @@ func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOpti
 			}
 		}
 	}
-	var care careconfig.Config
-	if !controlPlane {
-		// The watchdog's configuration, checked before anything is detected.
-		if care, err = c.ApplyArgs(f.careFlags, f.svc.cfg.Changed, "--care-flag"); err != nil {
-			return o, err
-		}
-		if err := care.ValidateForPod(); err != nil {
-			return o, fmt.Errorf("watchdog manifest: %w", err)
-		}
-		c = care
-		for _, w := range care.Warnings() {
-			fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
-		}
+	if controlPlane && !f.svc.cfg.Changed("scheduler") {
+		// A master prefers its own apiserver by weight: wrr (see ipvs.LocalWeight).
+		c.Scheduler = ipvs.MasterScheduler
+	}
+	// The watchdog's configuration, checked before anything is detected.
+	care, err := c.ApplyArgs(f.careFlags, f.svc.cfg.Changed, "--care-flag")
+	if err != nil {
+		return o, err
+	}
+	if err := care.ValidateForPod(); err != nil {
+		return o, fmt.Errorf("watchdog manifest: %w", err)
+	}
+	c = care
+	for _, w := range care.Warnings() {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 	}
 	p, err := serviceOf(cmd.Context(), c)
 	if err != nil {
@@ -205,7 +213,13 @@ func (f *joinFlags) options(cmd *cobra.Command, args []string) (kubeadm.JoinOpti
 		return o, err
 	}
 	if o.ControlPlane {
-		return o, nil
+		// The watchdog's manifest lists this master too: it adds its
+		// apiserver, preferred, once healthy (on the first master's port
+		// unless --master lists it).
+		self := netip.AddrPortFrom(p.vip.NodeIP, c.Masters[0].Port())
+		if !slices.ContainsFunc(care.Masters, func(m netip.AddrPort) bool { return m.Addr() == self.Addr() }) {
+			care.Masters = append(care.Masters, self)
+		}
 	}
 	if f.manifestDir == "" {
 		return o, errors.New("--manifest-dir: empty")

@@ -95,14 +95,32 @@ func TestJoinCmdMasterOptions(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, o.ControlPlane)
 	assert.Equal(t, netip.MustParseAddr("192.0.2.12"), o.VIP.NodeIP, "a master's own address is kubeadm's advertise address")
-	assert.Empty(t, o.Manifest, "no watchdog on a master")
+	assert.Contains(t, string(o.Manifest), "- --master=192.0.2.12:6443", "the watchdog of a master watches its own apiserver too")
+	assert.Contains(t, string(o.Manifest), "- --scheduler=wrr", "a master prefers its own apiserver by weight")
+	assert.Equal(t, "wrr", o.Service.Service.Scheduler)
 	assert.Equal(t, "apiserver.cluster.local:6443", o.Endpoint())
 	assert.Equal(t, "--control-plane", o.KubeadmCommand()[len(o.KubeadmCommand())-1])
 
-	// --control-plane given among kubeadm's flags means the same.
+	// --control-plane given among kubeadm's flags means the same; a master
+	// not listed among --master is added to its watchdog's list.
 	o, _, err = runJoinFlags(t, "--master", "192.0.2.11", "--node-ip", "192.0.2.13", "--", "--token", testJoinToken, "--control-plane")
 	require.NoError(t, err)
 	assert.True(t, o.ControlPlane)
+	assert.Contains(t, string(o.Manifest), "- --master=192.0.2.13:6443")
+	assert.NotContains(t, realServersOf(o), "192.0.2.13:6443", "the one-shot virtual server has only the masters up now")
+
+	// A scheduler the user chose is kept.
+	o, _, err = runJoinFlags(t, "--control-plane", "--scheduler", "wlc", "--master", "192.0.2.11", "--node-ip", "192.0.2.13", "--", "--token", testJoinToken)
+	require.NoError(t, err)
+	assert.Equal(t, "wlc", o.Service.Service.Scheduler)
+}
+
+func realServersOf(o kubeadm.JoinOptions) []string {
+	var s []string
+	for _, rs := range o.Service.RealServers {
+		s = append(s, rs.Addr.String())
+	}
+	return s
 }
 
 func TestJoinCmdBadInput(t *testing.T) {

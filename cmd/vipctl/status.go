@@ -228,6 +228,9 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 	case r.Kernel != nil && len(r.Kernel.RealServers) == 0:
 		head = append(head, "kernel: the virtual server has no real servers")
 	}
+	if l := localLine(r.Masters); l != "" {
+		head = append(head, l)
+	}
 	for _, h := range head {
 		if _, err := fmt.Fprintln(out, h); err != nil {
 			return err
@@ -274,4 +277,24 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// localLine is the status line of a master node: which real server is its
+// own apiserver and whether new connections through the VIP go to it
+// (it is in service with a weight above 0); "" on a worker.
+func localLine(ms []carestatus.Master) string {
+	for _, m := range ms {
+		if !m.Local {
+			continue
+		}
+		local := m.Membership == carestatus.InService && m.Weight > 0
+		if m.Kernel != nil {
+			local = local && m.Kernel.Weight > 0
+		}
+		if local {
+			return fmt.Sprintf("local apiserver: %s; traffic local: yes", m.Address)
+		}
+		return fmt.Sprintf("local apiserver: %s; traffic local: no (it is %s, %s; the other masters serve)", m.Address, m.Phase, m.Membership)
+	}
+	return ""
 }

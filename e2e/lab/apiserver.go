@@ -27,6 +27,9 @@ const (
 	envCert   = "VIPCTL_LAB_CERT"
 	envKey    = "VIPCTL_LAB_KEY"
 	envStatus = "VIPCTL_LAB_STATUS"
+	// envListen is the address to listen on; envNS empty keeps the root
+	// namespace (the node's own apiserver in a master lab).
+	envListen = "VIPCTL_LAB_LISTEN"
 )
 
 // MaybeServe turns this process into a fake apiserver when it was started
@@ -57,17 +60,24 @@ func serveAPIServer() error {
 	if err != nil {
 		return err
 	}
-	ns, err := netns.GetFromPath(os.Getenv(envNS))
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", os.Getenv(envNS), err)
+	listen := ":6443"
+	if p := os.Getenv(envNS); p != "" {
+		ns, err := netns.GetFromPath(p)
+		if err != nil {
+			return fmt.Errorf("netns %s: %w", p, err)
+		}
+		// The socket belongs to the namespace the thread is in when it is
+		// created; it stays there whichever thread later serves it.
+		runtime.LockOSThread()
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter netns: %w", err)
+		}
+	} else if a := os.Getenv(envListen); a != "" {
+		// In the root namespace: only the node's own address, never the
+		// VIP, so that nothing but IPVS brings VIP traffic here.
+		listen = a
 	}
-	// The socket belongs to the namespace the thread is in when it is
-	// created; it stays there whichever thread later serves it.
-	runtime.LockOSThread()
-	if err := netns.Set(ns); err != nil {
-		return fmt.Errorf("enter netns: %w", err)
-	}
-	ln, err := net.Listen("tcp", ":6443")
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -48,6 +50,28 @@ type KubeadmCall struct {
 	// verified against the lab CA; Err tells why there was none.
 	Answer string `json:"answer"`
 	Err    string `json:"err,omitempty"`
+	// Hosts is /etc/hosts's identity when kubeadm ran (HostsIdentity):
+	// a later write would change it.
+	Hosts string `json:"hosts,omitempty"`
+}
+
+// HostsIdentity is a file's content hash, inode and modification time in
+// nanoseconds: equal identities mean the file was not written in between
+// (an atomic rename changes the inode, a write in place the time).
+func HostsIdentity(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var ino uint64
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = sys.Ino
+	}
+	return fmt.Sprintf("sha256:%x inode:%d mtime:%d", sha256.Sum256(b), ino, st.ModTime().UnixNano())
 }
 
 // FakeKubeadm is a stand-in for kubeadm: it records its arguments and
@@ -136,12 +160,18 @@ func runFakeKubeadm() int {
 		if call.Err == "" {
 			call.Err = writeClusterCA(call.Config)
 		}
+		if call.Err == "" {
+			// The control-plane endpoint, as the kubeconfigs kubeadm init
+			// writes use it: through the VIP to this node's apiserver.
+			_, call.Answer, call.Err = reach("apiserver.cluster.local:6443")
+		}
 	default:
 		call.Err = "not called as kubeadm join ENDPOINT, kubeadm join --config F or kubeadm init --config F"
 	}
 	if endpoint != "" {
 		call.Resolved, call.Answer, call.Err = reach(endpoint)
 	}
+	call.Hosts = HostsIdentity("/etc/hosts")
 	if err := record(call); err != nil {
 		fmt.Fprintln(os.Stderr, "stand-in kubeadm:", err)
 		return 2

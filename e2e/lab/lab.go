@@ -90,6 +90,10 @@ type Lab struct {
 	// Family is the lab's address plan: l.NodeIP, l.VIP, l.VIPPort(),
 	// l.Observe and the other kernel readers are the family's.
 	Family
+	// Local is the node's own stand-in apiserver in a master lab
+	// (NewMaster): it listens on the node IP in the root namespace, so
+	// the node is itself a master. nil in a worker lab.
+	Local *Master
 }
 
 // Master is one master: a network namespace and a fake apiserver process.
@@ -127,6 +131,28 @@ func New(t testing.TB, n int) *Lab {
 // of a real node and its masters: a tentative address can be no source.
 func NewIn(t testing.TB, f Family, n int) *Lab {
 	t.Helper()
+	return newLab(t, f, n, false)
+}
+
+// NewMaster is NewIn on a node that is itself a master: besides the n
+// remote masters, Local is a stand-in apiserver on the node's own address
+// (root namespace, NodeIP:6443), as on a control-plane node.
+func NewMaster(t testing.TB, f Family, n int) *Lab {
+	t.Helper()
+	return newLab(t, f, n, true)
+}
+
+// AllMasters is Local (when there is one) then Masters: every real server
+// of a master lab's virtual service.
+func (l *Lab) AllMasters() []*Master {
+	if l.Local == nil {
+		return l.Masters
+	}
+	return append([]*Master{l.Local}, l.Masters...)
+}
+
+func newLab(t testing.TB, f Family, n int, local bool) *Lab {
+	t.Helper()
 	Need(t)
 	self, err := os.Executable()
 	if err != nil {
@@ -151,11 +177,15 @@ func NewIn(t testing.TB, f Family, n int) *Lab {
 		l.Masters = append(l.Masters, m)
 		m.setupNetwork(t)
 	}
-	must(t, writePKI(l.Dir, l.VIP, l.Masters), "lab PKI")
-	for _, m := range l.Masters {
+	if local {
+		l.Local = &Master{lab: l, Name: "local", IP: f.NodeIP, Addr: netip.AddrPortFrom(f.NodeIP, 6443),
+			statusFile: filepath.Join(l.Dir, "local.status")}
+	}
+	must(t, writePKI(l.Dir, l.VIP, l.AllMasters()), "lab PKI")
+	for _, m := range l.AllMasters() {
 		m.Start()
 	}
-	for _, m := range l.Masters {
+	for _, m := range l.AllMasters() {
 		m.WaitServing()
 	}
 	return l
@@ -225,7 +255,7 @@ func (m *Master) Start() {
 	t := m.lab.t
 	t.Helper()
 	cmd := exec.Command(m.lab.self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), envRole+"=apiserver", envNS+"="+m.NSPath, envName+"="+m.Name,
+	cmd.Env = append(os.Environ(), envRole+"=apiserver", envNS+"="+m.NSPath, envListen+"="+m.Addr.String(), envName+"="+m.Name,
 		envCert+"="+m.CertFile, envKey+"="+m.KeyFile, envStatus+"="+m.statusFile)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
 	must(t, cmd.Start(), "start "+m.Name)
@@ -279,7 +309,7 @@ func (m *Master) LinkUp() {
 }
 
 func (l *Lab) teardown() {
-	for _, m := range l.Masters {
+	for _, m := range l.AllMasters() {
 		m.Kill()
 	}
 	// Leave no vipctl state behind for the next scenario.
@@ -318,7 +348,9 @@ func (l *Lab) Client(timeout time.Duration) *http.Client {
 type Hit struct {
 	Master string
 	Src    netip.Addr
-	Err    error
+	// SrcPort is the client port the master saw.
+	SrcPort uint16
+	Err     error
 }
 
 // HitVIP makes n requests to https://VIP:6443/ on new connections.
@@ -356,7 +388,7 @@ func hit(c *http.Client, url string) Hit {
 	if err != nil {
 		return Hit{Err: err}
 	}
-	return Hit{Master: f[0], Src: ap.Addr()}
+	return Hit{Master: f[0], Src: ap.Addr(), SrcPort: ap.Port()}
 }
 
 // Count tallies hits by master ("" for errors).

@@ -155,7 +155,7 @@ func TestDemoJoin(t *testing.T) {
 	args = append(joinArgs(l, fk, p, "--control-plane", "--node-ip", lab.NodeIP.String(), "--"), kubeadmFlags...)
 	args = append(args, "--certificate-key", e2eCertKey)
 	say("")
-	say("A master joins: the name points at the first master while kubeadm runs, then at itself; no IPVS:")
+	say("A master joins through the VIP too, over every master that answers; the name is written once and never rewritten:")
 	say("$ vipctl %s", hideSecrets(strings.Join(args, " ")))
 	stdout, stderr, err = l.RunWith(fk.Env, args...)
 	require.NoError(t, err, stderr)

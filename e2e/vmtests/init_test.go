@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vipctl/vipctl/ipvs"
 	"github.com/vipctl/vipctl/kubeadm"
 )
 
@@ -43,11 +44,17 @@ func assertPrivateConfig(t *testing.T, c lab.KubeadmCall, secrets ...string) {
 	}
 }
 
+// This node runs its own stand-in apiserver (lab.NewMaster): init maps the
+// name to the VIP once, sets up the VIP with the node's own apiserver as
+// its one real server, and kubeadm init's control-plane endpoint reaches
+// it through the VIP. The watchdog's manifest comes after kubeadm.
 func TestInitFirstMasterThenReset(t *testing.T) {
-	l := lab.New(t, 2)
+	l := lab.NewMaster(t, lab.IPv4, 2)
 	base := realHosts(t)
+	before := lab.HostsIdentity(etcHosts)
 	clean := lab.Observe(t)
 	fk := l.FakeKubeadm(0)
+	p := newJoinPaths(t)
 	dir := t.TempDir()
 	pki := filepath.Join(dir, "pki")
 	cfg := filepath.Join(dir, "kubeadm.yaml")
@@ -56,7 +63,9 @@ func TestInitFirstMasterThenReset(t *testing.T) {
 
 	// README: vipctl init --master SELF --master B --master C
 	masters := []string{"--master", lab.NodeIP.String(), "--master", l.Masters[0].IP.String(), "--master", l.Masters[1].IP.String()}
-	args := append(append([]string{"init"}, masters...), "--config", cfg, "--kube-proxy-mode", "nftables", "--kubeadm", fk.Path, "--secrets-dir", secrets)
+	args := append(append([]string{"init"}, masters...), "--config", cfg, "--kube-proxy-mode", "nftables", "--kubeadm", fk.Path, "--secrets-dir", secrets,
+		"--image", "e2e.local/vipctl:test")
+	args = append(args, p.flags()...)
 	stdout, stderr, err := l.RunWith(fk.Env, args...)
 	t.Logf("vipctl init stdout:\n%s\nstderr:\n%s", stdout, stderr)
 	require.NoError(t, err)
@@ -66,7 +75,10 @@ func TestInitFirstMasterThenReset(t *testing.T) {
 	c := calls[0]
 	require.Empty(t, c.Err)
 	assert.Equal(t, []string{"init", "--config", c.ConfigFile, "--upload-certs"}, c.Args)
-	assert.Equal(t, []string{lab.NodeIP.String()}, c.Resolved, "while kubeadm init runs, the name resolves to this node's own apiserver")
+	assert.Equal(t, []string{lab.VIP.String()}, c.Resolved, "while kubeadm init runs, the name resolves to the VIP, as on every node")
+	assert.Regexp(t, `^local saw 10\.10\.0\.1:\d+$`, c.Answer, "the control-plane endpoint reaches this node's own apiserver through the VIP")
+	assert.NotEqual(t, before, c.Hosts, "the hosts file was written before kubeadm init")
+	assert.Equal(t, c.Hosts, lab.HostsIdentity(etcHosts), "and never after: written exactly once")
 	token, err := os.ReadFile(filepath.Join(secrets, "token"))
 	require.NoError(t, err)
 	key, err := os.ReadFile(filepath.Join(secrets, "certificate-key"))
@@ -94,15 +106,22 @@ func TestInitFirstMasterThenReset(t *testing.T) {
 	assert.Contains(t, stdout, "vipctl join "+list+" --token-file "+filepath.Join(secrets, "token")+" -- --discovery-token-ca-cert-hash "+hash)
 	assert.Contains(t, stdout, "vipctl join --control-plane "+list+" --token-file "+filepath.Join(secrets, "token")+
 		" --certificate-key-file "+filepath.Join(secrets, "certificate-key")+" -- --discovery-token-ca-cert-hash "+hash)
-	assert.Equal(t, []string{lab.NodeIP.String()}, addrStrings(hostsMapping(t)), "the name stays on this master")
-	assert.Equal(t, clean, lab.Observe(t), "no IPVS, no VIP on a master")
+	assert.Equal(t, []string{lab.VIP.String()}, addrStrings(hostsMapping(t)), "the name stays on the VIP")
+	assert.Equal(t, map[string]int{l.Local.Addr.String(): ipvs.LocalWeight}, lab.Observe(t).RealServers,
+		"the VIP's one real server is this master's own apiserver, with the local weight")
+	care := careCommand(t, p.manifest)
+	for _, m := range l.AllMasters() {
+		assert.Contains(t, care, "--master="+m.Addr.String(), "the watchdog's manifest lists every master")
+	}
+	assert.Contains(t, care, "--scheduler=wrr")
 
 	// README, uninstall: vipctl reset (then kubeadm reset, kubeadm's own).
-	_, err = l.Run("reset")
+	_, err = l.Run(append([]string{"reset"}, p.flags()...)...)
 	require.NoError(t, err)
 	after, err := os.ReadFile(etcHosts)
 	require.NoError(t, err)
 	assert.Equal(t, string(base), string(after), "the hosts file is byte-identical")
+	assert.Equal(t, clean, lab.Observe(t), "no IPVS, no VIP left")
 }
 
 func TestInitFailingKubeadmLeavesTheNodeAsBefore(t *testing.T) {
@@ -111,21 +130,23 @@ func TestInitFailingKubeadmLeavesTheNodeAsBefore(t *testing.T) {
 	clean := lab.Observe(t)
 	fk := l.FakeKubeadm(1)
 	secrets := filepath.Join(t.TempDir(), "vipctl-join")
-	stdout, stderr, err := l.RunWith(fk.Env, "init", "--master", lab.NodeIP.String(), "--master", l.Masters[0].IP.String(),
-		"--kubeadm", fk.Path, "--secrets-dir", secrets)
+	p := newJoinPaths(t)
+	stdout, stderr, err := l.RunWith(fk.Env, append([]string{"init", "--master", lab.NodeIP.String(), "--master", l.Masters[0].IP.String(),
+		"--kubeadm", fk.Path, "--secrets-dir", secrets}, p.flags()...)...)
 	t.Logf("vipctl init stdout:\n%s\nstderr:\n%s", stdout, stderr)
 	require.Error(t, err)
 	assert.Contains(t, stderr, `init failed at step "kubeadm"`)
 	assert.Contains(t, stderr, "the node is as before")
 	calls := fk.Calls(t)
 	require.Len(t, calls, 1)
-	assert.Equal(t, []string{lab.NodeIP.String()}, calls[0].Resolved)
+	assert.Equal(t, []string{lab.VIP.String()}, calls[0].Resolved)
 	assertPrivateConfig(t, calls[0])
 	after, err := os.ReadFile(etcHosts)
 	require.NoError(t, err)
 	assert.Equal(t, string(base), string(after))
-	assert.Equal(t, clean, lab.Observe(t))
+	assert.Equal(t, clean, lab.Observe(t), "the virtual server and the VIP are undone")
 	assertAbsent(t, secrets)
+	assertAbsent(t, p.root)
 }
 
 func TestJoinWithSecretFiles(t *testing.T) {
@@ -156,10 +177,8 @@ func TestJoinWithSecretFiles(t *testing.T) {
 			want := []string{e2eToken}
 			if master {
 				want = append(want, e2eCertKey)
-				assert.Equal(t, []string{l.Masters[0].IP.String()}, c.Resolved, "a master joins through the first master")
-			} else {
-				assert.Equal(t, []string{lab.VIP.String()}, c.Resolved, "a worker joins through the VIP")
 			}
+			assert.Equal(t, []string{lab.VIP.String()}, c.Resolved, "a worker and a master join through the VIP")
 			assertPrivateConfig(t, c, want...)
 			assert.Contains(t, c.Config, "apiServerEndpoint: apiserver.cluster.local:6443")
 			require.Empty(t, c.Err, "kubeadm reached an apiserver at the configuration's endpoint")

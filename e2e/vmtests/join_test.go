@@ -253,34 +253,6 @@ func TestJoinFailingKubeadmLeavesTheNodeAsBefore(t *testing.T) {
 	assertAbsent(t, p.root) // not even the folders the join created
 }
 
-func TestJoinMasterMapsTheNameToTheFirstMasterThenItself(t *testing.T) {
-	l, base, p, clean, fk := joinScene(t, 3, 0)
-
-	args := append(joinArgs(l, fk, p, "--control-plane", "--"), kubeadmFlags...)
-	args = append(args, "--certificate-key", e2eCertKey)
-	stdout, stderr, err := l.RunWith(fk.Env, args...)
-	t.Logf("vipctl join stdout:\n%s\nstderr:\n%s", stdout, stderr)
-	require.NoError(t, err)
-	assertNoSecrets(t, stdout, stderr)
-
-	calls := fk.Calls(t)
-	require.Len(t, calls, 1)
-	c := calls[0]
-	assert.Equal(t, "--control-plane", c.Args[len(c.Args)-1])
-	assert.Equal(t, []string{l.Masters[0].IP.String()}, c.Resolved, "while kubeadm runs, the name maps to the first master")
-	assert.Regexp(t, `^master1 saw 10\.10\.0\.1:\d+$`, c.Answer)
-
-	assert.Equal(t, []netip.Addr{lab.NodeIP}, hostsMapping(t), "then to this master's own address")
-	assert.Equal(t, clean, lab.Observe(t), "no IPVS, no interface on a master")
-	assertAbsent(t, p.root)
-
-	_, err = l.Run(append([]string{"reset", "--vip", lab.VIPPort.String()}, p.flags()...)...)
-	require.NoError(t, err)
-	after, err := os.ReadFile(etcHosts)
-	require.NoError(t, err)
-	assert.Equal(t, string(base), string(after))
-}
-
 func TestJoinDryRunChangesNothing(t *testing.T) {
 	l, base, p, clean, fk := joinScene(t, 2, 0)
 

@@ -455,3 +455,21 @@ func DetectNodeIP(ctx context.Context, to netip.Addr) (netip.Addr, error) {
 	}
 	return netip.Addr{}, fmt.Errorf("detect node IP: the route to %s has no source address; pass --node-ip", to)
 }
+
+// IsLocalAddr reports whether a is an address of one of this node's
+// interfaces: a master whose address is local is the node's own apiserver.
+func IsLocalAddr(ctx context.Context, a netip.Addr) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list the node's addresses: %w", err)
+	}
+	for _, x := range addrs {
+		if b, ok := netip.AddrFromSlice(x.IP); ok && b.Unmap() == a.Unmap() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
