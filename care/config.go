@@ -84,6 +84,9 @@ type Config struct {
 	// ResyncPeriod is how often the kernel's service is polled and repaired
 	// (--resync-period): a flush of the IPVS table emits no event.
 	ResyncPeriod time.Duration
+	// ForgetAfter is how long a discovered master absent from the API and
+	// unhealthy is kept (--forget-after); 0: forever.
+	ForgetAfter time.Duration
 	// Version is reported by /status.
 	Version string
 }
@@ -109,6 +112,7 @@ func FromConfig(c careconfig.Config, version string) (Config, error) {
 		Health:       h,
 		Timeout:      c.EffectiveTimeout(),
 		ResyncPeriod: c.ResyncPeriod,
+		ForgetAfter:  c.ForgetAfter,
 		Version:      version,
 	}
 	return cfg, cfg.Validate()
@@ -122,7 +126,7 @@ func (c Config) flags() careconfig.Config {
 	f.Mode, f.Interface, f.NodeIP = careconfig.Mode(c.VIP.Mode), c.VIP.Interface, c.VIP.NodeIP
 	f.Interval, f.Timeout, f.Rise, f.Fall = c.Health.Interval, c.Timeout, c.Health.Rise, c.Health.Fall
 	f.HoldDown, f.MaxHoldDown, f.DrainTimeout = c.Health.HoldDown, c.Health.MaxHoldDown, c.Health.DrainTimeout
-	f.ResyncPeriod = c.ResyncPeriod
+	f.ResyncPeriod, f.ForgetAfter = c.ResyncPeriod, c.ForgetAfter
 	return f
 }
 

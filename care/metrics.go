@@ -21,7 +21,21 @@ type metrics struct {
 	sentinelHeld  *prometheus.GaugeVec
 	heldDown      *prometheus.GaugeVec
 	failOpen      prometheus.Gauge
-	lastReconcile prometheus.Gauge
+	unauthorized  prometheus.Gauge
+	// discovery of the masters
+	masters         prometheus.Gauge
+	forgotten       prometheus.Counter
+	discoveryErrors *prometheus.CounterVec
+	lastReconcile   prometheus.Gauge
+}
+
+// forget drops the series of a master the watchdog no longer manages.
+func (m *metrics) forget(master string) {
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.up, m.membership, m.probeDuration, m.transitions, m.connsReset, m.sentinel, m.sentinelHeld, m.heldDown} {
+		v.DeletePartialMatch(prometheus.Labels{"master": master})
+	}
 }
 
 func newMetrics() *metrics {
@@ -53,11 +67,19 @@ func newMetrics() *metrics {
 			Help: "Seconds until a healthy master that the flap hold-down keeps out of service may come back (earlier if fewer than a majority of the masters serve); 0 when not held down."}, []string{"master"}),
 		failOpen: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "fail_open",
 			Help: "1 while every master is down and all are kept in service."}),
+		unauthorized: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "probes_unauthorized",
+			Help: "1 while every master that answers refuses the probes' credentials (HTTP 401 or 403): check them."}),
+		masters: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "masters",
+			Help: "Masters the watchdog manages: the --master seeds and those discovered from the API."}),
+		forgotten: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "masters_forgotten_total",
+			Help: "Discovered masters dropped after --forget-after absent from the API and unhealthy."}),
+		discoveryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "discovery_errors_total",
+			Help: "Failures of the discovery of masters, by stage (api: the listing or watch; state: reading or writing --state-file)."}, []string{"stage"}),
 		lastReconcile: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "last_reconcile_timestamp_seconds",
 			Help: "Unix time of the last successful reconcile."}),
 	}
 	m.reg.MustRegister(m.up, m.membership, m.probeDuration, m.transitions, m.actions, m.errors, m.reconciles,
-		m.connsReset, m.sentinel, m.sentinelHeld, m.heldDown, m.failOpen, m.lastReconcile,
+		m.connsReset, m.sentinel, m.sentinelHeld, m.heldDown, m.failOpen, m.unauthorized, m.masters, m.forgotten, m.discoveryErrors, m.lastReconcile,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -30,6 +30,9 @@ type Status struct {
 	Ready bool `json:"ready"`
 	// FailOpen is set while every master is down and all are kept.
 	FailOpen bool `json:"failOpen"`
+	// ProbesUnauthorized is set while the masters refuse the probes'
+	// credentials: every master that answers says 401 or 403.
+	ProbesUnauthorized bool `json:"probesUnauthorized,omitempty"`
 	// LastReconcile is the time of the last successful reconcile.
 	LastReconcile time.Time `json:"lastReconcile,omitzero"`
 	// LastError is the last reconcile error, cleared by a success.

@@ -41,6 +41,20 @@ type Deps struct {
 	// Rand returns numbers in [0, 1) for the probe jitter; defaults to
 	// math/rand/v2.
 	Rand func() float64
+	// Discovery, when set, lists the masters the API knows: they join the
+	// --master seeds (see masterList).
+	Discovery Discoverer
+	// Store, when set, keeps the discovered masters across restarts.
+	Store Store
+}
+
+// Discoverer lists the masters from the API.
+type Discoverer interface {
+	// Discover runs until ctx ends. It calls report with every complete
+	// listing of the masters (err nil), and with an error whenever the
+	// listing can no longer be trusted (the API unreachable, the watch
+	// failed); it retries on its own.
+	Discover(ctx context.Context, report func(addrs []netip.AddrPort, err error))
 }
 
 // Watchdog health-checks the masters and keeps the kernel in line.
@@ -62,6 +76,12 @@ type Watchdog struct {
 	kernel map[netip.AddrPort]carestatus.Kernel
 
 	// Loop state, owned by the loop goroutine (or by Once).
+	// list is the set of masters (seeds, discovered, restored), order its
+	// current order, trusted whether the API's last word was a listing.
+	list     *masterList
+	order    []netip.AddrPort
+	trusted  bool
+	listings chan listing
 	results  chan probeResult
 	triggers chan netip.AddrPort
 	lively   chan livenessResult
@@ -92,6 +112,17 @@ type master struct {
 	closed bool
 	// due is when its next scheduled probe is.
 	due time.Time
+	// status is the HTTP status of its last probe, 0 without an answer.
+	status int
+	// stop ends its sentinel (nil when none runs).
+	stop context.CancelFunc
+}
+
+// listing is what discovery reported: the masters, or why there is no
+// trusted listing.
+type listing struct {
+	addrs []netip.AddrPort
+	err   error
 }
 
 type probeResult struct {
@@ -115,11 +146,9 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 	if d.Dataplane == nil || d.Prober == nil {
 		return nil, errors.New("care: a dataplane and a prober are required")
 	}
-	t, err := health.NewTracker(cfg.Health, cfg.Masters)
-	if err != nil {
-		return nil, err
-	}
-	w := &Watchdog{cfg: cfg, d: d, log: d.Log, clock: d.Clock, rnd: d.Rand, tracker: t, met: newMetrics(),
+	w := &Watchdog{cfg: cfg, d: d, log: d.Log, clock: d.Clock, rnd: d.Rand, met: newMetrics(),
+		list:     newMasterList(cfg.Service.VIP, cfg.Masters, cfg.ForgetAfter),
+		listings: make(chan listing),
 		results:  make(chan probeResult, 2*len(cfg.Masters)),
 		triggers: make(chan netip.AddrPort, len(cfg.Masters)),
 		lively:   make(chan livenessResult, len(cfg.Masters)),
@@ -128,6 +157,13 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 	if w.log == nil {
 		w.log = zap.NewNop()
 	}
+	w.restore()
+	w.order = w.list.masters()
+	t, err := health.NewTracker(cfg.Health, w.order)
+	if err != nil {
+		return nil, err
+	}
+	w.tracker = t
 	if w.clock == nil {
 		w.clock = clock.RealClock{}
 	}
@@ -135,9 +171,10 @@ func New(cfg Config, d Deps) (*Watchdog, error) {
 		w.rnd = rand.Float64
 	}
 	w.errLog = &errLimiter{last: map[string]errLogged{}, every: 30 * time.Second}
-	for _, m := range cfg.Masters {
+	for _, m := range w.order {
 		w.masters[m] = &master{kick: make(chan struct{}, 1)}
 	}
+	w.met.masters.Set(float64(len(w.order)))
 	w.status = Status{VIP: cfg.Service.VIP, Scheduler: cfg.Service.Scheduler, Mode: cfg.VIP.Mode, NodeIP: cfg.VIP.NodeIP, Version: cfg.Version}
 	if cfg.VIP.Mode == ipvs.ModeLink {
 		w.status.Interface = cfg.VIP.Interface
@@ -184,11 +221,12 @@ func (w *Watchdog) Once(ctx context.Context) error {
 // Kernel errors are logged and retried, never fatal.
 func (w *Watchdog) Run(ctx context.Context) error {
 	w.log.Info("watchdog starting",
-		zap.Stringer("vip", w.cfg.Service.VIP), zap.Stringers("masters", w.cfg.Masters),
+		zap.Stringer("vip", w.cfg.Service.VIP), zap.Stringers("masters", w.order), zap.Stringers("seeds", w.cfg.Masters),
 		zap.String("mode", string(w.cfg.VIP.Mode)), zap.Stringer("nodeIP", w.cfg.VIP.NodeIP),
 		zap.Duration("interval", w.cfg.Health.Interval), zap.Duration("timeout", w.cfg.Timeout),
 		zap.Int("rise", w.cfg.Health.Rise), zap.Int("fall", w.cfg.Health.Fall),
-		zap.Duration("resyncPeriod", w.cfg.ResyncPeriod), zap.Bool("sentinel", w.d.Sentinel != nil))
+		zap.Duration("resyncPeriod", w.cfg.ResyncPeriod), zap.Bool("sentinel", w.d.Sentinel != nil),
+		zap.Bool("discovery", w.d.Discovery != nil))
 	// Every goroutine the watchdog starts ends with ctx; Run returns after.
 	defer w.wg.Wait()
 	w.adopt(ctx)
@@ -198,10 +236,18 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		return nil
 	}
 	events := w.subscribe(ctx)
-	if w.d.Sentinel != nil {
-		for _, m := range w.cfg.Masters {
-			w.wg.Go(func() { w.sentinel(ctx, m, w.masters[m].kick) })
-		}
+	for _, m := range w.order {
+		w.startSentinel(ctx, m)
+	}
+	if w.d.Discovery != nil {
+		w.wg.Go(func() {
+			w.d.Discovery.Discover(ctx, func(addrs []netip.AddrPort, err error) {
+				select {
+				case w.listings <- listing{addrs: addrs, err: err}:
+				case <-ctx.Done():
+				}
+			})
+		})
 	}
 	probeTimer := w.clock.NewTimer(w.untilDue())
 	resync := w.clock.NewTimer(w.cfg.ResyncPeriod)
@@ -215,8 +261,14 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			w.log.Info("watchdog stopping; kernel rules stay in place")
 			return nil
+		case l := <-w.listings:
+			w.onListing(ctx, l)
+			probeTimer.Reset(w.untilDue())
 		case pr := <-w.results:
 			m := w.masters[pr.addr]
+			if m == nil {
+				continue // forgotten while its probe ran
+			}
 			if m.inFlight--; m.inFlight <= 0 {
 				m.inFlight, m.hedged = 0, false
 			}
@@ -232,6 +284,9 @@ func (w *Watchdog) Run(ctx context.Context) error {
 			probeTimer.Reset(w.untilDue())
 		case addr := <-w.triggers:
 			m := w.masters[addr]
+			if m == nil {
+				continue
+			}
 			m.closed = true
 			if m.inFlight == 0 {
 				w.launch(ctx, addr)
@@ -244,17 +299,20 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		case <-probeTimer.C():
 			launch, hedge, _ := schedule(w.clock.Now(), w.slots(), w.hedgeAfter(), w.cfg.Health.Interval)
 			for _, i := range launch {
-				w.launch(ctx, w.cfg.Masters[i])
+				w.launch(ctx, w.order[i])
 			}
 			for _, i := range hedge {
-				w.masters[w.cfg.Masters[i]].hedged = true
-				w.launch(ctx, w.cfg.Masters[i])
+				w.masters[w.order[i]].hedged = true
+				w.launch(ctx, w.order[i])
 			}
 			probeTimer.Reset(w.untilDue())
 		case <-resync.C():
 			w.resync(ctx)
 			resync.Reset(w.cfg.ResyncPeriod)
 		case <-assert.C():
+			if w.d.Discovery != nil {
+				w.sweep()
+			}
 			_ = w.reconcile(ctx, "interval", true)
 			assert.Reset(w.cfg.Health.Interval)
 		case _, ok := <-events:
@@ -313,16 +371,16 @@ func (w *Watchdog) get(ctx context.Context) (*ipvs.State, error) {
 // firstRound probes every master at once and waits for all (each probe is
 // bounded by the timeout).
 func (w *Watchdog) firstRound(ctx context.Context) {
-	res := make([]probe.Result, len(w.cfg.Masters))
+	res := make([]probe.Result, len(w.order))
 	var wg sync.WaitGroup
-	for i, m := range w.cfg.Masters {
+	for i, m := range w.order {
 		wg.Go(func() { res[i] = w.d.Prober.Probe(ctx, m) })
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
 		return
 	}
-	for i, m := range w.cfg.Masters {
+	for i, m := range w.order {
 		w.observe(m, res[i])
 	}
 }
@@ -335,7 +393,10 @@ func (w *Watchdog) launch(ctx context.Context, addr netip.AddrPort) {
 	m.inFlight++
 	w.wg.Go(func() {
 		r := w.d.Prober.Probe(ctx, addr)
-		w.results <- probeResult{addr: addr, r: r} // buffered: at most two in flight per master
+		select { // buffered: at most two in flight per master, until masters are added
+		case w.results <- probeResult{addr: addr, r: r}:
+		case <-ctx.Done():
+		}
 	})
 }
 
@@ -358,8 +419,8 @@ type slot struct {
 
 // slots returns every master's slot, in the order of the configuration.
 func (w *Watchdog) slots() []slot {
-	out := make([]slot, len(w.cfg.Masters))
-	for i, a := range w.cfg.Masters {
+	out := make([]slot, len(w.order))
+	for i, a := range w.order {
 		m := w.masters[a]
 		out[i] = slot{inFlight: m.inFlight, hedged: m.hedged, inService: w.tracker.InService(a), started: m.started, due: m.due}
 	}
@@ -418,6 +479,9 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 	w.log.Debug("probe", zap.Stringer("master", addr), zap.Bool("ok", r.OK), zap.Int("status", r.Status),
 		zap.String("reason", r.Reason), zap.Duration("latency", r.Latency))
 	m := w.masters[addr]
+	if m == nil {
+		return false
+	}
 	conclusive := !r.OK && r.Refused && m.closed
 	if r.OK || r.Status != 0 {
 		m.closed = false // it answers: whatever closed the sentinel, it lives
@@ -425,6 +489,8 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency, Conclusive: conclusive}, now)
 	w.emit(events)
 	m.due = now.Add(w.tracker.NextProbe(addr, w.rnd()))
+	m.status = r.Status
+	w.checkUnauthorized()
 	w.refreshStatus()
 	for _, e := range events {
 		if e.Kind == health.EventTransition {
@@ -433,6 +499,49 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 		}
 	}
 	return false
+}
+
+// unauthorized reports whether the masters' last answers say that the
+// probes' credentials are refused: at least one master answered 401 or 403
+// and none answered any other HTTP status (masters that did not answer at
+// all do not count). It is pure.
+func unauthorized(statuses []int) bool {
+	seen := false
+	for _, s := range statuses {
+		switch s {
+		case 0:
+		case 401, 403:
+			seen = true
+		default:
+			return false
+		}
+	}
+	return seen
+}
+
+// checkUnauthorized says loudly, once per change, when the apiservers
+// refuse the probes' credentials: every master then looks down and the
+// watchdog fails open, health checking silently off.
+func (w *Watchdog) checkUnauthorized() {
+	statuses := make([]int, 0, len(w.masters))
+	for _, m := range w.masters {
+		statuses = append(statuses, m.status)
+	}
+	now := unauthorized(statuses)
+	w.mu.Lock()
+	was := w.status.ProbesUnauthorized
+	w.status.ProbesUnauthorized = now
+	w.mu.Unlock()
+	if now == was {
+		return
+	}
+	if now {
+		w.met.unauthorized.Set(1)
+		w.log.Error("probes unauthorized: every master that answers refuses the probes' credentials (HTTP 401/403); check --kubeconfig or the client certificate, and the RBAC of /readyz")
+	} else {
+		w.met.unauthorized.Set(0)
+		w.log.Info("probes authorized again")
+	}
 }
 
 // emit logs events and updates metrics.
@@ -456,9 +565,9 @@ func (w *Watchdog) emit(events []health.Event) {
 			} else {
 				w.log.Info("master "+e.To, f...)
 			}
-			if e.To == string(health.Up) {
+			if m := w.masters[e.Master]; m != nil && e.To == string(health.Up) {
 				select {
-				case w.masters[e.Master].kick <- struct{}{}:
+				case m.kick <- struct{}{}:
 				default:
 				}
 			}
@@ -668,6 +777,9 @@ func (w *Watchdog) refreshStatus() {
 			w.met.membership.WithLabelValues(a, string(m)).Set(v)
 		}
 	}
+	for i := range masters {
+		masters[i].Source, masters[i].LastSeenInAPI, masters[i].ForgetAt = w.list.info(masters[i].Address)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for i := range masters {
@@ -691,6 +803,18 @@ func (w *Watchdog) subscribe(ctx context.Context) <-chan struct{} {
 		return nil
 	}
 	return ch
+}
+
+// startSentinel starts the sentinel of master addr, if sentinels are on;
+// forgetting the master stops it.
+func (w *Watchdog) startSentinel(ctx context.Context, addr netip.AddrPort) {
+	m := w.masters[addr]
+	if w.d.Sentinel == nil || m == nil || m.stop != nil {
+		return
+	}
+	sctx, stop := context.WithCancel(ctx)
+	m.stop = stop
+	w.wg.Go(func() { w.sentinel(sctx, addr, m.kick) })
 }
 
 // sentinel keeps an idle connection to addr and triggers a probe when the

@@ -726,3 +726,47 @@ func TestSchedule(t *testing.T) {
 		assert.Equal(t, tc.wait, wait, tc.name)
 	}
 }
+
+func TestUnauthorizedIsWhenEveryAnswerRefusesTheCredentials(t *testing.T) {
+	for _, tc := range []struct {
+		statuses []int
+		want     bool
+	}{
+		{[]int{401, 401, 401}, true},
+		{[]int{403, 401, 0}, true}, // a master that does not answer does not count
+		{[]int{401, 200, 401}, false},
+		{[]int{401, 500}, false},
+		{[]int{0, 0, 0}, false},
+		{nil, false},
+	} {
+		assert.Equal(t, tc.want, unauthorized(tc.statuses), "%v", tc.statuses)
+	}
+}
+
+func TestUnauthorizedProbesAreSaidLoudly(t *testing.T) {
+	r := newRig(t, testConfig(mA, mB, mC), nil)
+	denied := probe.Result{Fast: true, Status: 401, Reason: "HTTP 401 (want 200)"}
+	for _, m := range []netip.AddrPort{mA, mB} {
+		r.prober.set(m, denied)
+	}
+	r.prober.set(mC, refused())
+	require.NoError(t, r.w.Once(context.Background()))
+	assert.True(t, r.w.Status().ProbesUnauthorized)
+	assert.Equal(t, 1, r.logs.FilterMessageSnippet("probes unauthorized").Len())
+	assert.Contains(t, metricsText(t, r.w), "vipctl_care_probes_unauthorized 1")
+
+	r.prober.set(mA, healthy())
+	require.NoError(t, r.w.Once(context.Background()))
+	assert.False(t, r.w.Status().ProbesUnauthorized, "a master accepts them")
+	assert.Equal(t, 1, r.logs.FilterMessage("probes authorized again").Len())
+	assert.Contains(t, metricsText(t, r.w), "vipctl_care_probes_unauthorized 0")
+}
+
+// metricsText is what the watchdog's /metrics serves.
+func metricsText(t *testing.T, w *Watchdog) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	w.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	return rec.Body.String()
+}

@@ -51,7 +51,9 @@ func TestRealControlPlane(t *testing.T) {
 		}
 	}
 	t1 := time.Now()
-	cp, err := realcp.Start(ctx, realcp.Options{Dir: dir, Binaries: bin, Logf: t.Logf})
+	// One master on standby: TestRealMastersFromTheAPI adds it to the
+	// running cluster (host-side, it costs only its network namespace).
+	cp, err := realcp.Start(ctx, realcp.Options{Dir: dir, Binaries: bin, Logf: t.Logf, Standby: 1})
 	if err != nil {
 		t.Fatalf("start the control plane: %v (logs in %s)", err, dir)
 	}

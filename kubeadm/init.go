@@ -334,7 +334,28 @@ func (j *Joiner) Init(ctx context.Context, o InitOptions) error {
 	if err := r.writeAfterKubeadm(StepManifestAfter, o.ManifestPath, o.Manifest, ManifestFileMode); err != nil {
 		return err
 	}
+	r.grantRBAC(ctx, o)
 	return r.initDone(o, secrets)
+}
+
+// AdminKubeconfig is the admin kubeconfig kubeadm init writes.
+const AdminKubeconfig = "/etc/kubernetes/admin.conf"
+
+// grantRBAC lets the nodes' watchdogs discover the masters. kubeadm init
+// succeeded, so a failure is only told: the watchdogs then work from their
+// --master list until `vipctl rbac apply` is run.
+func (r *joinRun) grantRBAC(ctx context.Context, o InitOptions) {
+	switch {
+	case r.j.RBAC == nil:
+	case o.DryRun:
+		r.say("[rbac] would let the nodes discover the masters (vipctl rbac apply --kubeconfig %s)", AdminKubeconfig)
+	default:
+		if err := r.j.RBAC(ctx, AdminKubeconfig); err != nil {
+			r.say("[rbac] warning: %v; the watchdogs use their --master list until you run: vipctl rbac apply --kubeconfig %s", err, AdminKubeconfig)
+			return
+		}
+		r.say("[rbac] the nodes may discover the masters (Role vipctl:endpointslice-reader in default)")
+	}
 }
 
 // initDone writes the join secrets and prints the other nodes' join

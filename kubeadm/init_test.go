@@ -175,6 +175,30 @@ func TestInitFirstMaster(t *testing.T) {
 	assert.Equal(t, testVIP.Addr(), ms[0].Addr)
 }
 
+func TestInitGrantsDiscoveryAndOnlyWarnsWhenItCannot(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		w := newWorld(t)
+		var got []string
+		j := w.joiner()
+		j.RBAC = func(_ context.Context, kubeconfig string) error {
+			got = append(got, kubeconfig)
+			if fail {
+				return errors.New("connection refused")
+			}
+			return nil
+		}
+		require.NoError(t, j.Init(context.Background(), w.initOpts("")), "kubeadm init succeeded: the node stays a master")
+		assert.Equal(t, []string{AdminKubeconfig}, got)
+		if fail {
+			assert.Contains(t, w.out.String(), "[rbac] warning: connection refused")
+			assert.Contains(t, w.out.String(), "vipctl rbac apply --kubeconfig "+AdminKubeconfig)
+		} else {
+			assert.Contains(t, w.out.String(), "[rbac] the nodes may discover the masters")
+		}
+		assert.Contains(t, w.out.String(), "vipctl join", "the join lines follow")
+	}
+}
+
 func TestInitKeepsTheUsersSecrets(t *testing.T) {
 	w := newWorld(t)
 	user := "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\ncertificateKey: " + testCertKey +

@@ -150,6 +150,9 @@ type Joiner struct {
 	// KubeadmOutput gets kubeadm's output, redacted (stderr); nil drops it.
 	KubeadmOutput io.Writer
 	Log           *zap.Logger
+	// RBAC, when set, grants the nodes' watchdogs master discovery
+	// (`vipctl rbac apply`) with the admin kubeconfig, after kubeadm init.
+	RBAC func(ctx context.Context, adminKubeconfig string) error
 }
 
 func (j *Joiner) temp() TempFiles {

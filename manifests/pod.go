@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"fmt"
+	"path"
 
 	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/internal/version"
@@ -85,6 +86,31 @@ func CarePod(o Options) (*corev1.Pod, error) {
 		"app.kubernetes.io/component": "care",
 		"app.kubernetes.io/part-of":   "vipctl",
 	}
+	mounts := []corev1.VolumeMount{
+		{Name: "lib-modules", MountPath: modulesDir, ReadOnly: true},
+		{Name: "ca-cert", MountPath: caFile, ReadOnly: true},
+	}
+	volumes := []corev1.Volume{
+		{Name: "lib-modules", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: modulesDir, Type: &hostPathDir}}},
+		{Name: "ca-cert", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: caFile, Type: &hostPathFile}}},
+	}
+	hostPath := func(name, p string, t *corev1.HostPathType, readOnly bool) {
+		mounts = append(mounts, corev1.VolumeMount{Name: name, MountPath: p, ReadOnly: readOnly})
+		volumes = append(volumes, corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: p, Type: t}}})
+	}
+	if kc := o.Care.Kubeconfig; kc != "" {
+		// The kubelet's kubeconfig and, for the default one, the rotating
+		// client certificate it points at, both read-only.
+		hostPath("kubeconfig", kc, &hostPathFile, true)
+		if kc == careconfig.DefaultKubeconfig {
+			hostPath("kubelet-pki", careconfig.DefaultKubeletPKIDir, &hostPathDir, true)
+		}
+	}
+	if sf := o.Care.StateFile; sf != "" {
+		// The directory, so the state file can be replaced atomically.
+		dirOrCreate := corev1.HostPathDirectoryOrCreate
+		hostPath("state", path.Dir(sf), &dirOrCreate, false)
+	}
 	return &corev1.Pod{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -126,15 +152,9 @@ func CarePod(o Options) (*corev1.Pod, error) {
 						Drop: []corev1.Capability{"ALL"},
 					},
 				},
-				VolumeMounts: []corev1.VolumeMount{
-					{Name: "lib-modules", MountPath: modulesDir, ReadOnly: true},
-					{Name: "ca-cert", MountPath: caFile, ReadOnly: true},
-				},
+				VolumeMounts: mounts,
 			}},
-			Volumes: []corev1.Volume{
-				{Name: "lib-modules", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: modulesDir, Type: &hostPathDir}}},
-				{Name: "ca-cert", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: caFile, Type: &hostPathFile}}},
-			},
+			Volumes: volumes,
 		},
 	}, nil
 }

@@ -35,6 +35,7 @@ func fullCare() careconfig.Config {
 	c.Interval, c.Timeout, c.Rise, c.Fall = 2*time.Second, 1500*time.Millisecond, 3, 4
 	c.MetricsAddr = "0.0.0.0:9300"
 	c.HoldDown, c.Sentinel = 10*time.Second, false
+	c.Kubeconfig, c.StateFile, c.ForgetAfter = "/etc/vipctl/care.conf", "/srv/vipctl/state.json", 10*time.Minute
 	return c
 }
 
@@ -104,14 +105,16 @@ func TestRenderDecodesToPod(t *testing.T) {
 	assert.Equal(t, []corev1.Capability{"NET_ADMIN"}, c.SecurityContext.Capabilities.Add)
 	assert.Equal(t, []corev1.Capability{"ALL"}, c.SecurityContext.Capabilities.Drop)
 
-	// Read-only mounts of /lib/modules and the CA, backed by hostPaths.
+	// Read-only mounts of /lib/modules, the CA, the kubelet's kubeconfig
+	// and certificate, a writable one of the state file's directory, all
+	// backed by hostPaths.
 	vols := map[string]corev1.Volume{}
 	for _, v := range pod.Spec.Volumes {
 		vols[v.Name] = v
 	}
 	mounted := map[string]string{}
 	for _, m := range c.VolumeMounts {
-		assert.True(t, m.ReadOnly, "mount %s must be read-only", m.MountPath)
+		assert.Equal(t, m.MountPath != "/var/lib/vipctl", m.ReadOnly, "only the state directory is writable: %s", m.MountPath)
 		v, ok := vols[m.Name]
 		require.True(t, ok, "mount %s has no volume", m.Name)
 		require.NotNil(t, v.HostPath, "volume %s", m.Name)
@@ -121,6 +124,9 @@ func TestRenderDecodesToPod(t *testing.T) {
 	assert.Equal(t, map[string]string{
 		"/lib/modules":               string(corev1.HostPathDirectory),
 		"/etc/kubernetes/pki/ca.crt": string(corev1.HostPathFile),
+		careconfig.DefaultKubeconfig: string(corev1.HostPathFile),
+		"/var/lib/kubelet/pki":       string(corev1.HostPathDirectory),
+		"/var/lib/vipctl":            string(corev1.HostPathDirectoryOrCreate),
 	}, mounted)
 
 	// Probes on the metrics address.
@@ -151,7 +157,8 @@ func TestRenderFollowsCareFlags(t *testing.T) {
 		"--mode=route", "--interface=vip9", "--node-ip=192.168.0.10", "--scheduler=wrr",
 		"--health-path=/livez", "--health-scheme=http", "--ca-file=/etc/pki/k8s-ca.pem",
 		"--interval=2s", "--timeout=1.5s", "--rise=3", "--fall=4", "--metrics-addr=0.0.0.0:9300",
-		"--hold-down=10s", "--sentinel=false",
+		"--hold-down=10s", "--sentinel=false", "--kubeconfig=/etc/vipctl/care.conf",
+		"--state-file=/srv/vipctl/state.json", "--forget-after=10m0s",
 	} {
 		assert.Contains(t, c.Command, want)
 	}
@@ -161,14 +168,23 @@ func TestRenderFollowsCareFlags(t *testing.T) {
 	assert.Equal(t, "127.0.0.1", c.LivenessProbe.HTTPGet.Host)
 	assert.Equal(t, 9300, c.LivenessProbe.HTTPGet.Port.IntValue())
 	assert.Equal(t, int32(9300), c.Ports[0].ContainerPort)
-	// The CA volume follows --ca-file.
+	// The CA volume follows --ca-file, the kubeconfig's --kubeconfig (no
+	// kubelet directory for a kubeconfig of one's own), the state's
+	// --state-file.
 	var caPaths []string
 	for _, v := range pod.Spec.Volumes {
 		if v.HostPath != nil && v.HostPath.Path != "/lib/modules" {
 			caPaths = append(caPaths, v.HostPath.Path)
 		}
 	}
-	assert.Equal(t, []string{"/etc/pki/k8s-ca.pem"}, caPaths)
+	assert.Equal(t, []string{"/etc/pki/k8s-ca.pem", "/etc/vipctl/care.conf", "/srv/vipctl"}, caPaths)
+
+	// No kubeconfig, no state file: no such mounts.
+	care.Kubeconfig, care.StateFile = "", ""
+	bare, err := CarePod(Options{Care: care})
+	require.NoError(t, err)
+	assert.Len(t, bare.Spec.Volumes, 2)
+	assert.Contains(t, bare.Spec.Containers[0].Command, "--kubeconfig=")
 
 	// A specific metrics host is probed there.
 	care.MetricsAddr = "192.168.0.10:9400"
@@ -199,6 +215,9 @@ func TestRenderRejectsBadFlags(t *testing.T) {
 		{"metrics addr", func(c *careconfig.Config) { c.MetricsAddr = "localhost" }, []string{"--metrics-addr", "localhost"}},
 		{"metrics port", func(c *careconfig.Config) { c.MetricsAddr = "127.0.0.1:0" }, []string{"--metrics-addr", "127.0.0.1:0"}},
 		{"once", func(c *careconfig.Config) { c.Once = true }, []string{"--once"}},
+		{"relative kubeconfig", func(c *careconfig.Config) { c.Kubeconfig = "kubelet.conf" }, []string{"--kubeconfig", "kubelet.conf"}},
+		{"state file at the root", func(c *careconfig.Config) { c.StateFile = "/" }, []string{"--state-file", `"/"`}},
+		{"forget after", func(c *careconfig.Config) { c.ForgetAfter = -time.Second }, []string{"--forget-after", "-1s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			care := minimalCare()

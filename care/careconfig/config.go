@@ -54,6 +54,23 @@ const (
 	// DefaultCAFile is the cluster CA kubeadm writes on masters and
 	// workers.
 	DefaultCAFile = "/etc/kubernetes/pki/ca.crt"
+	// DefaultKubeconfig is the kubelet's kubeconfig on a kubeadm node: its
+	// client certificate (rotated by the kubelet, in DefaultKubeletPKIDir)
+	// authenticates the probes and the discovery of the masters, and its
+	// server is the VIP. When the file is absent and --kubeconfig was left
+	// at this default, the watchdog probes anonymously and discovers
+	// nothing (a warning says so).
+	DefaultKubeconfig = "/etc/kubernetes/kubelet.conf"
+	// DefaultKubeletPKIDir holds the kubelet's rotating client certificate
+	// that DefaultKubeconfig points at; the watchdog's pod mounts it
+	// read-only with it.
+	DefaultKubeletPKIDir = "/var/lib/kubelet/pki"
+	// DefaultStateFile is where the watchdog keeps the masters it
+	// discovered, so a restart with the API unreachable still knows them.
+	DefaultStateFile = "/var/lib/vipctl/masters.json"
+	// DefaultForgetAfter is how long a discovered master must be both
+	// absent from the API and unhealthy before it is forgotten.
+	DefaultForgetAfter = time.Hour
 	// DefaultMetricsPort is the port of the watchdog's metrics and health
 	// endpoints. No Kubernetes component uses it (kubelet 10248/10250,
 	// kube-proxy 10249/10256, scheduler 10259, controller-manager 10257,
@@ -135,12 +152,21 @@ type Config struct {
 	HealthPath   string // --health-path
 	// LivenessPath is probed before resetting the connections of a master
 	// that answered unhealthily (--liveness-path); empty: never.
-	LivenessPath       string
-	HealthStatuses     []int  // --health-status
-	CAFile             string // --ca-file
-	CertFile           string // --cert-file
-	KeyFile            string // --key-file
-	InsecureSkipVerify bool   // --insecure-skip-verify
+	LivenessPath   string
+	HealthStatuses []int  // --health-status
+	CAFile         string // --ca-file
+	CertFile       string // --cert-file
+	KeyFile        string // --key-file
+	// Kubeconfig names a kubeconfig whose client certificate (and cluster
+	// CA, when it has one) the probes use (--kubeconfig); empty: none.
+	Kubeconfig string
+	// StateFile is where discovered masters are kept (--state-file);
+	// empty: nowhere.
+	StateFile string
+	// ForgetAfter is how long a discovered master absent from the API and
+	// unhealthy stays before it is dropped (--forget-after); 0: never.
+	ForgetAfter        time.Duration
+	InsecureSkipVerify bool // --insecure-skip-verify
 
 	Interval time.Duration // --interval
 	// Timeout bounds one probe (--timeout); 0 means derived from the
@@ -183,6 +209,9 @@ func Default() Config {
 		HealthPath:     DefaultHealthPath,
 		HealthStatuses: []int{200},
 		CAFile:         DefaultCAFile,
+		Kubeconfig:     DefaultKubeconfig,
+		StateFile:      DefaultStateFile,
+		ForgetAfter:    DefaultForgetAfter,
 		Interval:       DefaultInterval,
 		Rise:           DefaultRise,
 		Fall:           DefaultFall,
@@ -307,6 +336,8 @@ func (c Config) validateTiming() error {
 		return fmt.Errorf("--max-hold-down %s: shorter than --hold-down %s", c.MaxHoldDown, c.HoldDown)
 	case c.ProbeReuse < 0:
 		return fmt.Errorf("--probe-reuse %s: want 0 (a fresh connection per probe) or a positive duration", c.ProbeReuse)
+	case c.ForgetAfter < 0:
+		return fmt.Errorf("--forget-after %s: want 0 (never forget) or a positive duration", c.ForgetAfter)
 	case c.ReadyEvery < 0:
 		return fmt.Errorf("--ready-every %s: want 0 (a GET every probe) or a positive duration", c.ReadyEvery)
 	}
@@ -340,7 +371,10 @@ func (c Config) validateProbe() error {
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return fmt.Errorf("--cert-file %q and --key-file %q: give both or neither", c.CertFile, c.KeyFile)
 	}
-	for _, f := range []struct{ flag, v string }{{"--ca-file", c.CAFile}, {"--cert-file", c.CertFile}, {"--key-file", c.KeyFile}} {
+	if c.Kubeconfig != "" && c.CertFile != "" {
+		return fmt.Errorf("--kubeconfig %q and --cert-file %q: give one source of the client certificate", c.Kubeconfig, c.CertFile)
+	}
+	for _, f := range []struct{ flag, v string }{{"--ca-file", c.CAFile}, {"--cert-file", c.CertFile}, {"--key-file", c.KeyFile}, {"--kubeconfig", c.Kubeconfig}, {"--state-file", c.StateFile}} {
 		if hasControl(f.v) {
 			return fmt.Errorf("%s %q: control characters in a file name", f.flag, f.v)
 		}
@@ -493,6 +527,11 @@ func (c Config) ValidateForPod() error {
 	for _, f := range []struct{ flag, v string }{{"--cert-file", c.CertFile}, {"--key-file", c.KeyFile}} {
 		if f.v != "" {
 			return fmt.Errorf("%s %q: the watchdog's pod mounts no client certificate; leave it out", f.flag, f.v)
+		}
+	}
+	for _, f := range []struct{ flag, v string }{{"--kubeconfig", c.Kubeconfig}, {"--state-file", c.StateFile}} {
+		if f.v != "" && (!path.IsAbs(f.v) || path.Clean(f.v) != f.v || f.v == "/") {
+			return fmt.Errorf("%s %q: want an absolute, clean path on the host (it is mounted into the pod), or empty", f.flag, f.v)
 		}
 	}
 	if c.Once {

@@ -69,6 +69,9 @@ func TestValidateRefusesWhatTheWatchdogCannotRun(t *testing.T) {
 		{func(c *Config) { c.HealthStatuses = nil }, "--health-status"},
 		{func(c *Config) { c.CertFile = "/c" }, "--cert-file"},
 		{func(c *Config) { c.ProbeReuse = -1 }, "--probe-reuse"},
+		{func(c *Config) { c.CertFile, c.KeyFile = "/c", "/k" }, `--kubeconfig "/etc/kubernetes/kubelet.conf" and --cert-file "/c"`},
+		{func(c *Config) { c.StateFile = "/var/lib/x\n" }, `--state-file "/var/lib/x\n"`},
+		{func(c *Config) { c.ForgetAfter = -time.Minute }, "--forget-after -1m0s"},
 		{func(c *Config) { c.Masters = append(c.Masters, c.Masters[0]) }, "listed twice"},
 	} {
 		c := valid()
@@ -114,10 +117,23 @@ func TestArgsRoundTrip(t *testing.T) {
 	c.HoldDown, c.MaxHoldDown, c.DrainTimeout = time.Second, time.Minute, time.Second
 	c.ResyncPeriod, c.ProbeReuse, c.Sentinel = time.Second, 0, false
 	c.CAFile, c.MetricsAddr, c.InsecureSkipVerify = "/srv/ca.pem", "0.0.0.0:9300", true
+	c.Kubeconfig, c.StateFile, c.ForgetAfter = "/srv/care.conf", "/srv/masters.json", time.Minute
 	back, warnings, err := ParseArgs(c.Args())
 	require.NoError(t, err)
 	assert.Equal(t, c, back)
+	c.Kubeconfig, c.StateFile, c.ForgetAfter = "", "", 0
+	back, _, err = ParseArgs(c.Args())
+	require.NoError(t, err)
+	assert.Equal(t, c, back, "turned off, not back to the defaults")
 	assert.Len(t, warnings, 1, "metrics served to the network; insecure means nothing with http: %v", warnings)
+}
+
+func TestCertFileReplacesTheDefaultKubeconfig(t *testing.T) {
+	c, _, err := ParseArgs([]string{"--master=192.0.2.11", "--cert-file=/c", "--key-file=/k"})
+	require.NoError(t, err)
+	assert.Empty(t, c.Kubeconfig)
+	_, _, err = ParseArgs([]string{"--master=192.0.2.11", "--cert-file=/c", "--key-file=/k", "--kubeconfig=/etc/kubernetes/kubelet.conf"})
+	assert.ErrorContains(t, err, "give one source of the client certificate")
 }
 
 func TestParseArgsOfAManifest(t *testing.T) {

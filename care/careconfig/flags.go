@@ -105,6 +105,15 @@ var flags = []flag{
 	{"key-file", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.StringVar(&f.c.KeyFile, n, f.c.KeyFile, "key of --cert-file")
 	}},
+	{"kubeconfig", func(f *Flags, fs *pflag.FlagSet, n string) {
+		fs.StringVar(&f.c.Kubeconfig, n, f.c.Kubeconfig, "kubeconfig whose client certificate and key the probes present, whose cluster CA verifies the apiservers (--ca-file when it has none), and through which the masters are discovered from the kubernetes Service's EndpointSlice; its files are re-read when they change (the kubelet rotates its certificate); empty: anonymous probes, the --master list only; the default, when absent, means the same")
+	}},
+	{"state-file", func(f *Flags, fs *pflag.FlagSet, n string) {
+		fs.StringVar(&f.c.StateFile, n, f.c.StateFile, "file keeping the masters discovered from the API (no secrets in it), read at start so a restart with the API unreachable still knows them; empty: not kept")
+	}},
+	{"forget-after", func(f *Flags, fs *pflag.FlagSet, n string) {
+		fs.DurationVar(&f.c.ForgetAfter, n, f.c.ForgetAfter, "a discovered master that has been absent from the API and unhealthy this long is drained and forgotten (--master seeds never are); 0: never")
+	}},
 	{"insecure-skip-verify", func(f *Flags, fs *pflag.FlagSet, n string) {
 		fs.BoolVar(&f.c.InsecureSkipVerify, n, f.c.InsecureSkipVerify, "do not verify the apiservers' certificates (not recommended)")
 	}},
@@ -267,6 +276,10 @@ func (f *Flags) Config() (Config, []string, error) {
 			return c, nil, err
 		}
 	}
+	if c.CertFile != "" && !f.Changed("kubeconfig") && c.Kubeconfig == DefaultKubeconfig {
+		// A client certificate of one's own replaces the kubelet's.
+		c.Kubeconfig = ""
+	}
 	if c.ProbeHTTP2 && !f.Changed("probe-reuse") {
 		c.ProbeReuse = DefaultHTTP2ProbeReuse
 	}
@@ -394,6 +407,18 @@ func (c Config) Args() []string {
 		case "key-file":
 			if c.KeyFile != "" {
 				add(n, c.KeyFile)
+			}
+		case "kubeconfig":
+			if c.Kubeconfig != def.Kubeconfig {
+				add(n, c.Kubeconfig)
+			}
+		case "state-file":
+			if c.StateFile != def.StateFile {
+				add(n, c.StateFile)
+			}
+		case "forget-after":
+			if c.ForgetAfter != def.ForgetAfter {
+				add(n, c.ForgetAfter.String())
 			}
 		case "insecure-skip-verify":
 			if c.InsecureSkipVerify != def.InsecureSkipVerify {

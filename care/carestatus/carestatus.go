@@ -56,6 +56,15 @@ type Master struct {
 	HeldDown   bool      `json:"heldDown,omitempty"`
 	HeldReason string    `json:"heldDownReason,omitempty"`
 	DrainSince time.Time `json:"drainingSince,omitzero"`
+	// Source is where the watchdog has the master from: "seed" (--master)
+	// or "api" (the kubernetes Service's EndpointSlice, or the state file
+	// that kept it).
+	Source string `json:"source,omitempty"`
+	// LastSeenInAPI is when the API last listed it; zero: never.
+	LastSeenInAPI time.Time `json:"lastSeenInAPI,omitzero"`
+	// ForgetAt is when it will be forgotten if it stays absent from the
+	// API and unhealthy; zero while it is not being forgotten.
+	ForgetAt time.Time `json:"forgetAt,omitzero"`
 	// LastProbe is nil before the first probe.
 	LastProbe *Probe `json:"lastProbe,omitempty"`
 	// Kernel is the real server as the kernel reported it; nil when the

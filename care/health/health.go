@@ -285,6 +285,34 @@ func NewTracker(cfg Config, addrs []netip.AddrPort) (*Tracker, error) {
 	return t, nil
 }
 
+// Add starts tracking a master found while running (discovered from the
+// API): Down and not in the service, so it needs Rise good probes before it
+// serves, as a master absent from the kernel at Adopt does. It reports
+// whether addr was new.
+func (t *Tracker) Add(addr netip.AddrPort, now time.Time) bool {
+	if t.byAddr[addr] != nil {
+		return false
+	}
+	m := &master{addr: addr, phase: Down, member: Removed, since: now}
+	t.masters = append(t.masters, m)
+	t.byAddr[addr] = m
+	delete(t.extras, addr)
+	return true
+}
+
+// Remove stops tracking a master. If the kernel still has it, the next
+// Plan drains it as a real server that is no master (weight 0, connections
+// reset, deleted once drained). The last master cannot be removed; Remove
+// reports whether addr was removed.
+func (t *Tracker) Remove(addr netip.AddrPort) bool {
+	if t.byAddr[addr] == nil || len(t.masters) == 1 {
+		return false
+	}
+	delete(t.byAddr, addr)
+	t.masters = slices.DeleteFunc(t.masters, func(m *master) bool { return m.addr == addr })
+	return true
+}
+
 // Config returns the tracker's configuration.
 func (t *Tracker) Config() Config { return t.cfg }
 
@@ -531,6 +559,14 @@ func (t *Tracker) LastStatus(addr netip.AddrPort) int {
 		return m.last.Status
 	}
 	return 0
+}
+
+// Phase returns a master's phase; Unknown for an address not tracked.
+func (t *Tracker) Phase(addr netip.AddrPort) Phase {
+	if m := t.byAddr[addr]; m != nil {
+		return m.phase
+	}
+	return Unknown
 }
 
 // InService reports whether addr is an up master with no failed probe

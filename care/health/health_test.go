@@ -597,3 +597,30 @@ func TestConclusiveFailure(t *testing.T) {
 	f.at(6*time.Second).probe(mA, ok())
 	assert.Equal(t, Up, f.phase(mA))
 }
+
+func TestAddedMasterNeedsRiseAndRemovedOneDrains(t *testing.T) {
+	cfg := DefaultConfig()
+	a, b := netip.MustParseAddrPort("192.0.2.11:6443"), netip.MustParseAddrPort("192.0.2.14:6443")
+	tr, err := NewTracker(cfg, []netip.AddrPort{a})
+	require.NoError(t, err)
+	now := time.Unix(1000, 0)
+	tr.Observe(a, Outcome{OK: true, Status: 200}, now)
+	require.True(t, tr.Add(b, now))
+	assert.False(t, tr.Add(b, now), "known already")
+	p := tr.Plan(nil, now)
+	assert.Equal(t, []ipvs.RealServer{{Addr: a, Weight: cfg.Weight}}, p.RealServers, "not probed yet: not in service")
+	for i := range cfg.Rise {
+		tr.Observe(b, Outcome{OK: true, Status: 200}, now.Add(time.Duration(i+1)*time.Second))
+	}
+	now = now.Add(time.Minute)
+	p = tr.Plan(nil, now)
+	assert.Equal(t, []ipvs.RealServer{{Addr: a, Weight: cfg.Weight}, {Addr: b, Weight: cfg.Weight}}, p.RealServers)
+
+	require.True(t, tr.Remove(b))
+	cur := &ipvs.State{RealServers: []ipvs.RealServerStatus{{RealServer: ipvs.RealServer{Addr: a, Weight: 1}}, {RealServer: ipvs.RealServer{Addr: b, Weight: 1}, ActiveConns: 3}}}
+	p = tr.Plan(cur, now)
+	assert.Equal(t, []ipvs.RealServer{{Addr: a, Weight: cfg.Weight}, {Addr: b, Weight: 0}}, p.RealServers, "drained first")
+	assert.Equal(t, []netip.AddrPort{b}, p.Close)
+	assert.Len(t, tr.Snapshot(), 1)
+	assert.False(t, tr.Remove(a), "the last master stays")
+}

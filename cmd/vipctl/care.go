@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -18,6 +20,8 @@ import (
 
 	"github.com/vipctl/vipctl/care"
 	"github.com/vipctl/vipctl/care/careconfig"
+	"github.com/vipctl/vipctl/care/discovery"
+	"github.com/vipctl/vipctl/care/kubeconf"
 	"github.com/vipctl/vipctl/care/probe"
 	"github.com/vipctl/vipctl/internal/version"
 	"github.com/vipctl/vipctl/ipvs"
@@ -86,6 +90,16 @@ type careSetup struct {
 	// metricsAddr is where /metrics, /status... are served; "" for none.
 	metricsAddr string
 	warnings    []string
+	// notes are logged at info level: a setting's consequence, not a
+	// problem.
+	notes []string
+	// creds are the probes' credentials from --kubeconfig, nil without.
+	creds *probe.Credentials
+	// kubeconfig, when set, is the kubeconfig masters are discovered
+	// through (with creds), stateFile where they are kept ("" nowhere),
+	// insecure whether the apiservers' certificates go unverified.
+	kubeconfig, stateFile string
+	insecure              bool
 }
 
 // build validates every flag and reads the TLS files; it changes nothing.
@@ -181,6 +195,26 @@ func buildProbe(c careconfig.Config, s *careSetup) error {
 			insecure = true
 		}
 	}
+	if c.Kubeconfig == careconfig.DefaultKubeconfig {
+		if _, err := os.Stat(c.Kubeconfig); errors.Is(err, fs.ErrNotExist) {
+			// Not a kubeadm node, or a pod that does not mount it (an
+			// lvscare manifest): probe as before.
+			s.notes = append(s.notes, fmt.Sprintf("no %s (the default --kubeconfig): probing anonymously and discovering no masters; mount it, or pass --kubeconfig=\"\" to say so", c.Kubeconfig))
+			c.Kubeconfig = ""
+		}
+	}
+	if c.Kubeconfig != "" {
+		// The kubeconfig's client certificate and CA (--ca-file when it
+		// has none), re-read when they change: the kubelet rotates its
+		// certificate. Checked at most once per probe interval.
+		creds, err := probe.NewCredentials(kubeconf.Loader(c.Kubeconfig, c.CAFile), c.Interval, nil)
+		if err != nil {
+			return err
+		}
+		s.creds, s.probe.TLS = creds, creds.TLSConfig(insecure)
+		s.kubeconfig, s.stateFile, s.insecure = c.Kubeconfig, c.StateFile, insecure
+		return nil
+	}
 	var roots *x509.CertPool
 	if !insecure {
 		p, err := probe.LoadCA(c.CAFile)
@@ -244,8 +278,19 @@ lvscare's flag names are accepted (--vs, --rs, --health-schem,
 
 // runCare starts the watchdog from a validated setup.
 func runCare(ctx context.Context, log *zap.Logger, env careEnv, s careSetup) error {
+	if s.creds != nil {
+		s.creds.OnError(func(err error) {
+			log.Warn("cannot reload the probes' credentials: keeping the ones in use", zap.Error(err))
+		})
+		s.creds.OnReload(func() {
+			log.Info("probes' credentials reloaded: a file changed", zap.String("kubeconfig", s.kubeconfig))
+		})
+	}
 	for _, w := range s.warnings {
 		log.Warn(w)
+	}
+	for _, n := range s.notes {
+		log.Info(n)
 	}
 	p, err := env.newProber(s.probe)
 	if err != nil {
@@ -269,6 +314,16 @@ func runCare(ctx context.Context, log *zap.Logger, env careEnv, s careSetup) err
 	if s.sentinel && !s.once {
 		d.Sentinel = p
 	}
+	if s.kubeconfig != "" && !s.once {
+		w, err := newDiscovery(s)
+		if err != nil {
+			return err
+		}
+		d.Discovery = w
+		if s.stateFile != "" {
+			d.Store = care.FileStore{Path: s.stateFile}
+		}
+	}
 	w, err := care.New(s.cfg, d)
 	if err != nil {
 		return err
@@ -282,4 +337,22 @@ func runCare(ctx context.Context, log *zap.Logger, env careEnv, s careSetup) err
 		}
 	}
 	return w.Run(ctx)
+}
+
+// newDiscovery watches the masters through the kubeconfig's server (the
+// VIP), with the probes' credentials, so they rotate together.
+func newDiscovery(s careSetup) (*discovery.Watcher, error) {
+	kc, err := kubeconf.Load(s.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		TLSClientConfig:     s.creds.TLSConfig(s.insecure),
+		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &discovery.Watcher{Server: kc.Server, Client: &http.Client{Transport: tr},
+		UserAgent: "vipctl-care/" + version.Get().Version}, nil
 }

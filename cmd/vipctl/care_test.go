@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -400,4 +401,42 @@ func TestCareRunServesMetricsAndStopsOnCancel(t *testing.T) {
 	assert.Equal(t, []string{"127.0.0.1:9282"}, w.served)
 	_, err := w.kernel.Get(context.Background(), netip.MustParseAddrPort("10.103.97.2:6443"))
 	assert.NoError(t, err, "the rules stay in place after exit")
+}
+
+func TestCareKubeconfigAuthenticatesAndDiscovers(t *testing.T) {
+	ca := probetest.NewCA(t, "cluster CA")
+	_, cert, key := ca.Issue(t, "system:node:n1", true)
+	certFile := probetest.WriteFile(t, "kubelet-client-current.pem", append(append([]byte{}, cert...), key...))
+	kc := probetest.WriteFile(t, "kubelet.conf", []byte(`apiVersion: v1
+kind: Config
+clusters:
+- cluster: {certificate-authority-data: `+base64.StdEncoding.EncodeToString(ca.PEM)+`, server: "https://apiserver.cluster.local:6443"}
+  name: k
+contexts:
+- context: {cluster: k, user: n1}
+  name: n1
+current-context: n1
+users:
+- name: n1
+  user: {client-certificate: `+certFile+`, client-key: `+certFile+`}
+`))
+	s, err := parseCare(t, newCareWorld(), "--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--kubeconfig", kc)
+	require.NoError(t, err)
+	require.NotNil(t, s.creds)
+	assert.Equal(t, kc, s.kubeconfig)
+	assert.Equal(t, careconfig.DefaultStateFile, s.stateFile)
+	assert.NotNil(t, s.probe.TLS.GetClientCertificate, "the probes present the kubelet's certificate")
+	assert.NotNil(t, s.probe.TLS.VerifyConnection, "and verify against the current CA")
+	w, err := newDiscovery(s)
+	require.NoError(t, err)
+	assert.Equal(t, "https://apiserver.cluster.local:6443", w.Server.String(), "discovery through the kubeconfig's server")
+
+	_, err = parseCare(t, newCareWorld(), "--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--kubeconfig", "/nonexistent/kubelet.conf")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `--kubeconfig "/nonexistent/kubelet.conf"`, "a kubeconfig asked for by name must be there")
+
+	s, err = parseCare(t, newCareWorld(), "--master", "192.0.2.11", "--node-ip", "192.0.2.20", "--ca-file", testCA(t), "--kubeconfig=")
+	require.NoError(t, err)
+	assert.Nil(t, s.creds, "--kubeconfig= turns it off")
+	assert.Empty(t, s.kubeconfig)
 }

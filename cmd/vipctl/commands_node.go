@@ -18,5 +18,6 @@ func nodeCommands(a *app) []*cobra.Command {
 		newMigrateMasterCmd(a),
 		newResetCmd(a),
 		newKubeProxyCmd(a),
+		newRBACCmd(a),
 	}
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -66,6 +67,9 @@ func osJoiner(a *app, cmd *cobra.Command, hostsFile string) *kubeadm.Joiner {
 		Out:           cmd.OutOrStdout(),
 		KubeadmOutput: cmd.ErrOrStderr(),
 		Log:           a.log,
+		RBAC: func(ctx context.Context, kc string) error {
+			return applyRBAC(ctx, a, cmd.OutOrStdout(), kc, 30*time.Second)
+		},
 	}
 }
 

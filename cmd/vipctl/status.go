@@ -215,6 +215,9 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 		if w.FailOpen {
 			line += ", FAIL-OPEN: every master is down, all kept in service"
 		}
+		if w.ProbesUnauthorized {
+			line += ", probes unauthorized: check credentials"
+		}
 		head = append(head, line)
 		if w.LastError != "" {
 			head = append(head, "watchdog's last error: "+w.LastError)
@@ -275,6 +278,11 @@ func printStatus(out io.Writer, r statusReport, now time.Time) error {
 				return err
 			}
 		}
+		if line := sourceLine(row, now); line != "" {
+			if _, err := fmt.Fprintln(out, line); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -297,4 +305,23 @@ func localLine(ms []carestatus.Master) string {
 		return fmt.Sprintf("local apiserver: %s; traffic local: no (it is %s, %s; the other masters serve)", m.Address, m.Phase, m.Membership)
 	}
 	return ""
+}
+
+// sourceLine says where a discovered master comes from, when the API last
+// listed it and when it will be forgotten; "" for a --master seed.
+func sourceLine(row carestatus.Master, now time.Time) string {
+	if row.Source != care.SourceAPI {
+		return ""
+	}
+	line := fmt.Sprintf("%s: discovered from the API", row.Address)
+	if row.LastSeenInAPI.IsZero() {
+		line += ", not listed since the watchdog started (from its state file)"
+	} else {
+		line += fmt.Sprintf(", last listed %s ago", now.Sub(row.LastSeenInAPI).Round(time.Second))
+	}
+	if !row.ForgetAt.IsZero() {
+		line += fmt.Sprintf("; absent from the API and unhealthy: forgotten at %s (in %s) unless it comes back",
+			row.ForgetAt.Format(time.RFC3339), max(row.ForgetAt.Sub(now), 0).Round(time.Second))
+	}
+	return line
 }

@@ -191,3 +191,18 @@ func TestStatusBadInput(t *testing.T) {
 	_, err = runStatusCmd(t, w, "extra")
 	assert.Error(t, err)
 }
+
+func TestStatusSaysWhereMastersComeFromAndUnauthorizedProbes(t *testing.T) {
+	st := watchdogStatus()
+	st.ProbesUnauthorized = true
+	st.Masters[0].Source = care.SourceSeed
+	st.Masters[1].Source, st.Masters[1].LastSeenInAPI, st.Masters[1].ForgetAt = care.SourceAPI, stNow.Add(-2*time.Minute), stNow.Add(58*time.Minute)
+	st.Masters = append(st.Masters, carestatus.Master{Address: stX, Phase: carestatus.Up, Source: care.SourceAPI})
+	w := &statusWorld{watchdog: st, kernel: kernelWith(t, ipvs.RealServer{Addr: stA, Weight: 1})}
+	out, err := runStatusCmd(t, w)
+	require.NoError(t, err)
+	assert.Contains(t, out, "probes unauthorized: check credentials")
+	assert.Contains(t, out, "192.0.2.12:6443: discovered from the API, last listed 2m0s ago; absent from the API and unhealthy: forgotten at 2026-11-21T12:58:00Z (in 58m0s) unless it comes back")
+	assert.Contains(t, out, "192.0.2.99:6443: discovered from the API, not listed since the watchdog started (from its state file)")
+	assert.NotContains(t, out, "192.0.2.11:6443: discovered", "a seed needs no word")
+}

@@ -27,14 +27,18 @@ const ShareDir = "/mnt/share"
 // kube-apiservers sharing one etcd run on the host (e2e/realcp), each with
 // its own address. Faults are injected through the host's control endpoint.
 type Real struct {
-	t          testing.TB
-	Spec       RealSpec
-	Masters    []*RealMaster
-	Vipctl     string
-	CAFile     string // the lab CA, for the watchdog
-	Kubeconfig string // admin client certificate, server https://apiserver.cluster.local:6443
-	Kubectl    string
-	ctl        *http.Client
+	t       testing.TB
+	Spec    RealSpec
+	Masters []*RealMaster
+	// Standby masters are not running unless a scenario starts them.
+	Standby []*RealMaster
+	// NodeKubeconfig is the kubelet-shaped kubeconfig (RealSpec.NodeKubeconfig).
+	NodeKubeconfig string
+	Vipctl         string
+	CAFile         string // the lab CA, for the watchdog
+	Kubeconfig     string // admin client certificate, server https://apiserver.cluster.local:6443
+	Kubectl        string
+	ctl            *http.Client
 }
 
 // RealMaster is one real kube-apiserver, seen from the node.
@@ -74,6 +78,14 @@ func NewReal(t testing.TB) *Real {
 		ap, err := netip.ParseAddrPort(sm.Addr)
 		must(t, err, "master address "+sm.Addr)
 		r.Masters = append(r.Masters, &RealMaster{r: r, Name: sm.Name, IP: ap.Addr(), Addr: ap})
+	}
+	for _, sm := range spec.Standby {
+		ap, err := netip.ParseAddrPort(sm.Addr)
+		must(t, err, "standby master address "+sm.Addr)
+		r.Standby = append(r.Standby, &RealMaster{r: r, Name: sm.Name, IP: ap.Addr(), Addr: ap})
+	}
+	if spec.NodeKubeconfig != "" {
+		r.NodeKubeconfig = filepath.Join(ShareDir, spec.NodeKubeconfig)
 	}
 	must(t, r.setupNode(), "node network")
 	must(t, Poll(20*time.Second, func() bool {
@@ -265,6 +277,25 @@ func (m *RealMaster) Kill() { m.act("kill") }
 
 // Start starts the master's apiserver (not waiting for it to be ready).
 func (m *RealMaster) Start() { m.act("start") }
+
+// StartAnonymousAuthOff starts it with --anonymous-auth=false (the next
+// heal restarts it as the lab's other masters).
+func (m *RealMaster) StartAnonymousAuthOff() { m.act("start", "anonymous", "false") }
+
+// NodeCert has the host issue a fresh client certificate for the node of
+// NodeKubeconfig (system:node:node1): the kubelet's rotation. PEM.
+func (r *Real) NodeCert() (cert, key []byte) {
+	r.t.Helper()
+	resp, err := r.ctl.Post(r.Spec.ControlURL+"/v1/node-cert", "", nil)
+	must(r.t, err, "control /v1/node-cert")
+	defer resp.Body.Close()
+	var nc struct{ Cert, Key string }
+	if resp.StatusCode != http.StatusOK {
+		r.t.Fatalf("control /v1/node-cert: %s", resp.Status)
+	}
+	must(r.t, json.NewDecoder(resp.Body).Decode(&nc), "control /v1/node-cert")
+	return []byte(nc.Cert), []byte(nc.Key)
+}
 
 // StartWithShutdownDelay starts it with --shutdown-delay-duration=d.
 func (m *RealMaster) StartWithShutdownDelay(d time.Duration) {

@@ -20,11 +20,18 @@ type RealSpec struct {
 	Hostname   string           `json:"hostname"`   // apiserver.cluster.local
 	ControlURL string           `json:"controlURL"` // http://10.10.0.2:7070
 	Masters    []RealMasterSpec `json:"masters"`
-	CAFile     string           `json:"caFile"`     // lab CA (PEM)
-	ClientCert string           `json:"clientCert"` // admin client certificate (O=system:masters)
-	ClientKey  string           `json:"clientKey"`
-	Kubectl    string           `json:"kubectl"` // kubectl binary
-	Version    string           `json:"version"` // Kubernetes version of the apiservers
+	// Standby masters are set up but not running: a scenario starts one to
+	// add a master to the running cluster.
+	Standby []RealMasterSpec `json:"standby,omitempty"`
+	// NodeKubeconfig is a kubeconfig shaped as the kubelet's (server the
+	// VIP, a system:nodes client certificate), for the watchdog's
+	// --kubeconfig.
+	NodeKubeconfig string `json:"nodeKubeconfig,omitempty"`
+	CAFile         string `json:"caFile"`     // lab CA (PEM)
+	ClientCert     string `json:"clientCert"` // admin client certificate (O=system:masters)
+	ClientKey      string `json:"clientKey"`
+	Kubectl        string `json:"kubectl"` // kubectl binary
+	Version        string `json:"version"` // Kubernetes version of the apiservers
 }
 
 // RealMasterSpec is one real kube-apiserver.

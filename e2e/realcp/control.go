@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 )
@@ -47,6 +48,7 @@ func (cp *ControlPlane) serveControl() error {
 	mux.HandleFunc("POST /v1/heal", func(w http.ResponseWriter, r *http.Request) {
 		cp.reply(w, r, "heal all", func(ctx context.Context) error { return cp.HealAll(ctx) })
 	})
+	mux.HandleFunc("POST /v1/node-cert", cp.handleNodeCert)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		var st []MasterStatus
 		for _, m := range cp.Masters {
@@ -64,11 +66,16 @@ func (cp *ControlPlane) serveControl() error {
 	return nil
 }
 
-// HealAll heals every master in parallel (see Master.Heal).
+// HealAll heals every master in parallel (see Master.Heal) and stops the
+// standby ones.
 func (cp *ControlPlane) HealAll(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(cp.Masters))
 	for i, m := range cp.Masters {
+		if m.Standby {
+			m.Kill() // a scenario started it: back on standby
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -77,6 +84,43 @@ func (cp *ControlPlane) HealAll(ctx context.Context) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// NodeCert is a node client certificate and its key (PEM), as POST
+// /v1/node-cert issues it: the kubelet's certificate rotated.
+type NodeCert struct {
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+func (cp *ControlPlane) handleNodeCert(w http.ResponseWriter, r *http.Request) {
+	node := r.URL.Query().Get("node")
+	if node == "" {
+		node = "node1"
+	}
+	dir, err := os.MkdirTemp(cp.Dir, "node-cert-")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer os.RemoveAll(dir)
+	certFile, keyFile, err := cp.IssueNodeCert(dir, "node", node)
+	var nc NodeCert
+	if err == nil {
+		var c, k []byte
+		c, err = os.ReadFile(certFile)
+		if err == nil {
+			k, err = os.ReadFile(keyFile)
+		}
+		nc = NodeCert{Cert: string(c), Key: string(k)}
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	cp.logf("realcp: control: issued a node certificate for %s", node)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(nc)
 }
 
 func (cp *ControlPlane) handleAction(w http.ResponseWriter, r *http.Request) {
@@ -108,6 +152,7 @@ func (cp *ControlPlane) handleAction(w http.ResponseWriter, r *http.Request) {
 			}
 			o.ShutdownDelay = d
 		}
+		o.AnonymousAuthOff = r.URL.Query().Get("anonymous") == "false"
 		act = func(context.Context) error { return m.Start(o) }
 	case "terminate":
 		act = func(context.Context) error { return m.Terminate() }

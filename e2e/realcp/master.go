@@ -21,9 +21,13 @@ type Master struct {
 	hostVeth          string // its bridge port in the lab namespace
 	certFile, keyFile string
 	proxy             *etcdProxy
+	// Standby is set for a master the lab did not start (Options.Standby).
+	Standby bool
 
 	mu   sync.Mutex
 	proc *process
+	// anonOff is set while the process runs with --anonymous-auth=false.
+	anonOff bool
 }
 
 // StartOptions are per-start apiserver settings.
@@ -31,6 +35,9 @@ type StartOptions struct {
 	// ShutdownDelay is --shutdown-delay-duration: after SIGTERM the
 	// apiserver fails /readyz at once but keeps serving this long.
 	ShutdownDelay time.Duration
+	// AnonymousAuthOff starts it with --anonymous-auth=false, as the
+	// whole lab's Options.AnonymousAuthOff does; Heal restarts it without.
+	AnonymousAuthOff bool
 }
 
 // NS is the master's network namespace.
@@ -62,11 +69,14 @@ func (m *Master) Start(o StartOptions) error {
 		"--profiling=false",
 		fmt.Sprintf("--shutdown-delay-duration=%s", o.ShutdownDelay),
 	}
+	if cp.anonOff || o.AnonymousAuthOff {
+		args = append(args, "--anonymous-auth=false")
+	}
 	p, err := startProcess(m.LogFile(), m.NS(), cp.Bin.APIServer, args...)
 	if err != nil {
 		return fmt.Errorf("%s: start kube-apiserver: %w", m.Name, err)
 	}
-	m.proc = p
+	m.proc, m.anonOff = p, o.AnonymousAuthOff
 	return nil
 }
 
@@ -83,9 +93,13 @@ func (m *Master) Running() bool {
 }
 
 // WaitReady polls the apiserver's /readyz anonymously, as the watchdog
-// does, from the lab namespace, until it answers 200.
+// does by default (with the admin certificate when anonymous requests are
+// off), from the lab namespace, until it answers 200.
 func (m *Master) WaitReady(ctx context.Context, timeout time.Duration) error {
-	c, err := m.cp.HTTPClient(time.Second, false)
+	m.mu.Lock()
+	admin := m.cp.anonOff || m.anonOff
+	m.mu.Unlock()
+	c, err := m.cp.HTTPClient(time.Second, admin)
 	if err != nil {
 		return err
 	}
@@ -154,6 +168,12 @@ func (m *Master) LinkUp() error {
 // and ready.
 func (m *Master) Heal(ctx context.Context) error {
 	err := errors.Join(m.LinkUp(), m.EtcdUp())
+	m.mu.Lock()
+	anonOff := m.anonOff
+	m.mu.Unlock()
+	if anonOff && m.Running() {
+		m.Kill() // back to the lab's own settings
+	}
 	if !m.Running() {
 		err = errors.Join(err, m.Start(StartOptions{}))
 	}

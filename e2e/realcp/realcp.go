@@ -23,6 +23,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,14 @@ type Options struct {
 	Masters int
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
+	// AnonymousAuthOff runs the apiservers with --anonymous-auth=false (a
+	// CIS-hardened cluster): /readyz then answers 401 without a client
+	// certificate; WaitReady uses the admin certificate.
+	AnonymousAuthOff bool
+	// Standby adds masters that are set up (namespace, address,
+	// certificate, etcd proxy) but not started: a scenario starts them
+	// (Master.Start) to add a master to a running cluster.
+	Standby int
 }
 
 // ControlPlane is a running lab control plane.
@@ -73,6 +82,8 @@ type ControlPlane struct {
 	CAFile, AdminCert, AdminKey string
 	saKey, saPub                string
 	caPool                      *x509.CertPool
+	ca                          *lab.CA
+	anonOff                     bool
 	logf                        func(string, ...any)
 	etcd                        *process
 	ctl                         *http.Server
@@ -92,8 +103,8 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	if o.Masters == 0 {
 		o.Masters = 3
 	}
-	if o.Masters < 1 || o.Masters > 9 {
-		return nil, fmt.Errorf("realcp: Options.Masters %d: want 1 to 9", o.Masters)
+	if o.Masters < 1 || o.Masters+o.Standby > 9 || o.Standby < 0 {
+		return nil, fmt.Errorf("realcp: Options.Masters %d, Standby %d: want 1 to 9 in all", o.Masters, o.Standby)
 	}
 	if err := o.Binaries.check(); err != nil {
 		return nil, err
@@ -101,11 +112,11 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("realcp: iproute2's ip is needed: %w", err)
 	}
-	cp := &ControlPlane{Dir: o.Dir, Bin: o.Binaries, logf: o.Logf}
+	cp := &ControlPlane{Dir: o.Dir, Bin: o.Binaries, logf: o.Logf, anonOff: o.AnonymousAuthOff}
 	if cp.logf == nil {
 		cp.logf = func(string, ...any) {}
 	}
-	for i := 1; i <= o.Masters; i++ {
+	for i := 1; i <= o.Masters+o.Standby; i++ {
 		ip := netip.AddrFrom4([4]byte{10, 10, 0, byte(10 + i)})
 		cp.Masters = append(cp.Masters, &Master{
 			cp:       cp,
@@ -113,6 +124,7 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 			IP:       ip,
 			Addr:     netip.AddrPortFrom(ip, 6443),
 			hostVeth: fmt.Sprintf("m%d", i),
+			Standby:  i > o.Masters,
 		})
 	}
 	lock, err := acquireLock(ctx)
@@ -144,16 +156,22 @@ func Start(ctx context.Context, o Options) (*ControlPlane, error) {
 		if err := m.proxy.start(); err != nil {
 			return nil, fmt.Errorf("%s: etcd proxy: %w", m.Name, err)
 		}
+		if m.Standby {
+			continue
+		}
 		if err := m.Start(StartOptions{}); err != nil {
 			return nil, err
 		}
 	}
 	for _, m := range cp.Masters {
+		if m.Standby {
+			continue
+		}
 		if err := m.WaitReady(ctx, 3*time.Minute); err != nil {
 			return nil, err
 		}
 	}
-	cp.logf("realcp: %d kube-apiservers ready (/readyz 200) in %s", len(cp.Masters), time.Since(t1).Round(time.Millisecond))
+	cp.logf("realcp: %d kube-apiservers ready (/readyz 200) in %s (%d more on standby)", o.Masters, time.Since(t1).Round(time.Millisecond), o.Standby)
 	if err := cp.serveControl(); err != nil {
 		return nil, err
 	}
@@ -186,9 +204,53 @@ func (cp *ControlPlane) Spec() lab.RealSpec {
 		Version:    cp.Bin.Version,
 	}
 	for _, m := range cp.Masters {
-		s.Masters = append(s.Masters, lab.RealMasterSpec{Name: m.Name, Addr: m.Addr.String()})
+		ms := lab.RealMasterSpec{Name: m.Name, Addr: m.Addr.String()}
+		if m.Standby {
+			s.Standby = append(s.Standby, ms)
+		} else {
+			s.Masters = append(s.Masters, ms)
+		}
 	}
+	s.NodeKubeconfig = "reallab/" + nodeKubeconfig
 	return s
+}
+
+// nodeKubeconfig is the name, in the share's reallab folder, of a
+// kubeconfig shaped as kubeadm writes the kubelet's: server the VIP, the
+// CA inline, a node client certificate (system:node:node1, group
+// system:nodes) in files beside it.
+const nodeKubeconfig = "node.conf"
+
+// writeNodeKubeconfig writes nodeKubeconfig and its certificate into d.
+func (cp *ControlPlane) writeNodeKubeconfig(d string) error {
+	certFile, keyFile, err := cp.IssueNodeCert(d, "node", "node1")
+	if err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(cp.CAFile)
+	if err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: %s
+    server: https://%s
+  name: lab
+contexts:
+- context:
+    cluster: lab
+    user: system:node:node1
+  name: node1
+current-context: node1
+users:
+- name: system:node:node1
+  user:
+    client-certificate: %s
+    client-key: %s
+`, base64.StdEncoding.EncodeToString(ca), lab.VIPPort, filepath.Base(certFile), filepath.Base(keyFile))
+	return os.WriteFile(filepath.Join(d, nodeKubeconfig), []byte(conf), 0o644)
 }
 
 // WriteShare puts into the VM's share what the node needs: the lab CA, the
@@ -202,6 +264,9 @@ func (cp *ControlPlane) WriteShare(share string) error {
 		if err := linkOrCopy(src, filepath.Join(d, dst)); err != nil {
 			return err
 		}
+	}
+	if err := cp.writeNodeKubeconfig(d); err != nil {
+		return fmt.Errorf("node kubeconfig: %w", err)
 	}
 	return lab.WriteRealSpec(share, cp.Spec())
 }
@@ -356,7 +421,7 @@ func (cp *ControlPlane) writePKI() error {
 	if err != nil {
 		return err
 	}
-	cp.CAFile = ca.CertFile
+	cp.CAFile, cp.ca = ca.CertFile, ca
 	cp.caPool = x509.NewCertPool()
 	cp.caPool.AddCert(ca.Cert)
 	for _, m := range cp.Masters {
@@ -421,6 +486,13 @@ func poll(ctx context.Context, timeout time.Duration, p *process, cond func() bo
 		case <-tk.C:
 		}
 	}
+}
+
+// IssueNodeCert issues a kubelet's client certificate for node name
+// (CN system:node:NAME, O system:nodes), as the kubelet's TLS bootstrap
+// gets it, into dir as FILE.crt and FILE.key.
+func (cp *ControlPlane) IssueNodeCert(dir, file, name string) (certFile, keyFile string, err error) {
+	return cp.ca.Issue(dir, file, lab.CertSpec{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}, Client: true})
 }
 
 // HTTPClient returns a client whose connections are made inside the lab

@@ -17,7 +17,11 @@ import (
 )
 
 // startLab starts the real control plane, or skips when it cannot run here.
-func startLab(t *testing.T) *ControlPlane {
+func startLab(t *testing.T) *ControlPlane { return startLabWith(t, Options{}) }
+
+// startLabWith starts the real control plane with o (Dir, Binaries and Logf
+// are set here), or skips when it cannot run here.
+func startLabWith(t *testing.T, o Options) *ControlPlane {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the real control plane needs root (network namespaces, a tap device); run `make test` as root")
@@ -36,7 +40,8 @@ func startLab(t *testing.T) *ControlPlane {
 	bin, err := FindBinaries(ctx, root, testWriter{t})
 	require.NoError(t, err)
 	t0 := time.Now()
-	cp, err := Start(ctx, Options{Dir: t.TempDir(), Binaries: bin, Logf: t.Logf})
+	o.Dir, o.Binaries, o.Logf = t.TempDir(), bin, t.Logf
+	cp, err := Start(ctx, o)
 	require.NoError(t, err)
 	t.Logf("control plane up in %s", time.Since(t0).Round(time.Millisecond))
 	t.Cleanup(cp.Close)

@@ -3,7 +3,11 @@ package vmtests
 import (
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -381,4 +385,209 @@ func TestRealIPVSFlush(t *testing.T) {
 	rep := tr.Stop()
 	t.Logf("flush -> restored at worst %s", worst.Round(time.Millisecond))
 	conclude(t, r, rep, "ipvs_flush", lab.Criteria{AllowEmpty: true})
+}
+
+// statusOf returns the watchdog's /status entry of master a, nil when it
+// does not list it.
+func statusOf(t *testing.T, a netip.AddrPort) map[string]any {
+	st, err := lab.CareStatus()
+	if err != nil {
+		return nil
+	}
+	ms, _ := st["masters"].([]any)
+	for _, x := range ms {
+		if m, _ := x.(map[string]any); m["address"] == a.String() {
+			return m
+		}
+	}
+	return nil
+}
+
+// TestRealMastersFromTheAPI runs the watchdog as a kubeadm node's: with
+// the kubelet-shaped kubeconfig (a system:nodes certificate) and a state
+// file, seeded with the three running masters. It proves, in order:
+//
+//   - discovery: a fourth apiserver started on the host is in the node's
+//     IPVS table soon after its /readyz says 200, with no argument of the
+//     watchdog changed;
+//   - persisted list: the watchdog restarted while no apiserver answers
+//     serves the master it discovered (from its state file);
+//   - forget: that master, shut down for good, is forgotten once it has
+//     been absent from the API and unhealthy for --forget-after, never
+//     before, while the seeds stay.
+//
+// The nodes' RBAC grant is applied first with `vipctl rbac apply`, through
+// the VIP.
+func TestRealMastersFromTheAPI(t *testing.T) {
+	r := lab.NewReal(t)
+	require.NotEmpty(t, r.Standby, "the lab has a standby master")
+	require.NotEmpty(t, r.NodeKubeconfig, "the lab has a node kubeconfig")
+	m4 := r.Standby[0]
+	const forgetAfter = 20 * time.Second
+	state := filepath.Join(t.TempDir(), "masters.json")
+	args := []string{"--kubeconfig", r.NodeKubeconfig, "--state-file", state, "--forget-after", forgetAfter.String()}
+	care := r.StartCare(args...)
+	r.WaitAllServing(30 * time.Second)
+	out, err := exec.Command(r.Vipctl, "rbac", "apply", "--kubeconfig", r.Kubeconfig).CombinedOutput()
+	require.NoError(t, err, "vipctl rbac apply: %s", out)
+	t.Logf("vipctl rbac apply: %s", strings.TrimSpace(string(out)))
+	require.NoError(t, lab.Poll(60*time.Second, func() bool {
+		return metricSum(t, "vipctl_care_masters") == 3 && statusOf(t, r.Masters[0].Addr)["lastSeenInAPI"] != nil
+	}),
+		"the watchdog lists the masters from the API")
+	if rss, err := care.RSS(); err == nil {
+		lab.RecordValue(t, "real_care_rss_discovery", float64(rss)/(1<<20), "MiB")
+	}
+
+	// Discovery.
+	m4.Start()
+	m4.WaitReady(2 * time.Minute)
+	ready := time.Now()
+	m4.WaitIn(30 * time.Second)
+	lab.Record(t, "real_discovery_ready_to_in", time.Since(ready))
+	s := statusOf(t, m4.Addr)
+	require.NotNil(t, s)
+	assert.Equal(t, "api", s["source"])
+	b, err := os.ReadFile(state)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), m4.Addr.String(), "the state file keeps it")
+	for _, m := range r.Masters {
+		assert.Equal(t, "seed", statusOf(t, m.Addr)["source"], m.Name)
+	}
+
+	// Persisted list: no apiserver answers while the watchdog restarts.
+	care.Stop()
+	for _, m := range append(slices.Clone(r.Masters), m4) {
+		m.Kill()
+	}
+	gone := time.Now()
+	care = r.StartCare(args...)
+	require.NotNil(t, statusOf(t, m4.Addr), "restarted with no API: the saved master is managed")
+	rs := lab.RealServers(t)
+	_, inKernel := rs[m4.Addr]
+	assert.True(t, inKernel, "and in the kernel's table (every master down: fail-open keeps all): %v", rs)
+	for _, m := range r.Masters {
+		m.Start()
+	}
+	for _, m := range r.Masters {
+		m.WaitReady(2 * time.Minute)
+	}
+	r.WaitAllServing(30 * time.Second)
+
+	// Forget: m4 stays down; the API drops it from the slice, and after
+	// forgetAfter absent and unhealthy it goes.
+	require.NoError(t, lab.Poll(3*time.Minute, func() bool { return statusOf(t, m4.Addr) == nil }), "forgotten")
+	forgotten := time.Now()
+	t.Logf("master %s forgotten %s after it went down (--forget-after %s)", m4.Name, forgotten.Sub(gone).Round(time.Millisecond), forgetAfter)
+	assert.GreaterOrEqual(t, forgotten.Sub(gone), forgetAfter, "never before --forget-after")
+	_, inKernel = lab.RealServers(t)[m4.Addr]
+	assert.False(t, inKernel, "drained out of the kernel")
+	b, err = os.ReadFile(state)
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), m4.Addr.String(), "and out of the state file")
+	assert.Positive(t, metricSum(t, "vipctl_care_masters_forgotten_total"))
+	r.CheckSettled(30 * time.Second)
+}
+
+// copyNodeKubeconfig copies the node's kubeconfig and its certificate
+// (named relative to it) to a writable folder, as a node holds them, and
+// returns the kubeconfig's and the certificate's paths.
+func copyNodeKubeconfig(t *testing.T, r *lab.Real) (kubeconfig, cert, key string) {
+	dir := t.TempDir()
+	src := filepath.Dir(r.NodeKubeconfig)
+	for _, f := range []string{filepath.Base(r.NodeKubeconfig), "node.crt", "node.key"} {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, f), b, 0o600))
+	}
+	return filepath.Join(dir, filepath.Base(r.NodeKubeconfig)), filepath.Join(dir, "node.crt"), filepath.Join(dir, "node.key")
+}
+
+// replaceFile writes data to path through a rename, as the kubelet
+// replaces its certificate.
+func replaceFile(t *testing.T, path string, data []byte) {
+	require.NoError(t, os.WriteFile(path+".new", data, 0o600))
+	require.NoError(t, os.Rename(path+".new", path))
+}
+
+// TestRealAnonymousAuthOff runs the masters with --anonymous-auth=false
+// (CIS-hardened). It proves that an anonymous watchdog says so loudly
+// (probes unauthorized) instead of silently failing open; that with the
+// node's kubeconfig the probes are authenticated and a killed apiserver is
+// out as fast as without; and that a rotated client certificate is taken
+// up with no master leaving the table (rotation).
+func TestRealAnonymousAuthOff(t *testing.T) {
+	r := lab.NewReal(t)
+	for _, m := range r.Masters {
+		m.Kill()
+		m.StartAnonymousAuthOff()
+	}
+	for _, m := range r.Masters {
+		m.WaitReady(2 * time.Minute)
+	}
+
+	anon := r.StartCare("--kubeconfig=")
+	require.NoError(t, lab.Poll(30*time.Second, func() bool { return metricSum(t, "vipctl_care_probes_unauthorized") == 1 }),
+		"anonymous probes: every master answers 401, said loudly")
+	st, err := lab.CareStatus()
+	require.NoError(t, err)
+	assert.Equal(t, true, st["probesUnauthorized"])
+	assert.Contains(t, anon.Log(), "probes unauthorized")
+	anon.Stop()
+
+	kc, certFile, keyFile := copyNodeKubeconfig(t, r)
+	care := r.StartCare("--kubeconfig", kc, "--state-file=")
+	r.WaitAllServing(30 * time.Second)
+	assert.Zero(t, metricSum(t, "vipctl_care_probes_unauthorized"))
+
+	// Kill detection, authenticated.
+	for i, m := range r.Masters {
+		require.NoError(t, lab.Poll(30*time.Second, func() bool { return sentinelsHeld(t) == len(r.Masters) }), "sentinels held")
+		t0 := time.Now()
+		m.Kill()
+		m.WaitOut(10 * time.Second)
+		lab.Record(t, "real_anonoff_kill_to_out", time.Since(t0))
+		m.StartAnonymousAuthOff()
+		m.WaitReady(2 * time.Minute)
+		m.WaitIn(30 * time.Second)
+		t.Logf("cycle %d done", i)
+	}
+
+	// Rotation: no master may leave while the certificate changes.
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	defer rd.Close()
+	stop := make(chan struct{})
+	left := make(chan []netip.AddrPort, 1)
+	go func() {
+		var out []netip.AddrPort
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			rs := rd.RealServers()
+			for _, m := range r.Masters {
+				if rs[m.Addr] <= 0 && !slices.Contains(out, m.Addr) {
+					out = append(out, m.Addr)
+				}
+			}
+			select {
+			case <-stop:
+				left <- out
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	cert, key := r.NodeCert()
+	replaceFile(t, keyFile, key)
+	replaceFile(t, certFile, cert)
+	require.NoError(t, lab.Poll(30*time.Second, func() bool { return strings.Contains(care.Log(), "probes' credentials reloaded") }), "the new certificate is loaded")
+	// Fresh connections (every 10 s, --probe-reuse) now present it: keep
+	// sampling past two of them.
+	hold(25 * time.Second)
+	close(stop)
+	assert.Empty(t, <-left, "no master left the table during the rotation")
+	assert.NotContains(t, care.Log(), "cannot reload")
+	assert.Zero(t, metricSum(t, "vipctl_care_probes_unauthorized"))
+	r.CheckSettled(30 * time.Second)
 }
