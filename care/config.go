@@ -58,6 +58,16 @@ type Prober interface {
 	Probe(ctx context.Context, target netip.AddrPort) probe.Result
 }
 
+// FreshProber is a Prober that can also probe on a new connection, as a
+// new client connects. The watchdog probes a master that may be flapping
+// that way when its Prober offers it (probe.Prober does): a probe on a
+// kept connection does not see a link that flaps every few hundred
+// milliseconds, which new clients meet as lost connection attempts.
+type FreshProber interface {
+	Prober
+	ProbeFresh(ctx context.Context, target netip.AddrPort) probe.Result
+}
+
 // Sentinel holds an idle connection to a master and returns when it ends
 // (see probe.Prober.Hold).
 type Sentinel interface {

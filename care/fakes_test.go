@@ -26,6 +26,24 @@ type fakeProber struct {
 	linger time.Duration
 	// block, when set, holds every probe until it is closed.
 	block chan struct{}
+	fresh map[netip.AddrPort]int // probes made with ProbeFresh
+}
+
+// ProbeFresh counts a probe on a new connection and answers as Probe.
+func (f *fakeProber) ProbeFresh(ctx context.Context, m netip.AddrPort) probe.Result {
+	f.mu.Lock()
+	if f.fresh == nil {
+		f.fresh = map[netip.AddrPort]int{}
+	}
+	f.fresh[m]++
+	f.mu.Unlock()
+	return f.Probe(ctx, m)
+}
+
+func (f *fakeProber) freshCount(m netip.AddrPort) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fresh[m]
 }
 
 func newFakeProber() *fakeProber {

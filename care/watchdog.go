@@ -391,8 +391,12 @@ func (w *Watchdog) launch(ctx context.Context, addr netip.AddrPort) {
 		m.started = w.clock.Now()
 	}
 	m.inFlight++
+	run := w.d.Prober.Probe
+	if fp, ok := w.d.Prober.(FreshProber); ok && w.tracker.MayFlap(addr) {
+		run = fp.ProbeFresh
+	}
 	w.wg.Go(func() {
-		r := w.d.Prober.Probe(ctx, addr)
+		r := run(ctx, addr)
 		select { // buffered: at most two in flight per master, until masters are added
 		case w.results <- probeResult{addr: addr, r: r}:
 		case <-ctx.Done():

@@ -770,3 +770,24 @@ func metricsText(t *testing.T, w *Watchdog) string {
 	require.Equal(t, http.StatusOK, rec.Code)
 	return rec.Body.String()
 }
+
+// A master that may be flapping is probed on new connections, as new
+// clients connect; a steady one on the prober's kept connection.
+func TestMayFlapMasterProbedOnNewConnections(t *testing.T) {
+	cfg := testConfig(mA, mB)
+	r := newRig(t, cfg, nil)
+	ctx := context.Background()
+	require.NoError(t, r.w.Once(ctx))
+	probeOnce := func(m netip.AddrPort) {
+		r.w.launch(ctx, m)
+		res := <-r.w.results
+		require.Equal(t, m, res.addr)
+		r.w.masters[m].inFlight--
+	}
+	probeOnce(mB)
+	assert.Zero(t, r.prober.freshCount(mB), "a steady master: the kept connection")
+	r.w.observe(mA, refused())
+	r.w.observe(mA, healthy())
+	probeOnce(mA)
+	assert.Equal(t, 1, r.prober.freshCount(mA), "a failure among its last probes: a new connection")
+}

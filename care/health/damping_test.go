@@ -484,6 +484,7 @@ func TestAlternateFailuresFall(t *testing.T) {
 	assert.Contains(t, ev[0].Reason, "2 of the last 3 probes failed")
 	st := f.tr.Snapshot()[0]
 	assert.Equal(t, 2, st.Flaps, "counts as flapping")
+	assert.True(t, f.tr.MayFlap(mA), "held down: may be flapping")
 	assert.True(t, st.HoldUntil.After(f.now), "held down from this fall")
 
 	// mB: failures 3 probes apart stay Up, and it goes back to the
@@ -491,8 +492,10 @@ func TestAlternateFailuresFall(t *testing.T) {
 	f.advance(time.Second).probe(mB, refused()).advance(cfg.FastRetry).probe(mB, ok())
 	f.advance(cfg.FastRetry).probe(mB, ok())
 	assert.Less(t, f.tr.NextProbe(mB, 0.99), 2*cfg.FastRetry, "a failure still among the last 3")
+	assert.True(t, f.tr.MayFlap(mB), "a failure among its last 3 probes")
 	f.advance(cfg.FastRetry).probe(mB, ok())
 	assert.GreaterOrEqual(t, f.tr.NextProbe(mB, 0), cfg.Interval, "last 3 clean: regular pace")
+	assert.False(t, f.tr.MayFlap(mB), "last 3 clean, never fell")
 	f.advance(time.Second).probe(mB, refused())
 	assert.Equal(t, Up, f.phase(mB), "failures 3 probes apart do not add up")
 	f.advance(cfg.FastRetry).probe(mB, ok())

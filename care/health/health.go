@@ -569,6 +569,16 @@ func (t *Tracker) Phase(addr netip.AddrPort) Phase {
 	return Unknown
 }
 
+// MayFlap reports whether addr may be flapping: it has a recent fall, or it
+// is Up with a failure among its last 2*Fall-1 probes. Such a master is
+// best probed the way a new client connects (see care.FreshProber): a
+// kept connection hides a link that flaps, since TCP retransmits a request
+// lost while the link was down into the next up phase.
+func (t *Tracker) MayFlap(addr netip.AddrPort) bool {
+	m := t.byAddr[addr]
+	return m != nil && (m.flaps > 0 || (m.phase == Up && t.recentFailures(m) > 0))
+}
+
 // InService reports whether addr is an up master with no failed probe
 // pending confirmation: one whose slow probe is worth hedging.
 func (t *Tracker) InService(addr netip.AddrPort) bool {

@@ -246,6 +246,18 @@ func (p *Prober) Probe(ctx context.Context, target netip.AddrPort) Result {
 	return r
 }
 
+// ProbeFresh checks target once on a new connection, as a new client
+// connects: the connection kept from an earlier probe is closed first. With
+// HTTP2 it is Probe (the shared session carries the sentinel too).
+func (p *Prober) ProbeFresh(ctx context.Context, target netip.AddrPort) Result {
+	if !p.h2Enabled(target) {
+		if k := p.take(target); k != nil {
+			_ = k.conn.Close()
+		}
+	}
+	return p.Probe(ctx, target)
+}
+
 func (p *Prober) probe(ctx context.Context, target netip.AddrPort) Result {
 	reuse := p.cfg.Scheme != TCP && p.cfg.ReuseFor > 0
 	if reuse {

@@ -242,6 +242,20 @@ func TestHealthyConnectionCarriesTheNextProbes(t *testing.T) {
 	assert.Equal(t, int64(1), srv.conns.Load())
 }
 
+// ProbeFresh connects anew, as a new client does, and its healthy
+// connection carries the next plain probes.
+func TestProbeFreshUsesANewConnection(t *testing.T) {
+	srv, p := reusing(t)
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	for range 2 {
+		r := p.ProbeFresh(context.Background(), srv.target)
+		require.True(t, r.OK, r.Reason)
+	}
+	assert.Equal(t, int64(3), srv.conns.Load(), "one connection per fresh probe")
+	require.True(t, p.Probe(context.Background(), srv.target).OK)
+	assert.Equal(t, int64(3), srv.conns.Load(), "the last fresh connection is kept")
+}
+
 func TestKeptConnectionExpires(t *testing.T) {
 	srv, p := reusing(t)
 	now := time.Now()
