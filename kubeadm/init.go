@@ -138,14 +138,8 @@ func (o InitOptions) Validate() error {
 	if err := o.Desired().Validate(); err != nil {
 		return err
 	}
-	if o.ManifestPath == "" {
-		return errors.New("--manifest-dir: empty")
-	}
-	if len(o.Manifest) == 0 {
-		return errors.New("watchdog manifest: empty")
-	}
-	if o.ModulesFile == "" {
-		return errors.New("--modules-file: empty")
+	if err := validateNodeFiles(o.ManifestPath, o.Manifest, o.ModulesFile); err != nil {
+		return err
 	}
 	for i := 0; i < len(o.KubeadmArgs); i++ {
 		a := o.KubeadmArgs[i]
@@ -305,18 +299,8 @@ func (j *Joiner) Init(ctx context.Context, o InitOptions) error {
 	if _, err := j.Hosts.Snapshot(); err != nil {
 		problems = append(problems, fmt.Errorf("hosts file: %w", err))
 	}
-	problem := func(format string, a ...any) { problems = append(problems, fmt.Errorf(format, a...)) }
-	var warnings []string
-	warn := func(format string, a ...any) { warnings = append(warnings, fmt.Sprintf(format, a...)) }
-	if r.checkIPVS(ctx, problem, warn) {
-		r.checkVIPFree(ctx, problem)
-	}
-	for _, w := range warnings {
-		log.Warn(w)
-		r.say("[preflight] warning: %s", w)
-	}
-	if len(problems) > 0 {
-		return &JoinError{Op: "init", Step: StepPreflight, Err: errors.Join(problems...)}
+	if err := r.finishPreflight(ctx, problems, nil); err != nil {
+		return err
 	}
 
 	if err := r.setHosts(ctx, o.HostsAddr(), StepHosts); err != nil {

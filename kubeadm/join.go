@@ -322,13 +322,19 @@ func (o JoinOptions) Validate() error {
 			return fmt.Errorf("--certificate-key-file: %w", err)
 		}
 	}
-	if o.ManifestPath == "" {
+	return validateNodeFiles(o.ManifestPath, o.Manifest, o.ModulesFile)
+}
+
+// validateNodeFiles checks the files every node operation writes: the
+// watchdog manifest (where and what) and the IPVS modules file.
+func validateNodeFiles(manifestPath string, manifest []byte, modulesFile string) error {
+	if manifestPath == "" {
 		return errors.New("--manifest-dir: empty")
 	}
-	if len(o.Manifest) == 0 {
+	if len(manifest) == 0 {
 		return errors.New("watchdog manifest: empty")
 	}
-	if o.ModulesFile == "" {
+	if modulesFile == "" {
 		return errors.New("--modules-file: empty")
 	}
 	return nil

@@ -2,7 +2,6 @@ package kubeadm
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -81,15 +80,8 @@ func (j *Joiner) MigrateMaster(ctx context.Context, o JoinOptions) error {
 		}
 	}
 	r.checkSubnets(problem, warn)
-	if r.checkIPVS(ctx, problem, warn) {
-		r.checkVIPFree(ctx, problem)
-	}
-	for _, w := range warnings {
-		log.Warn(w)
-		r.say("[preflight] warning: %s", w)
-	}
-	if len(problems) > 0 {
-		return &JoinError{Op: "migrate", Step: StepPreflight, Err: errors.Join(problems...)}
+	if err := r.finishPreflight(ctx, problems, warnings); err != nil {
+		return err
 	}
 
 	// The VIP first: nothing uses it yet, so nothing is interrupted.

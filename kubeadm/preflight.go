@@ -218,3 +218,22 @@ func (r *joinRun) checkVIPFree(ctx context.Context, problem func(string, ...any)
 		r.say("[preflight] VIP %s: not used by anything else", vip.Addr())
 	}
 }
+
+// finishPreflight ends the preflight of init and migrate: it checks IPVS
+// and, when that works, that the VIP is free, prints the warnings, and
+// returns every problem found as one error of the run's preflight step.
+func (r *joinRun) finishPreflight(ctx context.Context, problems []error, warnings []string) error {
+	problem := func(format string, a ...any) { problems = append(problems, fmt.Errorf(format, a...)) }
+	warn := func(format string, a ...any) { warnings = append(warnings, fmt.Sprintf(format, a...)) }
+	if r.checkIPVS(ctx, problem, warn) {
+		r.checkVIPFree(ctx, problem)
+	}
+	for _, w := range warnings {
+		r.log.Warn(w)
+		r.say("[preflight] warning: %s", w)
+	}
+	if len(problems) > 0 {
+		return &JoinError{Op: r.op, Step: StepPreflight, Err: errors.Join(problems...)}
+	}
+	return nil
+}

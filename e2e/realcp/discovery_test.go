@@ -25,28 +25,6 @@ import (
 	"github.com/vipctl/vipctl/care/rbac"
 )
 
-// kubeletConf is a kubeconfig shaped as kubeadm writes the kubelet's: the
-// CA inline, the client certificate and key in files.
-const kubeletConf = `apiVersion: v1
-kind: Config
-clusters:
-- cluster:
-    certificate-authority-data: %s
-    server: https://%s
-  name: lab
-contexts:
-- context:
-    cluster: lab
-    user: system:node:node1
-  name: node1
-current-context: node1
-users:
-- name: system:node:node1
-  user:
-    client-certificate: %s
-    client-key: %s
-`
-
 // nodeClient is what a node's watchdog has: the kubelet's kubeconfig read
 // by care/kubeconf into probe.Credentials, over the lab network.
 type nodeClient struct {

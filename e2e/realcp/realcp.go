@@ -221,17 +221,9 @@ func (cp *ControlPlane) Spec() lab.RealSpec {
 // system:nodes) in files beside it.
 const nodeKubeconfig = "node.conf"
 
-// writeNodeKubeconfig writes nodeKubeconfig and its certificate into d.
-func (cp *ControlPlane) writeNodeKubeconfig(d string) error {
-	certFile, keyFile, err := cp.IssueNodeCert(d, "node", "node1")
-	if err != nil {
-		return err
-	}
-	ca, err := os.ReadFile(cp.CAFile)
-	if err != nil {
-		return err
-	}
-	conf := fmt.Sprintf(`apiVersion: v1
+// kubeletConf is a kubeconfig shaped as kubeadm writes the kubelet's: the
+// CA inline (base64), the server, the client certificate and key in files.
+const kubeletConf = `apiVersion: v1
 kind: Config
 clusters:
 - cluster:
@@ -249,7 +241,19 @@ users:
   user:
     client-certificate: %s
     client-key: %s
-`, base64.StdEncoding.EncodeToString(ca), lab.VIPPort, filepath.Base(certFile), filepath.Base(keyFile))
+`
+
+// writeNodeKubeconfig writes nodeKubeconfig and its certificate into d.
+func (cp *ControlPlane) writeNodeKubeconfig(d string) error {
+	certFile, keyFile, err := cp.IssueNodeCert(d, "node", "node1")
+	if err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(cp.CAFile)
+	if err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(kubeletConf, base64.StdEncoding.EncodeToString(ca), lab.VIPPort, filepath.Base(certFile), filepath.Base(keyFile))
 	return os.WriteFile(filepath.Join(d, nodeKubeconfig), []byte(conf), 0o644)
 }
 
