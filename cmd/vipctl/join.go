@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/hosts"
@@ -137,12 +138,7 @@ step, with kubeadm's output. Token and certificate key are never printed.
 	fs.StringVar(&f.serviceSubnet, "service-subnet", "", "the cluster's service subnet, CIDR[,CIDR]: the VIP must be outside it (default: unknown, not checked)")
 	fs.StringVar(&f.podSubnet, "pod-subnet", "", "the cluster's pod subnet, CIDR[,CIDR]: the VIP must be outside it (default: unknown, not checked)")
 	fs.BoolVar(&f.allowInService, "allow-vip-in-service-subnet", false, "only warn when --service-subnet holds the VIP (e.g. kubeadm's default 10.96.0.0/12 with 10.103.97.2; see docs/join.md)")
-	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
-	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value (e.g. --care-flag=--hold-down=10s), checked as the watchdog checks it; repeat")
-	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
-	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
-	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
-	fs.DurationVar(&f.dialTimeout, "dial-timeout", kubeadm.DefaultDialTimeout, "preflight: bound of the TCP connect to each master")
+	f.registerNodeFiles(fs, "preflight: bound of the TCP connect to each master")
 	fs.StringVar(&f.tokenFile, "token-file", "", "read the bootstrap token from this file (mode 0600), instead of --token after --")
 	fs.StringVar(&f.certKeyFile, "certificate-key-file", "", "read the certificate key of a master's join from this file (mode 0600), instead of --certificate-key after --")
 	fs.StringVar(&f.joinConfig, "config", "", "a kubeadm JoinConfiguration to join with; vipctl sets discovery.bootstrapToken.apiServerEndpoint, flags after -- and the secret files fill it in")
@@ -150,6 +146,18 @@ step, with kubeadm's output. Token and certificate key are never printed.
 		return fmt.Errorf("%w (kubeadm's own flags go after --, e.g. vipctl join --master IP -- --token ...)", err)
 	})
 	return cmd
+}
+
+// registerNodeFiles registers the flags of what join and migrate-master
+// write on the node (image and watchdog flags of the manifest, hosts file,
+// manifest folder, modules file) and the bound of their connection checks.
+func (f *joinFlags) registerNodeFiles(fs *pflag.FlagSet, dialTimeoutUsage string) {
+	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
+	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value (e.g. --care-flag=--hold-down=10s), checked as the watchdog checks it; repeat")
+	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
+	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
+	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", kubeadm.DefaultDialTimeout, dialTimeoutUsage)
 }
 
 // options validates the flags and builds the join's options. Nothing is

@@ -4,14 +4,11 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vipctl/vipctl/care/careconfig"
-	"github.com/vipctl/vipctl/hosts"
 	"github.com/vipctl/vipctl/kubeadm"
-	"github.com/vipctl/vipctl/manifests"
 )
 
 func newMigrateMasterCmd(a *app) *cobra.Command {
@@ -62,12 +59,7 @@ List every master, this one included, as for "vipctl join --control-plane".`,
 	fs := cmd.Flags()
 	f.kubeadm = "kubeadm"
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print every step and file, and change nothing")
-	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
-	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value, checked as the watchdog checks it; repeat")
-	fs.StringVar(&f.hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
-	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
-	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
-	fs.DurationVar(&f.dialTimeout, "dial-timeout", kubeadm.DefaultDialTimeout, "bound of the TCP connect to each master and to the VIP")
+	f.registerNodeFiles(fs, "bound of the TCP connect to each master and to the VIP")
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%w (see vipctl migrate-master --help)", err)
 	})
