@@ -481,7 +481,7 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 	}
 	w.met.probeDuration.WithLabelValues(addr.String(), result).Observe(r.Latency.Seconds())
 	w.log.Debug("probe", zap.Stringer("master", addr), zap.Bool("ok", r.OK), zap.Int("status", r.Status),
-		zap.String("reason", r.Reason), zap.Duration("latency", r.Latency))
+		zap.String("reason", r.Reason), zap.Duration("latency", r.Latency), zap.Uint32("retransmits", r.Retransmits))
 	m := w.masters[addr]
 	if m == nil {
 		return false
@@ -490,7 +490,8 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 	if r.OK || r.Status != 0 {
 		m.closed = false // it answers: whatever closed the sentinel, it lives
 	}
-	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency, Conclusive: conclusive}, now)
+	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency,
+		Conclusive: conclusive, Retransmitted: r.Retransmits > 0}, now)
 	w.emit(events)
 	m.due = now.Add(w.tracker.NextProbe(addr, w.rnd()))
 	m.status = r.Status

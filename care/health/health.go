@@ -178,6 +178,12 @@ type Outcome struct {
 	// connection the confirmation. Timeouts, resets and unhealthy
 	// statuses are never conclusive.
 	Conclusive bool
+	// Retransmitted marks a healthy answer that TCP had to retransmit
+	// segments for: the link to the master lost packets. For a master that
+	// may be flapping (see MayFlap) it counts as a failure: a kept
+	// connection rides out a link that flaps, a new client's connection
+	// does not.
+	Retransmitted bool
 }
 
 // EventKind names what an Event reports.
@@ -237,6 +243,7 @@ type master struct {
 	successes  int       // consecutive
 	failures   int       // consecutive
 	recent     uint32    // outcomes since it last went Up, newest in bit 0: 1 failed
+	lossy      uint32    // as recent: 1 a healthy answer that needed TCP retransmissions
 	flaps      int       // recent falls: halved for every MaxHoldDown of quiet
 	lastFlap   time.Time // last fall, or last failed probe while held down
 	holdUntil  time.Time
@@ -354,11 +361,18 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 	if m == nil {
 		return nil
 	}
-	m.probed, m.last, m.lastAt = true, o, now
 	t.decay(m, now)
+	if o.OK && o.Retransmitted && t.mayFlap(m) {
+		o.OK = false
+		o.Reason += " after TCP retransmissions (packets lost: the link may be flapping)"
+	}
+	m.probed, m.last, m.lastAt = true, o, now
 	m.recent <<= 1
+	m.lossy <<= 1
 	if !o.OK {
 		m.recent |= 1
+	} else if o.Retransmitted {
+		m.lossy |= 1 // not a failure, but a reason to look closer
 	}
 	if o.OK {
 		m.successes++
@@ -437,12 +451,18 @@ func (t *Tracker) window() int { return min(2*t.cfg.Fall-1, 32) }
 
 // recentFailures counts the failures among m's last window() probes since
 // it last went Up.
-func (t *Tracker) recentFailures(m *master) int {
-	mask := uint32(1)<<t.window() - 1
+func (t *Tracker) recentFailures(m *master) int { return bits.OnesCount32(m.recent & t.windowMask()) }
+
+// recentlyLossy tells whether one of m's last window() probes since it
+// last went Up was a healthy answer that needed TCP retransmissions.
+func (t *Tracker) recentlyLossy(m *master) bool { return m.lossy&t.windowMask() != 0 }
+
+// windowMask selects the last window() probes of a bit history.
+func (t *Tracker) windowMask() uint32 {
 	if t.window() == 32 {
-		mask = ^uint32(0)
+		return ^uint32(0)
 	}
-	return bits.OnesCount32(m.recent & mask)
+	return uint32(1)<<t.window() - 1
 }
 
 func heldReason(m *master) string {
@@ -543,7 +563,7 @@ func (t *Tracker) setPhase(m *master, p Phase, now time.Time, reason string) Eve
 	e := Event{Kind: EventTransition, Master: m.addr, From: string(m.phase), To: string(p), Reason: reason, At: now}
 	m.phase, m.since = p, now
 	if p == Up {
-		m.recent = 0 // only its probes since it is Up count towards Fall
+		m.recent, m.lossy = 0, 0 // only its probes since it is Up count towards Fall
 	}
 	return e
 }
@@ -570,13 +590,18 @@ func (t *Tracker) Phase(addr netip.AddrPort) Phase {
 }
 
 // MayFlap reports whether addr may be flapping: it has a recent fall, or it
-// is Up with a failure among its last 2*Fall-1 probes. Such a master is
+// is Up with a failure, or a healthy answer that needed TCP
+// retransmissions, among its last 2*Fall-1 probes. Such a master is
 // best probed the way a new client connects (see care.FreshProber): a
 // kept connection hides a link that flaps, since TCP retransmits a request
 // lost while the link was down into the next up phase.
 func (t *Tracker) MayFlap(addr netip.AddrPort) bool {
 	m := t.byAddr[addr]
-	return m != nil && (m.flaps > 0 || (m.phase == Up && t.recentFailures(m) > 0))
+	return m != nil && t.mayFlap(m)
+}
+
+func (t *Tracker) mayFlap(m *master) bool {
+	return m.flaps > 0 || (m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m)))
 }
 
 // InService reports whether addr is an up master with no failed probe
@@ -600,8 +625,10 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	// One that failed recently but passed its last probe may be flapping
 	// faster than the re-probing: it is probed again soon, at a random
 	// spacing that cannot stay in phase with the flapping, until its last
-	// window() probes are clean.
-	if m != nil && m.phase == Up && t.recentFailures(m) > 0 {
+	// window() probes are clean. So is one whose healthy answer needed TCP
+	// retransmissions: over a kept connection that is the first sign of a
+	// link that flaps.
+	if m != nil && m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m)) {
 		return t.cfg.FastRetry + time.Duration(float64(t.cfg.FastRetry)*rnd)
 	}
 	jitter := t.cfg.Jitter

@@ -147,6 +147,13 @@ type Result struct {
 	Reason string
 	// Latency is how long the probe took.
 	Latency time.Duration
+	// Retransmits is how many TCP segments the kernel retransmitted for
+	// this probe's answer (TCP_INFO): on a kept connection those of this
+	// probe, on a new one those since the connect, SYNs included. A healthy
+	// answer that needed retransmissions came over a link that lost
+	// packets: TCP hid the loss from this probe, not from a client that
+	// connected at that moment. Not counted with HTTP2.
+	Retransmits uint32
 	// Err is the underlying error of a failed probe, nil for a response
 	// with an unhealthy status.
 	Err error
@@ -262,9 +269,13 @@ func (p *Prober) probe(ctx context.Context, target netip.AddrPort) Result {
 	reuse := p.cfg.Scheme != TCP && p.cfg.ReuseFor > 0
 	if reuse {
 		if k := p.take(target); k != nil {
+			before, _ := retransmits(k.conn)
 			resp, body, err := p.exchange(ctx, k.conn, k.br, target, false)
 			if err == nil {
-				return p.judge(target, k, resp, body)
+				after, _ := retransmits(k.conn)
+				r := p.judge(target, k, resp, body)
+				r.Retransmits = after - before
+				return r
 			}
 			_ = k.conn.Close()
 			if !stale(err) || ctx.Err() != nil {
@@ -287,11 +298,14 @@ func (p *Prober) probe(ctx context.Context, target netip.AddrPort) Result {
 		_ = conn.Close()
 		return Result{Err: err}
 	}
+	retrans, _ := retransmits(conn)
 	if !reuse {
 		_ = conn.Close()
 		k = nil
 	}
-	return p.judge(target, k, resp, body)
+	r := p.judge(target, k, resp, body)
+	r.Retransmits = retrans
+	return r
 }
 
 // stale tells whether err is what a kept connection that the server closed
