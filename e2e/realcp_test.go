@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,15 +76,11 @@ func TestRealControlPlane(t *testing.T) {
 	if logDir != "" {
 		logPath = filepath.Join(logDir, "realcp-console.log")
 	}
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	start := time.Now()
-	code, runErr := cp.RunVM(ctx, realcp.VMRun{Assets: assets, Root: root, TestArgs: args, Env: env, Console: logf})
-	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(start).Round(time.Millisecond), code, logPath)
-	reportScenarios(t, logPath, code, runErr,
+	res := bootScenarios(t, logPath, func(extra []string, console io.Writer) (int, error) {
+		return cp.RunVM(ctx, realcp.VMRun{Assets: assets, Root: root, TestArgs: append(slices.Clone(args), extra...), Env: env, Console: console})
+	})
+	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, res.took.Round(time.Millisecond), res.code, res.logPath)
+	reportScenarios(t, res,
 		func(r scenario) string { return measures(r.Log) },
 		func() string { return "apiserver logs: " + logsOf(cp) })
 }

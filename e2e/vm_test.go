@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,40 +45,92 @@ func TestVM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	assets, root := prepareVM(ctx, t)
-	share := t.TempDir()
 	var args []string
 	if p := os.Getenv("VIPCTL_E2E_RUN"); p != "" {
 		args = append(args, "-test.run="+p)
-	}
-	if err := vm.BuildShare(ctx, root, share, args, nil); err != nil {
-		t.Fatal(err)
 	}
 	logPath := filepath.Join(t.TempDir(), "console.log")
 	if dir := os.Getenv("VIPCTL_E2E_LOGDIR"); dir != "" {
 		logPath = filepath.Join(dir, "vm-console.log")
 	}
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	start := time.Now()
-	code, runErr := vm.Run(ctx, vm.Config{Assets: assets, Share: share, Console: logf})
-	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(start).Round(time.Millisecond), code, logPath)
-	reportScenarios(t, logPath, code, runErr, nil, nil)
+	res := bootScenarios(t, logPath, func(extra []string, console io.Writer) (int, error) {
+		share := t.TempDir()
+		if err := vm.BuildShare(ctx, root, share, append(slices.Clone(args), extra...), nil); err != nil {
+			return -1, err
+		}
+		return vm.Run(ctx, vm.Config{Assets: assets, Share: share, Console: console})
+	})
+	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, res.took.Round(time.Millisecond), res.code, res.logPath)
+	reportScenarios(t, res, nil, nil)
 }
 
-// reportScenarios turns the VM's console (logPath) into one subtest per
-// in-VM scenario, with the scenario's log when it fails; onPass and onFail,
-// when set, add to what a passing or failing scenario reports.
-func reportScenarios(t *testing.T, logPath string, code int, runErr error, onPass func(scenario) string, onFail func() string) {
+// booted is what the VM boots of one scenario run printed and returned.
+type booted struct {
+	results []scenario
+	code    int
+	err     error
+	logPath string // the last boot's console
+	console []byte // the last boot's console
+	took    time.Duration
+}
+
+// bootScenarios runs boot (one VM boot running the in-VM scenarios, with
+// extra test flags, its console to the writer) with its console in
+// logPath. When the VM's kernel locked up (vm.KernelLockup: the kernel then
+// panics and the VM ends at once), it boots a fresh VM once for the
+// scenarios that had not finished, and logs the lockup with its trace: an
+// emulated kernel that hangs is the lab's failure, and the scenario it
+// interrupted still runs to its end. A second lockup is reported as a
+// failure by reportScenarios (the interrupted scenario did not finish).
+func bootScenarios(t *testing.T, logPath string, boot func(extra []string, console io.Writer) (int, error)) booted {
 	t.Helper()
-	console, _ := os.ReadFile(logPath)
-	results := parseGoTestV(console)
-	if len(results) == 0 {
-		t.Fatalf("the VM ran no scenario (err %v); console:\n%s", runErr, tail(console, 80))
+	start := time.Now()
+	run := func(path string, extra []string) booted {
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		code, runErr := boot(extra, f)
+		console, _ := os.ReadFile(path)
+		return booted{results: parseGoTestV(console), code: code, err: runErr, logPath: path, console: console}
 	}
-	for _, r := range results {
+	first := run(logPath, nil)
+	lockup := vm.KernelLockup(first.console)
+	if lockup == "" {
+		first.took = time.Since(start)
+		return first
+	}
+	var done, cut []string
+	var kept []scenario
+	for _, r := range first.results {
+		if r.Result == "" {
+			cut = append(cut, r.Name)
+			continue
+		}
+		done = append(done, regexp.QuoteMeta(r.Name))
+		kept = append(kept, r)
+	}
+	t.Logf("THE VM'S KERNEL LOCKED UP during %v (console %s):\n%s\nbooting a fresh VM for the scenarios that had not finished", cut, logPath, lockup)
+	var extra []string
+	if len(done) > 0 {
+		extra = []string{"-test.skip=^(" + strings.Join(done, "|") + ")$"}
+	}
+	second := run(strings.TrimSuffix(logPath, ".log")+"-retry.log", extra)
+	second.results = append(kept, second.results...)
+	second.took = time.Since(start)
+	return second
+}
+
+// reportScenarios turns the scenarios the VM boots ran into one subtest
+// per in-VM scenario, with the scenario's log when it fails; onPass and
+// onFail, when set, add to what a passing or failing scenario reports.
+func reportScenarios(t *testing.T, b booted, onPass func(scenario) string, onFail func() string) {
+	t.Helper()
+	if len(b.results) == 0 {
+		t.Fatalf("the VM ran no scenario (err %v); console:\n%s", b.err, tail(b.console, 80))
+	}
+	for _, r := range b.results {
 		t.Run(r.Name, func(t *testing.T) {
 			switch r.Result {
 			case "PASS":
@@ -98,8 +152,8 @@ func reportScenarios(t *testing.T, logPath string, code int, runErr error, onPas
 			}
 		})
 	}
-	if runErr != nil || code != 0 {
-		t.Errorf("VM run: exit %d, %v; last console lines:\n%s", code, runErr, tail(console, 40))
+	if b.err != nil || b.code != 0 {
+		t.Errorf("VM run: exit %d, %v; last console lines:\n%s", b.code, b.err, tail(b.console, 40))
 	}
 }
 

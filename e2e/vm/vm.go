@@ -107,7 +107,11 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 		"-m", mem, "-smp", fmt.Sprint(cpus),
 		"-accel", accel(), "-cpu", "max",
 		"-kernel", cfg.Assets.Kernel, "-initrd", cfg.Assets.Initrd,
-		"-append", "console=ttyS0 panic=-1 loglevel=3 quiet clocksource=tsc tsc=reliable",
+		// loglevel=5: warnings, and so the stacks of a lockup report, reach
+		// the console. softlockup_panic=1 with panic=-1 and -no-reboot: a
+		// kernel stuck for 20 s ends the VM at once with its report
+		// (KernelLockup) instead of hanging until the harness's timeout.
+		"-append", "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1 clocksource=tsc tsc=reliable",
 		"-virtfs", "local,path=" + cfg.Share + ",mount_tag=share,security_model=none,readonly=on",
 	}
 	if (cfg.Tap == "") != (cfg.NetNS == "") {
@@ -178,4 +182,24 @@ func accel() string {
 		}
 	}
 	return "tcg"
+}
+
+// lockupLines are what the kernel prints when it hangs: a CPU stuck in the
+// kernel, or RCU unable to make progress; the panic that
+// softlockup_panic=1 turns the first into.
+var lockupLines = []string{"BUG: soft lockup", "rcu_preempt self-detected stall", "rcu: INFO: rcu_preempt detected stalls", "Kernel panic"}
+
+// KernelLockup returns, when the VM's console shows that its kernel locked
+// up, the console from the first such line on (at most 120 lines: the
+// report and the stacks); "" when it did not.
+func KernelLockup(console []byte) string {
+	lines := strings.Split(string(console), "\n")
+	for i, l := range lines {
+		for _, m := range lockupLines {
+			if strings.Contains(l, m) {
+				return strings.Join(lines[i:min(len(lines), i+120)], "\n")
+			}
+		}
+	}
+	return ""
 }
