@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,14 @@ func benchTrials(t *testing.T) int {
 	return n
 }
 
+// benchCareFlags are further watchdog flags for the failover benchmarks,
+// from VIPCTL_BENCH_CARE_FLAGS (space-separated; `VIPCTL_BENCH_CARE_FLAGS=
+// --probe-http2 make bench` measures HTTP/2 probing), after the
+// benchmark's own.
+func benchCareFlags(own ...string) []string {
+	return append(own, strings.Fields(os.Getenv("VIPCTL_BENCH_CARE_FLAGS"))...)
+}
+
 // benchFamily is the address family of the failover benchmarks: IPv6 when
 // VIPCTL_BENCH_FAMILY=ipv6 (`vmlab bench6`), else IPv4. IPv6 measurements
 // are named name_ipv6.
@@ -48,7 +57,7 @@ func benchFamily() lab.Family {
 // by the periodic probe instead: within interval + jitter + fall re-probes).
 func TestBenchKill(t *testing.T) {
 	n, fam := benchTrials(t), benchFamily()
-	l, _ := careLabIn(t, fam, 3, "--hold-down=0")
+	l, _ := careLabIn(t, fam, 3, benchCareFlags("--hold-down=0")...)
 	for i := range n {
 		m := l.Masters[i%len(l.Masters)]
 		require.NoError(t, lab.Poll(10*time.Second, func() bool { return sentinelsHeld(t) == len(l.Masters) }), "sentinels held")
@@ -67,7 +76,7 @@ func TestBenchKill(t *testing.T) {
 // until a client's established connection to it through the VIP errors.
 func TestBenchBlackhole(t *testing.T) {
 	n, fam := benchTrials(t), benchFamily()
-	l, _ := careLabIn(t, fam, 2, "--hold-down=0")
+	l, _ := careLabIn(t, fam, 2, benchCareFlags("--hold-down=0")...)
 	for range n {
 		name, done, closeWatch := openWatch(t, l)
 		m := master(l, name)
@@ -95,7 +104,7 @@ func TestBenchBlackhole(t *testing.T) {
 // and time until the service and all real servers are back.
 func TestBenchFlush(t *testing.T) {
 	n, fam := benchTrials(t), benchFamily()
-	l, _ := careLabIn(t, fam, 3)
+	l, _ := careLabIn(t, fam, 3, benchCareFlags()...)
 	for range n {
 		t0 := time.Now()
 		lab.FlushIPVS(t)

@@ -95,7 +95,7 @@ func run() error {
 			return err
 		}
 		args = []string{"-test.run=" + benchPattern("^TestBench")}
-		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trialsArg()}
+		env = map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trialsArg(), "VIPCTL_BENCH_CARE_FLAGS": os.Getenv("VIPCTL_BENCH_CARE_FLAGS")}
 		if bc, err = newBenchConsole("vmlab-bench-console.log"); err != nil {
 			return err
 		}
