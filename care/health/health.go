@@ -179,10 +179,11 @@ type Outcome struct {
 	// statuses are never conclusive.
 	Conclusive bool
 	// Retransmitted marks a healthy answer that TCP had to retransmit
-	// segments for: the link to the master lost packets. For a master that
-	// may be flapping (see MayFlap) it counts as a failure: a kept
-	// connection rides out a link that flaps, a new client's connection
-	// does not.
+	// segments for: the link to the master lost packets, or was slow
+	// enough for a retransmission timer to fire. It is not a failure (a
+	// loaded host retransmits too), but makes the master suspect (see
+	// MayFlap): a kept connection rides out a link that flaps, so the
+	// next probes are soon and on new connections, as a new client's.
 	Retransmitted bool
 }
 
@@ -362,10 +363,6 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		return nil
 	}
 	t.decay(m, now)
-	if o.OK && o.Retransmitted && t.mayFlap(m) {
-		o.OK = false
-		o.Reason += " after TCP retransmissions (packets lost: the link may be flapping)"
-	}
 	m.probed, m.last, m.lastAt = true, o, now
 	m.recent <<= 1
 	m.lossy <<= 1
