@@ -252,6 +252,7 @@ type master struct {
 	drainSince time.Time
 	closeDue   bool // connections must be reset once weight 0 is applied
 	probed     bool
+	probes     int // observed, counted up to 2
 	last       Outcome
 	lastAt     time.Time
 }
@@ -367,6 +368,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		o.Reason += " after TCP retransmissions (packets lost: the link may be flapping)"
 	}
 	m.probed, m.last, m.lastAt = true, o, now
+	m.probes = min(m.probes+1, 2)
 	m.recent <<= 1
 	m.lossy <<= 1
 	if !o.OK {
@@ -630,6 +632,16 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	// link that flaps.
 	if m != nil && m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m)) {
 		return t.cfg.FastRetry + time.Duration(float64(t.cfg.FastRetry)*rnd)
+	}
+	// After its first probe, one that is up is probed again at a random
+	// point of the interval: a fleet whose watchdogs start at once (a
+	// restart across all nodes) probes every master at the same instant
+	// first, and the jitter alone would spread those probes over the
+	// interval only after some 80 of them (it adds Interval*Jitter/sqrt(12)
+	// to their spread per probe). This spreads them at once, with one
+	// probe more at the start and never a longer wait.
+	if m != nil && m.phase == Up && m.probes == 1 {
+		return t.cfg.FastRetry + time.Duration(float64(t.cfg.Interval-t.cfg.FastRetry)*rnd)
 	}
 	jitter := t.cfg.Jitter
 	if m != nil && t.cfg.HoldDown > 0 && (m.flaps >= 2 || (m.flaps == 1 && m.phase == Up)) {
