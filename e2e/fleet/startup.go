@@ -36,6 +36,28 @@ type Startup struct {
 	// Cores are the apiserver's CPU above idle in each second since the
 	// start.
 	Cores []float64
+	// Requests and Errors are the load's requests over the span and how
+	// many failed.
+	Requests, Errors int64
+}
+
+// Stages are the spans of periods (first and last, counted from 1) over
+// which StartupMarkdown averages PeakToMean.
+var Stages = [][2]int{{1, 1}, {2, 2}, {3, 5}, {6, 10}, {11, 20}, {21, 30}}
+
+// MeanPeakToMean is PeakToMean averaged over periods first to last
+// (counted from 1), and false when the timeline has none of them.
+func (s Startup) MeanPeakToMean(first, last int) (float64, bool) {
+	pm := s.PeakToMean()
+	last = min(last, len(pm))
+	if first < 1 || first > last {
+		return 0, false
+	}
+	var sum float64
+	for _, v := range pm[first-1 : last] {
+		sum += v
+	}
+	return sum / float64(last-first+1), true
 }
 
 // PeakToMean is, for each period since the start, the busiest bin's
@@ -186,6 +208,7 @@ func runStartup(ctx context.Context, srv *server, o Options, idleCores float64, 
 	}
 	stop()
 	st.Sends = m.tl.counts()
+	st.Requests, st.Errors = m.requests.Load(), m.errors.Load()
 	o.Logf("fleet: startup %-10s N=%-5d spread %s: %d requests, %d failed %s", l, len(nodes), spread, m.requests.Load(), m.errors.Load(), m.last())
 	sleep(ctx, o.Warmup)
 	return st, ctx.Err()
@@ -238,6 +261,26 @@ func (r *Result) StartupMarkdown() string {
 			ratio = fmt.Sprintf("%.2f", peak*float64(len(s.Cores))/sum)
 		}
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", s.Load, s.Nodes, s.StartSpread, strings.Join(pm, " "), settled, strings.Join(cs, " "), ratio)
+	}
+	b.WriteString("\nPeak/mean averaged over periods:\n\n| load | nodes | start spread |")
+	for _, st := range Stages {
+		if st[0] == st[1] {
+			fmt.Fprintf(&b, " %d |", st[0])
+		} else {
+			fmt.Fprintf(&b, " %d-%d |", st[0], st[1])
+		}
+	}
+	b.WriteString(" requests | failed |\n|---|---|---|" + strings.Repeat("---|", len(Stages)+2) + "\n")
+	for _, s := range r.Startups {
+		fmt.Fprintf(&b, "| %s | %d | %s |", s.Load, s.Nodes, s.StartSpread)
+		for _, st := range Stages {
+			if v, ok := s.MeanPeakToMean(st[0], st[1]); ok {
+				fmt.Fprintf(&b, " %.1f |", v)
+			} else {
+				b.WriteString(" - |")
+			}
+		}
+		fmt.Fprintf(&b, " %d | %d |\n", s.Requests, s.Errors)
 	}
 	return b.String()
 }

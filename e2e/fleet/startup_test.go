@@ -99,8 +99,29 @@ func TestStartupMarkdown(t *testing.T) {
 		Sends: sends, Cores: []float64{0.5, 0.1, 0.1}}}}
 	md := r.StartupMarkdown()
 	assert.Contains(t, md, "| watchdog | 100 | 0s | 10.0 1.0 1.0 | 2 (1s) | 0.50 0.10 0.10 | 2.14 |")
+	assert.Contains(t, md, "| watchdog | 100 | 0s | 10.0 | 1.0 | 1.0 | - | - | - | 0 | 0 |", "the stages the timeline has, averaged")
 	lines := r.StartupLines()
 	assert.True(t, strings.HasPrefix(lines, "STARTUP watchdog 100 0s 1s 100ms\nSENDS 100 0"), lines)
+}
+
+func TestMeanPeakToMean(t *testing.T) {
+	sends := make([]int64, 40)
+	sends[0], sends[10] = 100, 50 // 10 and 10
+	for i := 20; i < 40; i++ {
+		sends[i] = 10 // 1 and 1
+	}
+	s := Startup{Sends: sends}
+	v, ok := s.MeanPeakToMean(1, 2)
+	require.True(t, ok)
+	assert.InDelta(t, 10.0, v, 1e-9)
+	v, ok = s.MeanPeakToMean(2, 3)
+	require.True(t, ok)
+	assert.InDelta(t, 5.5, v, 1e-9)
+	v, ok = s.MeanPeakToMean(3, 30)
+	require.True(t, ok)
+	assert.InDelta(t, 1.0, v, 1e-9, "cut to the periods the timeline has")
+	_, ok = s.MeanPeakToMean(5, 30)
+	assert.False(t, ok, "no period in the span")
 }
 
 func TestOptionsStartSpreads(t *testing.T) {
