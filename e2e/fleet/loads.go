@@ -87,6 +87,7 @@ func (m *meter) sending() { m.tl.sent(time.Now()) }
 func (m *meter) done(err error) {
 	m.requests.Add(1)
 	if err != nil {
+		m.tl.failed(time.Now())
 		m.errors.Add(1)
 		m.mu.Lock()
 		m.lastErr = err.Error()

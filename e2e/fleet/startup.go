@@ -39,6 +39,17 @@ type Startup struct {
 	// Requests and Errors are the load's requests over the span and how
 	// many failed.
 	Requests, Errors int64
+	// Failures are the failed requests per Bin, counted when they failed.
+	Failures []int64
+}
+
+// FailedIn is the failures in periods first to last (counted from 1).
+func (s Startup) FailedIn(first, last int) int64 {
+	var n int64
+	for i := max(first-1, 0) * periodBins; i < last*periodBins && i < len(s.Failures); i++ {
+		n += s.Failures[i]
+	}
+	return n
 }
 
 // Stages are the spans of periods (first and last, counted from 1) over
@@ -95,37 +106,53 @@ func settledAfter(ratios []float64, limit float64) (int, bool) {
 	return i, i < len(ratios)
 }
 
-// timeline counts requests per bin from a start, at send time.
+// timeline counts requests per bin from a start, at send time, and
+// failures at the time they are known.
 type timeline struct {
-	start time.Time
-	bin   time.Duration
-	bins  []atomic.Int64
+	start       time.Time
+	bin         time.Duration
+	bins, fails []atomic.Int64
 }
 
 func newTimeline(start time.Time, bin, span time.Duration) *timeline {
-	return &timeline{start: start, bin: bin, bins: make([]atomic.Int64, int(span/bin))}
+	n := int(span / bin)
+	return &timeline{start: start, bin: bin, bins: make([]atomic.Int64, n), fails: make([]atomic.Int64, n)}
 }
 
 // sent counts one request sent at t; those outside the span are not kept.
 func (tl *timeline) sent(t time.Time) {
-	if tl == nil {
-		return
-	}
-	if t.Before(tl.start) {
-		return
-	}
-	if i := int(t.Sub(tl.start) / tl.bin); i < len(tl.bins) {
-		tl.bins[i].Add(1)
+	if tl != nil {
+		tl.add(tl.bins, t)
 	}
 }
 
-func (tl *timeline) counts() []int64 {
-	out := make([]int64, len(tl.bins))
-	for i := range tl.bins {
-		out[i] = tl.bins[i].Load()
+// failed counts one failure known at t.
+func (tl *timeline) failed(t time.Time) {
+	if tl != nil {
+		tl.add(tl.fails, t)
+	}
+}
+
+func (tl *timeline) add(bins []atomic.Int64, t time.Time) {
+	if t.Before(tl.start) {
+		return
+	}
+	if i := int(t.Sub(tl.start) / tl.bin); i < len(bins) {
+		bins[i].Add(1)
+	}
+}
+
+func load(bins []atomic.Int64) []int64 {
+	out := make([]int64, len(bins))
+	for i := range bins {
+		out[i] = bins[i].Load()
 	}
 	return out
 }
+
+func (tl *timeline) counts() []int64 { return load(tl.bins) }
+
+func (tl *timeline) failures() []int64 { return load(tl.fails) }
 
 // periodOf is the steady period of load l's requests on one node.
 func periodOf(l string) time.Duration {
@@ -207,7 +234,7 @@ func runStartup(ctx context.Context, srv *server, o Options, idleCores float64, 
 		a0 = a1
 	}
 	stop()
-	st.Sends = m.tl.counts()
+	st.Sends, st.Failures = m.tl.counts(), m.tl.failures()
 	st.Requests, st.Errors = m.requests.Load(), m.errors.Load()
 	o.Logf("fleet: startup %-10s N=%-5d spread %s: %d requests, %d failed %s", l, len(nodes), spread, m.requests.Load(), m.errors.Load(), m.last())
 	sleep(ctx, o.Warmup)
@@ -222,6 +249,10 @@ func (r *Result) StartupLines() string {
 	for _, s := range r.Startups {
 		fmt.Fprintf(&b, "STARTUP %s %d %s %s %s\nSENDS", s.Load, s.Nodes, s.StartSpread, s.Period, s.Bin)
 		for _, v := range s.Sends {
+			fmt.Fprintf(&b, " %d", v)
+		}
+		b.WriteString("\nFAILS")
+		for _, v := range s.Failures {
 			fmt.Fprintf(&b, " %d", v)
 		}
 		b.WriteString("\nCORES")
@@ -270,7 +301,7 @@ func (r *Result) StartupMarkdown() string {
 			fmt.Fprintf(&b, " %d-%d |", st[0], st[1])
 		}
 	}
-	b.WriteString(" requests | failed |\n|---|---|---|" + strings.Repeat("---|", len(Stages)+2) + "\n")
+	b.WriteString(" requests | failed | failed in periods 1-3 |\n|---|---|---|" + strings.Repeat("---|", len(Stages)+3) + "\n")
 	for _, s := range r.Startups {
 		fmt.Fprintf(&b, "| %s | %d | %s |", s.Load, s.Nodes, s.StartSpread)
 		for _, st := range Stages {
@@ -280,7 +311,7 @@ func (r *Result) StartupMarkdown() string {
 				b.WriteString(" - |")
 			}
 		}
-		fmt.Fprintf(&b, " %d | %d |\n", s.Requests, s.Errors)
+		fmt.Fprintf(&b, " %d | %d | %d |\n", s.Requests, s.Errors, s.FailedIn(1, 3))
 	}
 	return b.String()
 }

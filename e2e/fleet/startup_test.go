@@ -59,8 +59,11 @@ func TestTimelineCountsPerBin(t *testing.T) {
 		tl.sent(t0.Add(at))
 	}
 	assert.Equal(t, []int64{3, 1, 0, 0, 0, 0, 0, 0, 0, 1}, tl.counts())
+	tl.failed(t0.Add(250 * time.Millisecond))
+	assert.Equal(t, []int64{0, 0, 1, 0, 0, 0, 0, 0, 0, 0}, tl.failures(), "failures are counted apart")
 	var none *timeline
 	none.sent(t0) // a meter without a timeline counts nothing, and does not panic
+	none.failed(t0)
 }
 
 func TestStartDelay(t *testing.T) {
@@ -99,7 +102,7 @@ func TestStartupMarkdown(t *testing.T) {
 		Sends: sends, Cores: []float64{0.5, 0.1, 0.1}}}}
 	md := r.StartupMarkdown()
 	assert.Contains(t, md, "| watchdog | 100 | 0s | 10.0 1.0 1.0 | 2 (1s) | 0.50 0.10 0.10 | 2.14 |")
-	assert.Contains(t, md, "| watchdog | 100 | 0s | 10.0 | 1.0 | 1.0 | - | - | - | 0 | 0 |", "the stages the timeline has, averaged")
+	assert.Contains(t, md, "| watchdog | 100 | 0s | 10.0 | 1.0 | 1.0 | - | - | - | 0 | 0 | 0 |", "the stages the timeline has, averaged")
 	lines := r.StartupLines()
 	assert.True(t, strings.HasPrefix(lines, "STARTUP watchdog 100 0s 1s 100ms\nSENDS 100 0"), lines)
 }
@@ -122,6 +125,15 @@ func TestMeanPeakToMean(t *testing.T) {
 	assert.InDelta(t, 1.0, v, 1e-9, "cut to the periods the timeline has")
 	_, ok = s.MeanPeakToMean(5, 30)
 	assert.False(t, ok, "no period in the span")
+}
+
+func TestFailedIn(t *testing.T) {
+	f := make([]int64, 40)
+	f[0], f[9], f[10], f[29], f[30] = 1, 2, 4, 8, 16
+	s := Startup{Failures: f}
+	assert.Equal(t, int64(3), s.FailedIn(1, 1))
+	assert.Equal(t, int64(15), s.FailedIn(1, 3))
+	assert.Equal(t, int64(24), s.FailedIn(3, 10), "cut to the periods the timeline has")
 }
 
 func TestOptionsStartSpreads(t *testing.T) {
