@@ -634,14 +634,16 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 		return t.cfg.FastRetry + time.Duration(float64(t.cfg.FastRetry)*rnd)
 	}
 	// After its first probe, one that is up is probed again at a random
-	// point of the interval: a fleet whose watchdogs start at once (a
-	// restart across all nodes) probes every master at the same instant
-	// first, and the jitter alone would spread those probes over the
-	// interval only after some 80 of them (it adds Interval*Jitter/sqrt(12)
-	// to their spread per probe). This spreads them at once, with one
-	// probe more at the start and never a longer wait.
-	if m != nil && m.phase == Up && m.probes == 1 {
-		return t.cfg.FastRetry + time.Duration(float64(t.cfg.Interval-t.cfg.FastRetry)*rnd)
+	// point of a whole interval ending where a steady probe's jitter ends:
+	// a fleet whose watchdogs start at once (a restart across all nodes)
+	// sends every master all its first probes in the same instant, and the
+	// jitter alone would spread those probes over the interval only after
+	// some 80 of them (it adds Interval*Jitter/sqrt(12) to their spread per
+	// probe). This spreads them at once, with one probe more at the start
+	// and never a longer wait than a steady probe's. Without jitter the
+	// schedule stays regular.
+	if m != nil && m.phase == Up && m.probes == 1 && t.cfg.Jitter > 0 {
+		return time.Duration(float64(t.cfg.Interval) * (t.cfg.Jitter + rnd))
 	}
 	jitter := t.cfg.Jitter
 	if m != nil && t.cfg.HoldDown > 0 && (m.flaps >= 2 || (m.flaps == 1 && m.phase == Up)) {

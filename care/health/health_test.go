@@ -190,26 +190,32 @@ func TestNextProbe(t *testing.T) {
 
 // A fleet whose watchdogs start at once probes every master at the same
 // instant first; the next probe of an up master comes at a random point of
-// the interval, so that the fleet's probes are spread from the second one
-// on (the 10 % jitter alone would take some 80 probes), and never later
-// than a steady probe would.
+// a whole interval, so that the fleet's probes are spread from the second
+// one on (the 10 % jitter alone would take some 80 probes), and never
+// later than a steady probe would.
 func TestNextProbeSpreadsTheStart(t *testing.T) {
 	cfg := DefaultConfig()
 	for _, c := range []struct {
-		name  string
-		first Outcome
-		adopt bool // the kernel serves the master: a restarted watchdog
-		rnd   float64
-		want  time.Duration
+		name     string
+		first    Outcome
+		adopt    bool // the kernel serves the master: a restarted watchdog
+		noJitter bool
+		rnd      float64
+		want     time.Duration
 	}{
-		{name: "up at its first probe, earliest", first: ok(), rnd: 0, want: cfg.FastRetry},
-		{name: "up at its first probe, middle", first: ok(), rnd: 0.5, want: cfg.FastRetry + (cfg.Interval-cfg.FastRetry)/2},
-		{name: "up at its first probe, latest", first: ok(), rnd: 0.999, want: cfg.FastRetry + time.Duration(float64(cfg.Interval-cfg.FastRetry)*0.999)},
-		{name: "adopted up, first probe passed", first: ok(), adopt: true, rnd: 0.5, want: cfg.FastRetry + (cfg.Interval-cfg.FastRetry)/2},
+		{name: "up at its first probe, earliest", first: ok(), rnd: 0, want: time.Duration(float64(cfg.Interval) * cfg.Jitter)},
+		{name: "up at its first probe, middle", first: ok(), rnd: 0.5, want: time.Duration(float64(cfg.Interval) * (cfg.Jitter + 0.5))},
+		{name: "up at its first probe, latest", first: ok(), rnd: 0.999, want: time.Duration(float64(cfg.Interval) * (cfg.Jitter + 0.999))},
+		{name: "adopted up, first probe passed", first: ok(), adopt: true, rnd: 0.5, want: time.Duration(float64(cfg.Interval) * (cfg.Jitter + 0.5))},
+		{name: "no jitter: the regular pace", first: ok(), noJitter: true, rnd: 0.5, want: cfg.Interval},
 		{name: "down at its first probe: the regular pace", first: refused(), rnd: 0.5, want: cfg.Interval + time.Duration(float64(cfg.Interval)*cfg.Jitter*0.5)},
 		{name: "adopted up, first probe failed: confirmed at once", first: refused(), adopt: true, rnd: 0.5, want: cfg.FastRetry},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			cfg := cfg
+			if c.noJitter {
+				cfg.Jitter = 0
+			}
 			f := newFixture(t, cfg, mA, mB)
 			if c.adopt {
 				f.tr.Adopt(&ipvs.State{RealServers: []ipvs.RealServerStatus{{RealServer: ipvs.RealServer{Addr: mA, Weight: 1}}, {RealServer: ipvs.RealServer{Addr: mB, Weight: 1}}}}, f.now)
