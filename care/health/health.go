@@ -638,10 +638,11 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	// a fleet whose watchdogs start at once (a restart across all nodes)
 	// sends every master all its first probes in the same instant, and the
 	// jitter alone would spread those probes over the interval only after
-	// some 80 of them (it adds Interval*Jitter/sqrt(12) to their spread per
-	// probe). This spreads them at once, with one probe more at the start
-	// and never a longer wait than a steady probe's. Without jitter the
-	// schedule stays regular.
+	// some 80 of them (after k probes their phases differ by
+	// Interval*Jitter*sqrt(k/12), standard deviation). This spreads them at
+	// once, at the cost of at most one probe more per start, and never
+	// waits longer than a steady probe. Without jitter the schedule stays
+	// regular.
 	if m != nil && m.phase == Up && m.probes == 1 && t.cfg.Jitter > 0 {
 		return time.Duration(float64(t.cfg.Interval) * (t.cfg.Jitter + rnd))
 	}
