@@ -74,7 +74,9 @@ type Config struct {
 	Interval time.Duration
 	// Jitter spreads probes: each interval is lengthened by a random
 	// fraction in [0, Jitter) of itself, so the average rate stays below one
-	// probe per Interval.
+	// probe per Interval. The one after an up master's first probe is drawn
+	// from a whole interval instead, ending at the same bound (see
+	// NextProbe), so that watchdogs started at once do not probe in step.
 	Jitter float64
 	// FastRetry is the delay before re-probing an Up master whose last probe
 	// failed (refused, reset, bad status or timeout), so that Fall failures
