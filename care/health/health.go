@@ -74,7 +74,9 @@ type Config struct {
 	Interval time.Duration
 	// Jitter spreads probes: each interval is lengthened by a random
 	// fraction in [0, Jitter) of itself, so the average rate stays below one
-	// probe per Interval.
+	// probe per Interval. The one after an up master's first probe is drawn
+	// from a whole interval instead, ending at the same bound (see
+	// NextProbe), so that watchdogs started at once do not probe in step.
 	Jitter float64
 	// FastRetry is the delay before re-probing an Up master whose last probe
 	// failed (refused, reset, bad status or timeout), so that Fall failures
@@ -253,6 +255,7 @@ type master struct {
 	drainSince time.Time
 	closeDue   bool // connections must be reset once weight 0 is applied
 	probed     bool
+	probes     int // observed, counted up to 2
 	last       Outcome
 	lastAt     time.Time
 }
@@ -364,6 +367,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 	}
 	t.decay(m, now)
 	m.probed, m.last, m.lastAt = true, o, now
+	m.probes = min(m.probes+1, 2)
 	m.recent <<= 1
 	m.lossy <<= 1
 	if !o.OK {
@@ -627,6 +631,19 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	// link that flaps.
 	if m != nil && m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m)) {
 		return t.cfg.FastRetry + time.Duration(float64(t.cfg.FastRetry)*rnd)
+	}
+	// After its first probe, one that is up is probed again at a random
+	// point of a whole interval ending where a steady probe's jitter ends:
+	// a fleet whose watchdogs start at once (a restart across all nodes)
+	// sends every master all its first probes in the same instant, and the
+	// jitter alone would spread those probes over the interval only after
+	// some 80 of them (after k probes their phases differ by
+	// Interval*Jitter*sqrt(k/12), standard deviation). This spreads them at
+	// once, at the cost of at most one probe more per start, and never
+	// waits longer than a steady probe. Without jitter the schedule stays
+	// regular.
+	if m != nil && m.phase == Up && m.probes == 1 && t.cfg.Jitter > 0 {
+		return time.Duration(float64(t.cfg.Interval) * (t.cfg.Jitter + rnd))
 	}
 	jitter := t.cfg.Jitter
 	if m != nil && t.cfg.HoldDown > 0 && (m.flaps >= 2 || (m.flaps == 1 && m.phase == Up)) {

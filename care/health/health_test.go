@@ -172,6 +172,7 @@ func TestNextProbe(t *testing.T) {
 	cfg := DefaultConfig()
 	f := newFixture(t, cfg, mA, mB)
 	f.probe(mA, ok()).probe(mB, ok())
+	f.advance(time.Second).probe(mA, ok()) // past the first probe's spreading (TestNextProbeSpreadsTheStart)
 	steady := f.tr.NextProbe(mA, 0.5)
 	assert.Equal(t, cfg.Interval+time.Duration(float64(cfg.Interval)*cfg.Jitter*0.5), steady)
 	assert.GreaterOrEqual(t, f.tr.NextProbe(mA, 0), cfg.Interval, "jitter only lengthens: at most one probe per interval")
@@ -185,6 +186,51 @@ func TestNextProbe(t *testing.T) {
 
 	f.probe(mB, timedOut())
 	assert.Equal(t, cfg.FastRetry, f.tr.NextProbe(mB, 0.5), "a timeout of an up master is confirmed at once too: an unreachable master must be out within 3 s")
+}
+
+// A fleet whose watchdogs start at once probes every master at the same
+// instant first; the next probe of an up master comes at a random point of
+// a whole interval, so that the fleet's probes are spread from the second
+// one on (the 10 % jitter alone would take some 80 probes), and never
+// later than a steady probe would.
+func TestNextProbeSpreadsTheStart(t *testing.T) {
+	cfg := DefaultConfig()
+	for _, c := range []struct {
+		name     string
+		first    Outcome
+		adopt    bool // the kernel serves the master: a restarted watchdog
+		noJitter bool
+		rnd      float64
+		want     time.Duration
+	}{
+		{name: "up at its first probe, earliest", first: ok(), rnd: 0, want: time.Duration(float64(cfg.Interval) * cfg.Jitter)},
+		{name: "up at its first probe, middle", first: ok(), rnd: 0.5, want: time.Duration(float64(cfg.Interval) * (cfg.Jitter + 0.5))},
+		{name: "up at its first probe, latest", first: ok(), rnd: 0.999, want: time.Duration(float64(cfg.Interval) * (cfg.Jitter + 0.999))},
+		{name: "adopted up, first probe passed", first: ok(), adopt: true, rnd: 0.5, want: time.Duration(float64(cfg.Interval) * (cfg.Jitter + 0.5))},
+		{name: "no jitter: the regular pace", first: ok(), noJitter: true, rnd: 0.5, want: cfg.Interval},
+		{name: "down at its first probe: the regular pace", first: refused(), rnd: 0.5, want: cfg.Interval + time.Duration(float64(cfg.Interval)*cfg.Jitter*0.5)},
+		{name: "adopted up, first probe failed: confirmed at once", first: refused(), adopt: true, rnd: 0.5, want: cfg.FastRetry},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := cfg
+			if c.noJitter {
+				cfg.Jitter = 0
+			}
+			f := newFixture(t, cfg, mA, mB)
+			if c.adopt {
+				f.tr.Adopt(&ipvs.State{RealServers: []ipvs.RealServerStatus{{RealServer: ipvs.RealServer{Addr: mA, Weight: 1}}, {RealServer: ipvs.RealServer{Addr: mB, Weight: 1}}}}, f.now)
+			}
+			f.probe(mA, c.first)
+			got := f.tr.NextProbe(mA, c.rnd)
+			assert.Equal(t, c.want, got)
+			assert.LessOrEqual(t, got, cfg.Interval+time.Duration(float64(cfg.Interval)*cfg.Jitter), "never a longer wait than a steady probe's")
+			// From the second probe on, the regular pace.
+			f.advance(got).probe(mA, ok())
+			if c.first.OK {
+				assert.GreaterOrEqual(t, f.tr.NextProbe(mA, 0), cfg.Interval, "once spread, at most one probe per interval")
+			}
+		})
+	}
 }
 
 // With the fast retry, an apiserver killed right after a probe is out one

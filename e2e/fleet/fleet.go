@@ -16,11 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/vipctl/vipctl/e2e/realcp"
@@ -45,6 +43,15 @@ type Options struct {
 	// apiserver rests between loads (default 15 s: longer than every
 	// load's period, so each is in its steady state).
 	Warmup time.Duration
+	// StartSpreads are the spans over which the nodes of a load start, each
+	// at a random instant; 0 starts them all at once, as after a restart of
+	// the whole fleet. Default: one second. The steady-state samples take
+	// exactly one; with Startup, every load and size runs once per spread.
+	StartSpreads []time.Duration
+	// Startup, when not 0, measures instead of the steady state how each
+	// load's requests and the apiserver's CPU spread in time over its
+	// first Startup (see Startup and Result.Startups).
+	Startup time.Duration
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -82,6 +89,8 @@ type Result struct {
 	IdleCores, IdleRSSMB float64
 	IdleConns            int
 	Samples              []Sample
+	// Startups are the start-up timelines of a run with Options.Startup.
+	Startups []Startup
 }
 
 func (o *Options) defaults() error {
@@ -112,6 +121,20 @@ func (o *Options) defaults() error {
 	}
 	if o.Window < time.Second || o.Warmup < 0 {
 		return fmt.Errorf("fleet: window %s, warm-up %s: want a window of at least 1s", o.Window, o.Warmup)
+	}
+	if len(o.StartSpreads) == 0 {
+		o.StartSpreads = []time.Duration{time.Second}
+	}
+	for _, d := range o.StartSpreads {
+		if d < 0 {
+			return fmt.Errorf("fleet: start spread %s: want 0 (all at once) or more", d)
+		}
+	}
+	if o.Startup < 0 {
+		return fmt.Errorf("fleet: start-up timeline %s: want 0 (none) or more", o.Startup)
+	}
+	if o.Startup == 0 && len(o.StartSpreads) != 1 {
+		return fmt.Errorf("fleet: start spreads %v: the steady state takes one (several only with a start-up timeline)", o.StartSpreads)
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
@@ -148,6 +171,20 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	res.IdleCores, res.IdleRSSMB, res.IdleConns = idle.Cores, idle.RSSMB, idle.Conns
 	o.Logf("fleet: idle: apiserver %.3f cores, RSS %.0f MB", res.IdleCores, res.IdleRSSMB)
+	if o.Startup > 0 {
+		for _, n := range o.Sizes {
+			for _, l := range o.Loads {
+				for _, d := range o.StartSpreads {
+					st, err := runStartup(ctx, srv, o, res.IdleCores, l, nodes[:n], d)
+					if err != nil {
+						return nil, err
+					}
+					res.Startups = append(res.Startups, st)
+				}
+			}
+		}
+		return res, nil
+	}
 	for _, n := range o.Sizes {
 		for _, l := range o.Loads {
 			s, err := runLoad(ctx, srv, o, l, nodes[:n])
@@ -172,24 +209,8 @@ func runLoad(ctx context.Context, srv *server, o Options, l string, nodes []*nod
 		return Sample{}, err
 	}
 	e := &env{target: Addr, srv: srv, conns: newConnTracker()}
-	lctx, stop := context.WithCancel(ctx)
 	var m meter
-	var wg sync.WaitGroup
-	f := loadOf(l)
-	// Nodes start spread over a second, as a fleet that did not restart
-	// at once would be.
-	for _, n := range nodes {
-		wg.Go(func() {
-			if sleep(lctx, time.Duration(rand.Int64N(int64(time.Second)))) {
-				f(lctx, e, n, &m)
-			}
-		})
-	}
-	stopLoad := func() {
-		stop()
-		wg.Wait()
-		e.conns.closeAll()
-	}
+	stopLoad := startLoad(ctx, e, l, nodes, o.StartSpreads[0], &m)
 	if !sleep(ctx, o.Warmup) {
 		stopLoad()
 		return Sample{}, ctx.Err()

@@ -54,6 +54,13 @@ const (
 // issue 16 and the watchdog with the opt-in HTTP/2 probing.
 var DefaultLoads = []string{LoadWatchdog, LoadKubelet, LoadLvscare, LoadWatchdogH2Prefix + probe.DefaultReadyEvery.String()}
 
+// kubeletRenew is how often the kubelet renews its Lease; lvscareEvery
+// how often lvscare checks a master.
+const (
+	kubeletRenew = 10 * time.Second
+	lvscareEvery = 5 * time.Second
+)
+
 // watchdogTimeout is `vipctl care`'s default --timeout at the default
 // 1 s interval (80 % of it, at most 800 ms).
 const watchdogTimeout = 800 * time.Millisecond
@@ -70,11 +77,17 @@ type meter struct {
 	requests, errors atomic.Int64
 	mu               sync.Mutex
 	lastErr          string
+	// tl, when not nil, counts the requests per bin of time at send time.
+	tl *timeline
 }
+
+// sending counts a request about to be sent, in the timeline if any.
+func (m *meter) sending() { m.tl.sent(time.Now()) }
 
 func (m *meter) done(err error) {
 	m.requests.Add(1)
 	if err != nil {
+		m.tl.failed(time.Now())
 		m.errors.Add(1)
 		m.mu.Lock()
 		m.lastErr = err.Error()
@@ -186,16 +199,30 @@ func runWatchdog(ctx context.Context, e *env, n *node, m *meter, tune func(*prob
 			}
 		}
 	})
-	for sleep(ctx, hc.Interval+time.Duration(float64(hc.Interval)*hc.Jitter*rand.Float64())) {
+	// As the watchdog does: the first probe at once, each next one
+	// health.Tracker.NextProbe after the last answer.
+	tr, err := health.NewTracker(hc, []netip.AddrPort{e.target})
+	if err != nil {
+		m.done(err)
+		return
+	}
+	for {
+		m.sending()
 		r := p.Probe(ctx, e.target)
 		if ctx.Err() != nil {
 			return
 		}
+		now := time.Now()
+		tr.Observe(e.target, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency,
+			Retransmitted: r.Retransmits > 0}, now)
 		if !r.OK {
 			m.done(fmt.Errorf("probe: %s", r.Reason))
-			continue
+		} else {
+			m.done(nil)
 		}
-		m.done(nil)
+		if !sleep(ctx, tr.NextProbe(e.target, rand.Float64())) {
+			return
+		}
 	}
 }
 
@@ -218,12 +245,12 @@ func kubeletLoad(ctx context.Context, e *env, n *node, m *meter) {
 		return
 	}
 	leases := cs.CoordinationV1().Leases("kube-node-lease")
-	const renew = 10 * time.Second
 	dur := int32(40)
 	var cur *coordinationv1.Lease
 	for {
 		now := metav1.NewMicroTime(time.Now())
 		var l *coordinationv1.Lease
+		m.sending()
 		if cur == nil {
 			l, err = leases.Get(ctx, n.name, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
@@ -246,7 +273,7 @@ func kubeletLoad(ctx context.Context, e *env, n *node, m *meter) {
 		} else {
 			cur = l
 		}
-		if !sleep(ctx, renew) {
+		if !sleep(ctx, kubeletRenew) {
 			return
 		}
 	}
@@ -256,8 +283,8 @@ func kubeletLoad(ctx context.Context, e *env, n *node, m *meter) {
 // client and TLS connection (lvscare does not verify the certificate and
 // keeps no session cache), one GET of /healthz, the connection closed.
 func lvscareLoad(ctx context.Context, e *env, n *node, m *meter) {
-	const every = 5 * time.Second
-	for sleep(ctx, every) {
+	for sleep(ctx, lvscareEvery) {
+		m.sending()
 		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{n.cert}},
 			DisableKeepAlives: true, DialContext: e.conns.dial}
 		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
@@ -286,6 +313,7 @@ func getLoad(ctx context.Context, e *env, n *node, m *meter, path string) {
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: watchdogTimeout}
 	for sleep(ctx, time.Second) {
+		m.sending()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+e.target.String()+path, nil)
 		resp, err := c.Do(req)
 		if err == nil {

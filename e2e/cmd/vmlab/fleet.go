@@ -35,6 +35,8 @@ func runFleet(ctx context.Context, args []string) error {
 	etcd := fs.String("etcd", "", "etcd binary (default: scripts/fetch-etcd.sh's)")
 	from := fs.String("from", "", "write the report from the FLEET lines of an earlier run's output instead of running (-window says its window)")
 	docs := fs.Bool("docs", true, "write docs/benchmarks.md's fleet section and docs/fleet.png")
+	spreads := fs.String("start-spread", "1s", "span over which each load's nodes start, each at a random instant; 0: all at once (a fleet-wide restart); with -startup, comma-separated, each run in turn")
+	startup := fs.Duration("startup", 0, "measure instead how each load's requests (per tenth of its period) and the apiserver's CPU (per second) spread over its first DURATION after the nodes start; never writes docs/")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,6 +47,19 @@ func runFleet(ctx context.Context, args []string) error {
 			return fmt.Errorf("-n %q: want positive numbers of nodes, comma-separated", *sizes)
 		}
 		o.Sizes = append(o.Sizes, n)
+	}
+	for _, s := range strings.Split(*spreads, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			return fmt.Errorf("-start-spread %q: want durations of 0 or more, comma-separated", *spreads)
+		}
+		o.StartSpreads = append(o.StartSpreads, d)
+	}
+	if *startup < 0 {
+		return fmt.Errorf("-startup %s: want a duration of 0 (off) or more", *startup)
+	}
+	if o.Startup = *startup; o.Startup == 0 && len(o.StartSpreads) != 1 {
+		return fmt.Errorf("-start-spread %q: one value without -startup", *spreads)
 	}
 	if *from != "" {
 		return fleetFrom(*from, *window, args)
@@ -79,6 +94,11 @@ func runFleet(ctx context.Context, args []string) error {
 	res, err := fleet.Run(ctx, o)
 	if err != nil {
 		return err
+	}
+	if o.Startup > 0 {
+		fmt.Print(res.StartupLines())
+		fmt.Println(res.StartupMarkdown())
+		return nil
 	}
 	fmt.Print(res.Lines())
 	fmt.Println(res.Markdown())
