@@ -475,11 +475,18 @@ func TestHoldCancelled(t *testing.T) {
 	p := newProber(t, Config{Scheme: HTTP})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan bool, 1)
+	idle := make(chan struct{})
 	go func() {
-		e, _ := p.Hold(ctx, srv.target, nil)
+		e, _ := p.Hold(ctx, srv.target, func() { close(idle) })
 		done <- e
 	}()
-	require.Eventually(t, func() bool { return srv.idle.Load() == 1 }, 5*time.Second, time.Millisecond)
+	// The client reached its idle phase (the server's idle count alone
+	// does not say the client has read the answer yet).
+	select {
+	case <-idle:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Hold never reached its idle phase")
+	}
 	cancel()
 	select {
 	case e := <-done:
