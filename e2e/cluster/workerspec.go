@@ -1,0 +1,145 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// WorkerSpecFile is the name, in the VM's share folder WorkerDir, of the file
+// that tells the in-VM worker scenario (e2e/vmtests TestClusterWorker) what
+// the host built for it.
+const (
+	WorkerDir      = "worker"
+	WorkerSpecFile = "spec.json"
+)
+
+// WorkerSpec describes the cluster and the worker's files to the VM. Paths
+// are relative to the share's WorkerDir.
+type WorkerSpec struct {
+	Name    string   `json:"name"`    // the worker's hostname and node name
+	NodeIP  string   `json:"nodeIP"`  // its address on the lab bridge, CIDR form
+	Gateway string   `json:"gateway"` // the lab bridge's address (no way out)
+	Masters []string `json:"masters"` // the masters' apiservers, IP:PORT
+	// ServiceSubnet is the cluster's (what `vipctl kubeadm config` gave
+	// kubeadm): vipctl join checks the VIP is outside it.
+	ServiceSubnet string `json:"serviceSubnet"`
+	// TokenFile holds the bootstrap token (mode 0600); CACertHash is the
+	// discovery hash of the cluster CA.
+	TokenFile  string `json:"tokenFile"`
+	CACertHash string `json:"caCertHash"`
+	// AdminConf is master1's admin kubeconfig (its server is
+	// apiserver.cluster.local, which the worker maps to the VIP).
+	AdminConf string `json:"adminConf"`
+	// Root is laid out as the worker's / : containerd, runc, the CNI
+	// plugins, kubelet, kubeadm, kubectl and the libraries they link.
+	Root string `json:"root"`
+	// Modules are kernel modules the worker loads before containerd
+	// (overlay for its snapshotter, ...), in load order, relative paths.
+	Modules []string `json:"modules"`
+	// KernelConfig is the kernel's config, for kubeadm's SystemVerification.
+	KernelConfig string `json:"kernelConfig"`
+	// PauseImage is the pause image archive; PauseRef its reference.
+	PauseImage string `json:"pauseImage"`
+	PauseRef   string `json:"pauseRef"`
+	// Bundle is the offline bundle (tar.gz) whose install.sh the worker runs.
+	Bundle string `json:"bundle"`
+	// CNIConfig is the worker's CNI configuration (bridge, host-local, loopback).
+	CNIConfig string `json:"cniConfig"`
+}
+
+// WriteWorkerSpec writes s into dir/WorkerSpecFile.
+func WriteWorkerSpec(dir string, s WorkerSpec) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, WorkerSpecFile), b, 0o644)
+}
+
+// ReadWorkerSpec reads dir/WorkerSpecFile.
+func ReadWorkerSpec(dir string) (WorkerSpec, error) {
+	var s WorkerSpec
+	p := filepath.Join(dir, WorkerSpecFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return s, fmt.Errorf("worker spec: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("worker spec %s: %w", p, err)
+	}
+	return s, nil
+}
+
+// ContainerdConfig is the containerd configuration of every node of the
+// lab, masters and the VM worker: Debian's defaults plus what this machine
+// needs (see containerdConfig).
+func ContainerdConfig(pause string) string { return containerdConfig(pause) }
+
+// KubeletArgs are the kubelet's arguments from kubeadm's systemd drop-in
+// (10-kubeadm.conf): the kubeconfigs, config.yaml and KUBELET_KUBEADM_ARGS
+// of flagsEnv, the content of /var/lib/kubelet/kubeadm-flags.env.
+func KubeletArgs(flagsEnv []byte) []string {
+	args := []string{
+		"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
+		"--kubeconfig=/etc/kubernetes/kubelet.conf",
+		"--config=/var/lib/kubelet/config.yaml",
+	}
+	for _, line := range strings.Split(string(flagsEnv), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "KUBELET_KUBEADM_ARGS="); ok {
+			args = append(args, strings.Fields(strings.Trim(v, `"`))...)
+		}
+	}
+	return args
+}
+
+// CNIConfig is a node's CNI configuration: a bridge (cni0) with host-local
+// addresses from podCIDR. containerd sets up each pod's lo with the loopback
+// plugin itself. The plugins are Debian's containernetworking-plugins in
+// /usr/lib/cni.
+func CNIConfig(podCIDR string) string {
+	return fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "vipctl-lab",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": %q}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+`, podCIDR)
+}
+
+// CNIPlugins are the plugins of Debian's containernetworking-plugins a node
+// needs: bridge and host-local for CNIConfig, loopback for each pod's lo
+// (containerd runs it itself).
+var CNIPlugins = []string{"bridge", "host-local", "loopback"}
+
+// InstallCNI gives node n the CNI plugins (from debRoot, the unpacked
+// WorkerDebs) in /usr/lib/cni and CNIConfig(podCIDR) in /etc/cni/net.d,
+// where its containerd looks (it watches the folder): the kubelet then
+// reports the node's network ready.
+func (n *Node) InstallCNI(debRoot, podCIDR string) error {
+	if err := os.MkdirAll(n.Path("/usr/lib/cni"), 0o755); err != nil {
+		return err
+	}
+	for _, p := range CNIPlugins {
+		if err := copyFile(filepath.Join(debRoot, "usr/lib/cni", p), n.Path("/usr/lib/cni/"+p)); err != nil {
+			return fmt.Errorf("%s: CNI plugin %s: %w", n.Name, p, err)
+		}
+	}
+	if err := os.MkdirAll(n.Path("/etc/cni/net.d"), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(n.Path("/etc/cni/net.d/10-vipctl-lab.conflist"), []byte(CNIConfig(podCIDR)), 0o644)
+}

@@ -1,0 +1,371 @@
+package vmtests
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/cluster"
+	"github.com/vipctl/vipctl/e2e/lab"
+)
+
+// TestClusterWorker is the VM's part of the real-cluster e2e (e2e/cluster
+// TestClusterWorker on the host, docs/lab.md): the VM becomes a worker of
+// the real cluster whose masters run on the host, as a user makes one:
+// Debian's containerd and runc, the offline bundle's install.sh, a real
+// kubelet, and `vipctl join` driving the real `kubeadm join` through the
+// VIP. The harness plays systemd for the kubelet. It runs only in the VM the
+// host test boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
+func TestClusterWorker(t *testing.T) {
+	lab.Need(t)
+	if os.Getenv("VIPCTL_E2E_CLUSTER") != "1" {
+		t.Skip("needs the real cluster on the host (VIPCTL_E2E_CLUSTER=1): run by e2e/cluster's TestClusterWorker")
+	}
+	dir := filepath.Join(lab.ShareDir, cluster.WorkerDir)
+	spec, err := cluster.ReadWorkerSpec(dir)
+	require.NoError(t, err)
+	w := &worker{t: t, spec: spec, dir: dir}
+	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	t.Cleanup(w.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
+				b, _ := os.ReadFile(f)
+				if len(b) > 6000 {
+					b = b[len(b)-6000:]
+				}
+				t.Logf("tail of %s:\n%s", f, b)
+			}
+		}
+	})
+
+	t0 := time.Now()
+	w.machine()
+	w.measure("machine_s", t0)
+
+	t0 = time.Now()
+	w.startContainerd()
+	w.measure("containerd_s", t0)
+
+	t0 = time.Now()
+	out := w.sh("mkdir -p /tmp/bundle && tar -xzf " + w.share(spec.Bundle) + " -C /tmp/bundle && cd /tmp/bundle/* && sh ./install.sh --runtime containerd")
+	t.Logf("install.sh:\n%s", out)
+	w.measure("install_sh_s", t0)
+
+	w.superviseKubelet()
+	require.NoError(t, os.MkdirAll("/etc/kubernetes/vipctl-join", 0o700))
+	tok, err := os.ReadFile(w.share(spec.TokenFile))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/etc/kubernetes/vipctl-join/token", tok, 0o600))
+	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
+	cni, err := os.ReadFile(w.share(spec.CNIConfig))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
+
+	args := []string{"join", "--token-file", "/etc/kubernetes/vipctl-join/token",
+		"--node-ip", strings.Split(spec.NodeIP, "/")[0], "--service-subnet", spec.ServiceSubnet}
+	for _, m := range spec.Masters {
+		args = append(args, "--master", m)
+	}
+	args = append(args, "--", "--discovery-token-ca-cert-hash", spec.CACertHash)
+	t.Logf("vipctl %s", strings.Join(args, " "))
+	join := time.Now()
+	cmd := exec.Command("/usr/local/bin/vipctl", args...)
+	b, err := cmd.CombinedOutput()
+	t.Logf("vipctl join (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
+	require.NoError(t, err, "vipctl join")
+	w.measure("vipctl_join_s", join)
+
+	// Through the VIP: admin.conf's server is apiserver.cluster.local,
+	// which vipctl join mapped to the VIP in /etc/hosts.
+	hosts, err := os.ReadFile("/etc/hosts")
+	require.NoError(t, err)
+	require.Contains(t, string(hosts), lab.VIP.String()+" apiserver.cluster.local")
+	admin, err := os.ReadFile(w.share(spec.AdminConf))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/tmp/admin.conf", admin, 0o600))
+	kubectl := func(a ...string) (string, error) {
+		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/tmp/admin.conf", "--request-timeout", "20s"}, a...)...)
+		o, err := c.CombinedOutput()
+		return string(o), err
+	}
+	require.NoError(t, lab.Poll(3*time.Minute, func() bool {
+		_, err := kubectl("get", "node", spec.Name)
+		return err == nil
+	}), "node %s never registered", spec.Name)
+	w.measure("join_to_registered_s", join)
+
+	// The watchdog: its static pod's container runs in containerd, and it
+	// keeps every master in the IPVS table.
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool { return w.watchdogRunning() }), "the watchdog's container never ran")
+	w.measure("join_to_watchdog_running_s", join)
+	var st string
+	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").CombinedOutput()
+		st = string(o)
+		return err == nil && w.allMastersHealthy(o)
+	}), "vipctl status never showed every master healthy:\n%s", st)
+	o, _ := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
+	t.Logf("vipctl status:\n%s", o)
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	rs := rd.RealServers()
+	rd.Close()
+	for _, m := range spec.Masters {
+		require.Positive(t, rs[netip.MustParseAddrPort(m)], "IPVS real server %s (table %v)", m, rs)
+	}
+
+	// The node turns Ready once the kubelet has a CNI config and the
+	// runtime reports its network ready.
+	var nodes string
+	err = lab.Poll(5*time.Minute, func() bool {
+		o, err := kubectl("get", "node", spec.Name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+		return err == nil && strings.TrimSpace(o) == "True"
+	})
+	if err != nil {
+		o, _ := kubectl("describe", "node", spec.Name)
+		t.Logf("kubectl describe node %s:\n%s", spec.Name, o)
+	}
+	require.NoError(t, err, "node %s never Ready", spec.Name)
+	w.measure("join_to_ready_s", join)
+	nodes, err = kubectl("get", "nodes", "-o", "wide")
+	require.NoError(t, err, nodes)
+	t.Logf("kubectl get nodes -o wide (from the worker, through the VIP):\n%s", nodes)
+	require.Contains(t, nodes, spec.Name+" ")
+	o2, err := kubectl("get", "pods", "-A", "-o", "wide", "--field-selector", "spec.nodeName="+spec.Name)
+	require.NoError(t, err, o2)
+	t.Logf("pods on %s:\n%s", spec.Name, o2)
+	require.Contains(t, o2, "Running")
+}
+
+// worker is the VM as a node of the cluster.
+type worker struct {
+	t    *testing.T
+	spec cluster.WorkerSpec
+	dir  string
+
+	containerd  *exec.Cmd
+	stopKubelet context.CancelFunc
+	kubeletDone chan struct{}
+	mu          sync.Mutex
+	starts      int
+}
+
+func (w *worker) share(p string) string { return filepath.Join(w.dir, p) }
+
+func (w *worker) measure(name string, since time.Time) {
+	fmt.Printf("MEASURE cluster_worker_%s=%.1f\n", name, time.Since(since).Seconds())
+}
+
+// sh runs a shell command and returns its output; failing fails the test.
+func (w *worker) sh(script string) string {
+	w.t.Helper()
+	out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput()
+	require.NoError(w.t, err, "%s:\n%s", script, out)
+	return string(out)
+}
+
+// machine makes the VM a machine a kubelet runs on: its name, its address
+// on the lab bridge (the masters reachable), the programs and libraries
+// laid out in /, the kernel's config and modules, cgroup v2 with its
+// controllers, and the folders the node's programs write.
+func (w *worker) machine() {
+	t, s := w.t, w.spec
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	for p, c := range map[string]string{
+		"/etc/hostname": s.Name + "\n",
+		"/etc/hosts":    "127.0.0.1 localhost\n" + strings.Split(s.NodeIP, "/")[0] + " " + s.Name + "\n",
+		// The kubelet reads the users and groups (its user-namespace
+		// mappings); a machine has at least root.
+		"/etc/passwd":      "root:x:0:0:root:/root:/bin/sh\n",
+		"/etc/group":       "root:x:0:\n",
+		"/etc/machine-id":  hex.EncodeToString(id) + "\n",
+		"/etc/resolv.conf": "",
+	} {
+		require.NoError(t, os.WriteFile(p, []byte(c), 0o644))
+	}
+	w.sh("hostname " + s.Name)
+	w.sh(fmt.Sprintf("ip addr add %s dev eth0 && ip link set eth0 up && ip route add default via %s && sysctl -qw net.ipv4.ip_forward=1", s.NodeIP, s.Gateway))
+	for _, m := range s.Masters {
+		require.NoError(t, lab.Poll(30*time.Second, func() bool {
+			c, err := net.DialTimeout("tcp", m, 2*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		}), "master %s unreachable from the VM", m)
+	}
+	w.sh("cp -a " + w.share(s.Root) + "/. /")
+	for _, m := range s.Modules {
+		name := strings.TrimSuffix(filepath.Base(m), ".ko")
+		if _, err := os.Stat("/sys/module/" + name); err == nil {
+			continue
+		}
+		w.sh("insmod " + w.share(m))
+	}
+	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
+	w.sh("grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+	ctl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+	require.NoError(t, err)
+	var enable []string
+	for _, c := range strings.Fields(string(ctl)) {
+		enable = append(enable, "+"+c)
+	}
+	require.NoError(t, os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(strings.Join(enable, " ")), 0o644))
+	// containerd's and the kubelet's state on tmpfs: the initramfs's root
+	// is not a filesystem cAdvisor can measure.
+	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
+		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
+	}
+}
+
+// startContainerd starts Debian's containerd with the lab's node config
+// and imports the pause image kubeadm asks for.
+func (w *worker) startContainerd() {
+	t := w.t
+	require.NoError(t, os.MkdirAll("/etc/containerd", 0o755))
+	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.ContainerdConfig(w.spec.PauseRef)), 0o644))
+	logf, err := os.Create("/tmp/containerd.log")
+	require.NoError(t, err)
+	w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
+	w.containerd.Stdout, w.containerd.Stderr = logf, logf
+	require.NoError(t, w.containerd.Start())
+	require.NoError(t, lab.Poll(60*time.Second, func() bool {
+		return exec.Command("/usr/bin/ctr", "version").Run() == nil
+	}), "containerd never answered")
+	w.sh("ctr -n k8s.io images import " + w.share(w.spec.PauseImage))
+}
+
+// superviseKubelet plays systemd's kubelet.service with kubeadm's drop-in,
+// as cluster.Node.SuperviseKubelet does on the masters: once kubeadm join
+// has written /var/lib/kubelet/config.yaml and kubeadm-flags.env, the
+// kubelet runs with the drop-in's arguments and is restarted a second after
+// each exit.
+func (w *worker) superviseKubelet() {
+	ctx, cancel := context.WithCancel(context.Background())
+	w.stopKubelet, w.kubeletDone = cancel, make(chan struct{})
+	go func() {
+		defer close(w.kubeletDone)
+		for ctx.Err() == nil {
+			_, err1 := os.Stat("/var/lib/kubelet/config.yaml")
+			env, err2 := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
+			if err1 != nil || err2 != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+				continue
+			}
+			logf, err := os.OpenFile("/tmp/kubelet.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return
+			}
+			cmd := exec.Command("/usr/local/bin/kubelet", cluster.KubeletArgs(env)...)
+			cmd.Stdout, cmd.Stderr = logf, logf
+			if err := cmd.Start(); err == nil {
+				w.mu.Lock()
+				w.starts++
+				w.mu.Unlock()
+				done := make(chan struct{})
+				go func() { _ = cmd.Wait(); close(done) }()
+				select {
+				case <-done:
+				case <-ctx.Done():
+					_ = cmd.Process.Signal(syscall.SIGTERM)
+					select {
+					case <-done:
+					case <-time.After(10 * time.Second):
+						_ = cmd.Process.Kill()
+						<-done
+					}
+				}
+			}
+			logf.Close()
+			select { // systemd's RestartSec
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+// stop ends the kubelet and containerd (the VM powers off afterwards).
+func (w *worker) stop() {
+	if w.stopKubelet != nil {
+		w.stopKubelet()
+		<-w.kubeletDone
+		w.mu.Lock()
+		w.t.Logf("the kubelet was started %d times", w.starts)
+		w.mu.Unlock()
+	}
+	if w.containerd != nil && w.containerd.Process != nil {
+		_ = w.containerd.Process.Signal(syscall.SIGTERM)
+		_ = w.containerd.Wait()
+	}
+}
+
+// watchdogRunning reports whether a container of the vipctl image has a
+// running task in containerd's k8s.io namespace.
+func (w *worker) watchdogRunning() bool {
+	out, err := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").Output()
+	if err != nil {
+		return false
+	}
+	ids := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && strings.Contains(f[1], "vipctl/vipctl:") {
+			ids[f[0]] = true
+		}
+	}
+	out, err = exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").Output()
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && ids[f[0]] && f[2] == "RUNNING" {
+			return true
+		}
+	}
+	return false
+}
+
+// allMastersHealthy reads `vipctl status -o json` and reports whether it
+// lists every master of the spec up, with a weight.
+func (w *worker) allMastersHealthy(b []byte) bool {
+	var st struct {
+		Masters []struct {
+			Address string `json:"address"`
+			State   string `json:"state"`
+			Weight  int    `json:"weight"`
+		} `json:"masters"`
+	}
+	if json.Unmarshal(b, &st) != nil {
+		return false
+	}
+	ok := map[string]bool{}
+	for _, m := range st.Masters {
+		ok[m.Address] = m.State == "up" && m.Weight > 0
+	}
+	for _, m := range w.spec.Masters {
+		if !ok[m] {
+			return false
+		}
+	}
+	return true
+}
