@@ -73,10 +73,20 @@ func ReadWorkerSpec(dir string) (WorkerSpec, error) {
 	return s, nil
 }
 
-// ContainerdConfig is the containerd configuration of every node of the
-// lab, masters and the VM worker: Debian's defaults plus what this machine
-// needs (see containerdConfig).
-func ContainerdConfig(pause string) string { return containerdConfig(pause) }
+// WorkerContainerdConfig is the VM worker's containerd configuration: the
+// masters' (see containerdConfig) plus runc's NoPivotRoot. The VM runs from
+// its initramfs, whose root (rootfs) cannot be pivot_root'ed away ("error
+// jailing process inside rootfs: pivot_root .: invalid argument"); runc then
+// enters the container's root with MS_MOVE and chroot instead, as it does on
+// any initramfs-only machine. A machine with a root filesystem needs none of
+// it.
+func WorkerContainerdConfig(pause string) string {
+	return containerdConfig(pause) + `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      NoPivotRoot = true
+`
+}
 
 // KubeletArgs are the kubelet's arguments from kubeadm's systemd drop-in
 // (10-kubeadm.conf): the kubeconfigs, config.yaml and KUBELET_KUBEADM_ARGS

@@ -43,12 +43,10 @@ func TestClusterWorker(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
-				b, _ := os.ReadFile(f)
-				if len(b) > 6000 {
-					b = b[len(b)-6000:]
-				}
-				t.Logf("tail of %s:\n%s", f, b)
+				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
 			}
+			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+			t.Logf("ctr tasks ls:\n%s", o)
 		}
 	})
 
@@ -110,7 +108,15 @@ func TestClusterWorker(t *testing.T) {
 
 	// The watchdog: its static pod's container runs in containerd, and it
 	// keeps every master in the IPVS table.
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool { return w.watchdogRunning() }), "the watchdog's container never ran")
+	last := time.Now()
+	require.NoError(t, lab.Poll(4*time.Minute, func() bool {
+		if time.Since(last) > 30*time.Second {
+			last = time.Now()
+			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").CombinedOutput()
+			t.Logf("waiting for the watchdog (%s after the join); ctr containers ls:\n%s", time.Since(join).Round(time.Second), o)
+		}
+		return w.watchdogRunning()
+	}), "the watchdog's container never ran")
 	w.measure("join_to_watchdog_running_s", join)
 	var st string
 	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
@@ -238,7 +244,7 @@ func (w *worker) machine() {
 func (w *worker) startContainerd() {
 	t := w.t
 	require.NoError(t, os.MkdirAll("/etc/containerd", 0o755))
-	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.ContainerdConfig(w.spec.PauseRef)), 0o644))
+	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.WorkerContainerdConfig(w.spec.PauseRef)), 0o644))
 	logf, err := os.Create("/tmp/containerd.log")
 	require.NoError(t, err)
 	w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
@@ -368,4 +374,27 @@ func (w *worker) allMastersHealthy(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// logErrors is the error lines (klog's E, containerd's level=error) of the
+// log file p, the last n of them, and its last tail lines.
+func logErrors(p string, n, tail int) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	var errs []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "E") || strings.Contains(l, "level=error") {
+			errs = append(errs, l)
+		}
+	}
+	if len(errs) > n {
+		errs = errs[len(errs)-n:]
+	}
+	if len(lines) > tail {
+		lines = lines[len(lines)-tail:]
+	}
+	return strings.Join(errs, "\n") + "\n...\n" + strings.Join(lines, "\n")
 }
