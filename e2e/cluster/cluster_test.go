@@ -73,7 +73,7 @@ func TestCluster(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	lab, names, _ := startMasters(ctx, t, false)
+	lab, names, _ := startMasters(ctx, t, false, "")
 	m1 := lab.Nodes[0]
 	checkControlPlane(ctx, t, lab, m1, names)
 }
@@ -82,9 +82,9 @@ func TestCluster(t *testing.T) {
 // (VIPCTL_CLUSTER_MASTERS, default 1) with the real kubeadm: init on the
 // first, join --control-plane on the others. With secrets (or more than one
 // master) init also creates a bootstrap token, returned for the joins to
-// come. The lab is closed, and the host compared with its state before, when
-// the test ends.
-func startMasters(ctx context.Context, t *testing.T, secrets bool) (*Lab, []string, *Secrets) {
+// come. kubeProxyMode is Options.KubeProxyMode. The lab is closed, and the
+// host compared with its state before, when the test ends.
+func startMasters(ctx context.Context, t *testing.T, secrets bool, kubeProxyMode string) (*Lab, []string, *Secrets) {
 	t.Helper()
 	root := moduleRoot(t)
 	before := hostSnapshot(t)
@@ -105,7 +105,7 @@ func startMasters(ctx context.Context, t *testing.T, secrets bool) (*Lab, []stri
 	cniRoot, err := FetchDebs(ctx, cacheDir(), WorkerDebs, &blog)
 	require.NoError(t, err, blog.String())
 
-	lab, err := New(ctx, Options{Dir: t.TempDir(), Bin: bin, Images: imgs, Logf: t.Logf})
+	lab, err := New(ctx, Options{Dir: t.TempDir(), Bin: bin, Images: imgs, KubeProxyMode: kubeProxyMode, Logf: t.Logf})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		require.NoError(t, lab.Close())
@@ -295,6 +295,7 @@ func TestKubeProxyImageTools(t *testing.T) {
 		{[]string{"/usr/sbin/iptables-restore", "--version"}, "(nf_tables)"},
 		{[]string{"/usr/sbin/iptables", "-t", "nat", "-L", "-n"}, "Chain POSTROUTING"},
 		{[]string{"/usr/sbin/ipset", "--version"}, "ipset v"},
+		{[]string{"/usr/sbin/modprobe", "--version"}, "kmod version"},
 	} {
 		a := append([]string{"-n", "k8s.io", "run", "--rm", "--net-host", "--privileged", imgs[1].Ref, "tools"}, c.args...)
 		out, err := n.Run(ctx, "ctr", a...)

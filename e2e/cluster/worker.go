@@ -42,8 +42,15 @@ var WorkerIP = netip.MustParseAddr("10.31.0.50")
 func PodCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i) }
 
 // workerModules are the kernel modules the worker loads from the share (not
-// in the VM's initramfs): overlay for containerd's snapshotter.
-var workerModules = []string{"overlay"}
+// in the VM's initramfs): overlay for containerd's snapshotter; and with
+// kube-proxy, nf_tables and the expressions its nftables mode uses, and the
+// conntrack netlink interface it cleans up stale flows with. The VM's
+// modprobe only knows the initramfs's modules, so they are loaded up front.
+var (
+	workerModules    = []string{"overlay"}
+	kubeProxyModules = []string{"nf_tables", "nfnetlink", "nf_conntrack_netlink", "nft_ct", "nft_chain_nat", "nft_nat",
+		"nft_masq", "nft_numgen", "nft_fib_inet", "nft_fib_ipv4", "nft_fib_ipv6", "nft_reject_inet", "nft_limit"}
+)
 
 // WorkerVM is one boot of the VM as the cluster's worker.
 type WorkerVM struct {
@@ -122,7 +129,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	spec := WorkerSpec{
 		Name: "worker1", NodeIP: netip.PrefixFrom(WorkerIP, 24).String(), Gateway: gateway,
 		ServiceSubnet: "10.96.0.0/16", Root: "root", KernelConfig: "kernel-config",
-		PauseImage: "pause.tar", PauseRef: l.pauseRef(), Bundle: "bundle.tar.gz",
+		PauseRef: l.pauseRef(), KubeProxyMode: l.KubeProxyMode, Bundle: "bundle.tar.gz",
 		TokenFile: "token", AdminConf: "admin.conf", CNIConfig: "10-vipctl-lab.conflist",
 	}
 	for _, m := range w.Masters {
@@ -146,10 +153,12 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 		return err
 	}
 	for _, img := range l.Images {
-		if img.Ref == spec.PauseRef {
-			if err := linkOrCopy(img.Tar, filepath.Join(dir, spec.PauseImage)); err != nil {
+		if img.Ref == spec.PauseRef || (l.KubeProxyMode != "" && strings.Contains(img.Ref, "/kube-proxy:")) {
+			name := filepath.Base(img.Tar)
+			if err := linkOrCopy(img.Tar, filepath.Join(dir, name)); err != nil {
 				return err
 			}
+			spec.Images = append(spec.Images, name)
 		}
 	}
 	// The kernel's files: its config (kubeadm's SystemVerification reads
@@ -158,7 +167,11 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if err := linkOrCopy(filepath.Join(kroot, "boot", "config-"+w.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
 		return err
 	}
-	if spec.Modules, err = copyModules(ctx, kroot, w.Assets.KVer, filepath.Join(dir, "modules"), workerModules); err != nil {
+	mods := workerModules
+	if l.KubeProxyMode != "" {
+		mods = append(append([]string(nil), mods...), kubeProxyModules...)
+	}
+	if spec.Modules, err = copyModules(ctx, kroot, w.Assets.KVer, filepath.Join(dir, "modules"), mods); err != nil {
 		return err
 	}
 	// Debian's containerd, runc and CNI plugins, and the Kubernetes programs.

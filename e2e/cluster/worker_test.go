@@ -30,7 +30,7 @@ func TestClusterWorker(t *testing.T) {
 	assets, err := vm.Prepare(ctx, &prep)
 	require.NoError(t, err, prep.String())
 
-	lab, names, sec := startMasters(ctx, t, true)
+	lab, names, sec := startMasters(ctx, t, true, "nftables")
 	m1 := lab.Nodes[0]
 	checkControlPlane(ctx, t, lab, m1, names)
 

@@ -41,9 +41,14 @@ type WorkerSpec struct {
 	Modules []string `json:"modules"`
 	// KernelConfig is the kernel's config, for kubeadm's SystemVerification.
 	KernelConfig string `json:"kernelConfig"`
-	// PauseImage is the pause image archive; PauseRef its reference.
-	PauseImage string `json:"pauseImage"`
-	PauseRef   string `json:"pauseRef"`
+	// Images are the image archives imported into the worker's
+	// containerd: pause, and kube-proxy when it runs; PauseRef is pause's
+	// reference (containerd's sandbox image).
+	Images   []string `json:"images"`
+	PauseRef string   `json:"pauseRef"`
+	// KubeProxyMode is the mode kube-proxy's DaemonSet runs in; empty when
+	// kubeadm did not install it.
+	KubeProxyMode string `json:"kubeProxyMode,omitempty"`
 	// Bundle is the offline bundle (tar.gz) whose install.sh the worker runs.
 	Bundle string `json:"bundle"`
 	// CNIConfig is the worker's CNI configuration (bridge, host-local, loopback).

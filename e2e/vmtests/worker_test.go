@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -86,6 +87,11 @@ func TestClusterWorker(t *testing.T) {
 	t.Logf("vipctl join (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
 	require.NoError(t, err, "vipctl join")
 	w.measure("vipctl_join_s", join)
+	// From here on the IPVS table is sampled: kube-proxy's start (its
+	// nftables mode flushes IPVS) must not leave the VIP without masters
+	// for longer than the watchdog takes to restore it.
+	gaps := w.sampleIPVS()
+	defer gaps.stop()
 
 	// Through the VIP: admin.conf's server is apiserver.cluster.local,
 	// which vipctl join mapped to the VIP in /etc/hosts.
@@ -155,6 +161,112 @@ func TestClusterWorker(t *testing.T) {
 	require.NoError(t, err, o2)
 	t.Logf("pods on %s:\n%s", spec.Name, o2)
 	require.Contains(t, o2, "Running")
+
+	if spec.KubeProxyMode == "" {
+		return
+	}
+	// kube-proxy, kubeadm's DaemonSet, in spec.KubeProxyMode: its pod runs
+	// on the worker and its rules are synced (healthz 200).
+	kp := time.Now()
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://127.0.0.1:10256/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}), "kube-proxy never healthy on the worker")
+	w.measure("ready_to_kube_proxy_healthy_s", kp)
+	o3, err := kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy", "-o", "wide")
+	require.NoError(t, err, o3)
+	t.Logf("kube-proxy pods:\n%s", o3)
+	o4, err := kubectl("get", "configmap", "-n", "kube-system", "kube-proxy", "-o", "jsonpath={.data.config\\.conf}")
+	require.NoError(t, err, o4)
+	require.Contains(t, o4, "mode: "+spec.KubeProxyMode)
+	// The masters are back in the table (the watchdog restores a flush).
+	require.NoError(t, lab.Poll(30*time.Second, func() bool { return w.allInIPVS() }), "the masters never came back into IPVS after kube-proxy started")
+	g := gaps.stop()
+	fmt.Printf("MEASURE cluster_worker_ipvs_gaps=%d\nMEASURE cluster_worker_ipvs_longest_gap_ms=%d\n", g.count, g.longest.Milliseconds())
+	t.Logf("IPVS table sampled every 20 ms from the join to kube-proxy healthy: %d gap(s) without every master, longest %s", g.count, g.longest)
+	pod, _ := kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy", "--field-selector", "spec.nodeName="+spec.Name, "-o", "name")
+	lg, _ := kubectl("logs", "-n", "kube-system", strings.TrimSpace(pod))
+	t.Logf("kube-proxy's log on %s (first lines):\n%s", spec.Name, firstLines(lg, 25))
+}
+
+// firstLines is the first n lines of s.
+func firstLines(s string, n int) string {
+	l := strings.SplitN(s, "\n", n+1)
+	if len(l) > n {
+		l = l[:n]
+	}
+	return strings.Join(l, "\n")
+}
+
+// allInIPVS reports whether every master is a real server of the VIP with a weight.
+func (w *worker) allInIPVS() bool {
+	rd, err := lab.NewIPVSReader()
+	if err != nil {
+		return false
+	}
+	defer rd.Close()
+	rs := rd.RealServers()
+	for _, m := range w.spec.Masters {
+		if rs[netip.MustParseAddrPort(m)] <= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// gapStats are the periods the sampler saw the VIP without every master.
+type gapStats struct {
+	count   int
+	longest time.Duration
+}
+
+type sampler struct {
+	done chan struct{}
+	res  chan gapStats
+	once sync.Once
+	g    gapStats
+}
+
+// sampleIPVS samples the table every 20 ms until stop.
+func (w *worker) sampleIPVS() *sampler {
+	s := &sampler{done: make(chan struct{}), res: make(chan gapStats, 1)}
+	go func() {
+		var g gapStats
+		var since time.Time
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			ok := w.allInIPVS()
+			switch {
+			case !ok && since.IsZero():
+				since = time.Now()
+				g.count++
+			case ok && !since.IsZero():
+				g.longest = max(g.longest, time.Since(since))
+				since = time.Time{}
+			}
+			select {
+			case <-s.done:
+				if !since.IsZero() {
+					g.longest = max(g.longest, time.Since(since))
+				}
+				s.res <- g
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling (once) and returns what it saw.
+func (s *sampler) stop() gapStats {
+	s.once.Do(func() { close(s.done); s.g = <-s.res })
+	return s.g
 }
 
 // worker is the VM as a node of the cluster.
@@ -201,6 +313,7 @@ func (w *worker) machine() {
 		"/etc/group":       "root:x:0:\n",
 		"/etc/machine-id":  hex.EncodeToString(id) + "\n",
 		"/etc/resolv.conf": "",
+		"/etc/os-release":  "PRETTY_NAME=\"vipctl lab VM (busybox initramfs)\"\nID=vipctl-lab\n",
 	} {
 		require.NoError(t, os.WriteFile(p, []byte(c), 0o644))
 	}
@@ -217,11 +330,15 @@ func (w *worker) machine() {
 	}
 	w.sh("cp -a " + w.share(s.Root) + "/. /")
 	for _, m := range s.Modules {
-		name := strings.TrimSuffix(filepath.Base(m), ".ko")
+		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(m), ".ko"), "-", "_")
 		if _, err := os.Stat("/sys/module/" + name); err == nil {
 			continue
 		}
-		w.sh("insmod " + w.share(m))
+		// A module the CPU cannot use (crc32c-intel without SSE4.2) fails
+		// harmlessly; one that matters fails the step that needs it.
+		if out, err := exec.Command("insmod", w.share(m)).CombinedOutput(); err != nil {
+			t.Logf("insmod %s: %v: %s", m, err, out)
+		}
 	}
 	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
 	w.sh("grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup")
@@ -253,7 +370,9 @@ func (w *worker) startContainerd() {
 	require.NoError(t, lab.Poll(60*time.Second, func() bool {
 		return exec.Command("/usr/bin/ctr", "version").Run() == nil
 	}), "containerd never answered")
-	w.sh("ctr -n k8s.io images import " + w.share(w.spec.PauseImage))
+	for _, img := range w.spec.Images {
+		w.sh("ctr -n k8s.io images import " + w.share(img))
+	}
 }
 
 // superviseKubelet plays systemd's kubelet.service with kubeadm's drop-in,
