@@ -49,7 +49,8 @@ func PodCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i) }
 var (
 	workerModules    = []string{"overlay"}
 	kubeProxyModules = []string{"nf_tables", "nfnetlink", "nf_conntrack_netlink", "nft_ct", "nft_chain_nat", "nft_nat",
-		"nft_masq", "nft_numgen", "nft_fib_inet", "nft_fib_ipv4", "nft_fib_ipv6", "nft_reject_inet", "nft_limit"}
+		"nft_masq", "nft_numgen", "nft_fib_inet", "nft_fib_ipv4", "nft_fib_ipv6", "nft_reject_inet", "nft_reject_ipv4",
+		"nft_reject_ipv6", "nft_limit"}
 )
 
 // WorkerVM is one boot of the VM as the cluster's worker.
@@ -63,6 +64,9 @@ type WorkerVM struct {
 	First   *Node
 	Masters []*Node
 	Secrets Secrets
+	// Killed, when set, is the master whose apiserver the caller kills
+	// during the run (Lab.KillAPIServer); the spec tells the VM.
+	Killed *Node
 	// TestArgs are the in-VM test binary's flags (-test.run=...); Env its
 	// environment (VIPCTL_E2E_CLUSTER=1 is always set).
 	TestArgs []string
@@ -134,6 +138,9 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	}
 	for _, m := range w.Masters {
 		spec.Masters = append(spec.Masters, netip.AddrPortFrom(m.IP, 6443).String())
+	}
+	if w.Killed != nil {
+		spec.KilledMaster = netip.AddrPortFrom(w.Killed.IP, 6443).String()
 	}
 	var err error
 	if spec.CACertHash, err = CACertHash(w.First); err != nil {

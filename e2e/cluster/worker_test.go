@@ -43,11 +43,37 @@ func TestClusterWorker(t *testing.T) {
 	require.NoError(t, err)
 	defer console.Close()
 	var build bytes.Buffer
+	// The fault, with more than one master: master2's kube-apiserver is
+	// killed once kube-proxy runs on the worker (the VM then watches the
+	// worker stay Ready while the watchdog takes master2 out and back).
+	var killed *Node
+	kill := make(chan error, 1)
+	fctx, fcancel := context.WithCancel(ctx)
+	defer fcancel()
+	if len(lab.Nodes) > 1 {
+		killed = lab.Nodes[1]
+		go func() {
+			for fctx.Err() == nil {
+				out, err := lab.Kubectl(fctx, m1, "get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy",
+					"--field-selector", "spec.nodeName=worker1", "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}")
+				if err == nil && strings.TrimSpace(string(out)) == "true" {
+					kill <- lab.KillAPIServer(fctx, killed)
+					return
+				}
+				select {
+				case <-fctx.Done():
+				case <-time.After(2 * time.Second):
+				}
+			}
+			kill <- fctx.Err()
+		}()
+	}
 	t0 := time.Now()
 	code, runErr := lab.RunWorkerVM(ctx, WorkerVM{
-		Assets: assets, Root: moduleRoot(t), Cache: cacheDir(), First: m1, Masters: lab.Nodes, Secrets: *sec,
+		Assets: assets, Root: moduleRoot(t), Cache: cacheDir(), First: m1, Masters: lab.Nodes, Secrets: *sec, Killed: killed,
 		TestArgs: []string{"-test.run=^TestClusterWorker$"}, Console: io.MultiWriter(console, prefixed(t)), Log: &build,
 	})
+	fcancel()
 	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(t0).Round(time.Second), code, consolePath)
 	if runErr != nil || code != 0 {
 		logTail(t, filepath.Join(m1.Dir, "kubelet.log"))
@@ -55,6 +81,9 @@ func TestClusterWorker(t *testing.T) {
 	}
 	require.NoError(t, runErr)
 	require.Equal(t, 0, code, "the in-VM scenario failed (console log %s)", consolePath)
+	if killed != nil {
+		require.NoError(t, <-kill, "killing %s's kube-apiserver", killed.Name)
+	}
 
 	// The worker's Node object, seen from a master.
 	out, err := lab.Kubectl(ctx, m1, "get", "nodes", "-o", "wide")

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -53,6 +54,10 @@ type WorkerSpec struct {
 	Bundle string `json:"bundle"`
 	// CNIConfig is the worker's CNI configuration (bridge, host-local, loopback).
 	CNIConfig string `json:"cniConfig"`
+	// KilledMaster, when set, is the master (IP:PORT) whose kube-apiserver
+	// the host kills once kube-proxy runs on the worker (more than one
+	// master): the worker must stay Ready through it.
+	KilledMaster string `json:"killedMaster,omitempty"`
 }
 
 // WriteWorkerSpec writes s into dir/WorkerSpecFile.
@@ -157,4 +162,29 @@ func (n *Node) InstallCNI(debRoot, podCIDR string) error {
 		return err
 	}
 	return os.WriteFile(n.Path("/etc/cni/net.d/10-vipctl-lab.conflist"), []byte(CNIConfig(podCIDR)), 0o644)
+}
+
+// KillAPIServer SIGKILLs the kube-apiserver container of master n (its
+// kubelet restarts it, as after a crash): the fault the worker must ride
+// through.
+func (l *Lab) KillAPIServer(ctx context.Context, n *Node) error {
+	out, err := n.Run(ctx, "ctr", "-n", "k8s.io", "containers", "ls")
+	if err != nil {
+		return err
+	}
+	killed := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.Contains(f[1], "/kube-apiserver:") {
+			continue
+		}
+		// Only the running task can be killed; an exited one's fails.
+		if _, err := n.Run(ctx, "ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", f[0]); err == nil {
+			killed++
+		}
+	}
+	if killed == 0 {
+		return fmt.Errorf("%s: no running kube-apiserver container to kill:\n%s", n.Name, out)
+	}
+	return nil
 }

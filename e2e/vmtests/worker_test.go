@@ -153,6 +153,13 @@ func TestClusterWorker(t *testing.T) {
 	}
 	require.NoError(t, err, "node %s never Ready", spec.Name)
 	w.measure("join_to_ready_s", join)
+	var fault *faultWatch
+	if spec.KilledMaster != "" {
+		// From Ready on: the node's Ready condition and Lease through the
+		// VIP, and the watchdog's view of the master the host will kill.
+		fault = w.watchFault(kubectl)
+		defer fault.stop()
+	}
 	nodes, err = kubectl("get", "nodes", "-o", "wide")
 	require.NoError(t, err, nodes)
 	t.Logf("kubectl get nodes -o wide (from the worker, through the VIP):\n%s", nodes)
@@ -186,11 +193,137 @@ func TestClusterWorker(t *testing.T) {
 	// The masters are back in the table (the watchdog restores a flush).
 	require.NoError(t, lab.Poll(30*time.Second, func() bool { return w.allInIPVS() }), "the masters never came back into IPVS after kube-proxy started")
 	g := gaps.stop()
-	fmt.Printf("MEASURE cluster_worker_ipvs_gaps=%d\nMEASURE cluster_worker_ipvs_longest_gap_ms=%d\n", g.count, g.longest.Milliseconds())
-	t.Logf("IPVS table sampled every 20 ms from the join to kube-proxy healthy: %d gap(s) without every master, longest %s", g.count, g.longest)
+	fmt.Printf("MEASURE cluster_worker_ipvs_gaps=%d\nMEASURE cluster_worker_ipvs_longest_gap_ms=%d\nMEASURE cluster_worker_ipvs_empty=%d\nMEASURE cluster_worker_ipvs_longest_empty_ms=%d\n",
+		g.count, g.longest.Milliseconds(), g.empty, g.longestEmpty.Milliseconds())
+	t.Logf("IPVS table sampled every 20 ms from the join to kube-proxy healthy: %d gap(s) without every master, longest %s; %d without any, longest %s",
+		g.count, g.longest, g.empty, g.longestEmpty)
 	pod, _ := kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy", "--field-selector", "spec.nodeName="+spec.Name, "-o", "name")
 	lg, _ := kubectl("logs", "-n", "kube-system", strings.TrimSpace(pod))
 	t.Logf("kube-proxy's log on %s (first lines):\n%s", spec.Name, firstLines(lg, 25))
+	// Every rule kube-proxy writes needs its module: a sync that failed
+	// means the worker lacks one.
+	require.NotContains(t, lg, "sync failed", "kube-proxy's rules on %s", spec.Name)
+
+	if fault == nil {
+		return
+	}
+	// The host kills spec.KilledMaster's kube-apiserver now that kube-proxy
+	// runs here; its kubelet restarts it. The watchdog takes it out and
+	// back; the worker must stay Ready and keep renewing its Lease.
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool { return fault.sawDown() }), "the watchdog never saw %s down (was it killed?)", spec.KilledMaster)
+	require.NoError(t, lab.Poll(6*time.Minute, func() bool { return fault.backUp() }), "%s never came back", spec.KilledMaster)
+	// A renewal after the master is back closes the Lease gap measurement.
+	require.NoError(t, lab.Poll(time.Minute, func() bool { return fault.renewedSinceUp() }), "no Lease renewal after %s came back", spec.KilledMaster)
+	r := fault.stop()
+	fmt.Printf("MEASURE cluster_worker_fault_master_out_s=%.1f\nMEASURE cluster_worker_fault_lease_longest_gap_s=%.1f\nMEASURE cluster_worker_fault_kubectl_failed=%d\nMEASURE cluster_worker_fault_kubectl_total=%d\n",
+		r.out.Seconds(), r.leaseGap.Seconds(), r.failed, r.total)
+	t.Logf("fault: %s's kube-apiserver killed; out of IPVS for %s; worker Ready in every one of %d samples through the VIP (%d kubectl calls failed); longest gap between Lease renewals %s",
+		spec.KilledMaster, r.out.Round(100*time.Millisecond), r.total-r.failed, r.failed, r.leaseGap.Round(100*time.Millisecond))
+	require.Zero(t, r.notReady, "samples with worker1 not Ready during the fault")
+	require.True(t, w.allInIPVS(), "every master back in IPVS after the fault")
+}
+
+// faultResult is what watchFault saw.
+type faultResult struct {
+	out           time.Duration // the killed master out of service
+	leaseGap      time.Duration // longest gap between two Lease renewals
+	total, failed int           // Ready samples through the VIP, and those whose kubectl failed
+	notReady      int           // samples that read the node not Ready
+}
+
+// faultWatch samples the worker's Ready condition and Lease through the VIP,
+// and the killed master's state in the watchdog, until stop.
+type faultWatch struct {
+	mu       sync.Mutex
+	r        faultResult
+	down     time.Time // when the watchdog first had the master out
+	up       time.Time // when it had it back after that
+	renewed  time.Time // the last Lease renewal seen
+	done     chan struct{}
+	finished chan struct{}
+	once     sync.Once
+}
+
+func (f *faultWatch) sawDown() bool { f.mu.Lock(); defer f.mu.Unlock(); return !f.down.IsZero() }
+func (f *faultWatch) backUp() bool  { f.mu.Lock(); defer f.mu.Unlock(); return !f.up.IsZero() }
+
+// renewedSinceUp reports whether the Lease was renewed after the master came back.
+func (f *faultWatch) renewedSinceUp() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.up.IsZero() && f.renewed.After(f.up)
+}
+
+func (f *faultWatch) stop() faultResult {
+	f.once.Do(func() { close(f.done); <-f.finished })
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.r
+}
+
+func (w *worker) watchFault(kubectl func(...string) (string, error)) *faultWatch {
+	f := &faultWatch{done: make(chan struct{}), finished: make(chan struct{})}
+	name, killed := w.spec.Name, w.spec.KilledMaster
+	// The watchdog's view, every 200 ms.
+	go func() {
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-f.done:
+				return
+			case <-tk.C:
+			}
+			rd, err := lab.NewIPVSReader()
+			if err != nil {
+				continue
+			}
+			in := rd.RealServers()[netip.MustParseAddrPort(killed)] > 0
+			rd.Close()
+			f.mu.Lock()
+			switch {
+			case !in && f.down.IsZero():
+				f.down = time.Now()
+			case in && !f.down.IsZero() && f.up.IsZero():
+				f.up = time.Now()
+				f.r.out = f.up.Sub(f.down)
+			}
+			f.mu.Unlock()
+		}
+	}()
+	// The node's Ready condition and Lease, through the VIP, every 2 s.
+	go func() {
+		defer close(f.finished)
+		var last time.Time
+		for {
+			select {
+			case <-f.done:
+				return
+			case <-time.After(2 * time.Second):
+			}
+			o, err := kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+			l, lerr := kubectl("get", "lease", "-n", "kube-node-lease", name, "-o", "jsonpath={.spec.renewTime}")
+			f.mu.Lock()
+			f.r.total++
+			switch {
+			case err != nil:
+				f.r.failed++
+			case strings.TrimSpace(o) != "True":
+				f.r.notReady++
+			}
+			if lerr == nil {
+				if rt, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(l)); err == nil && rt.After(last) {
+					if !last.IsZero() {
+						f.r.leaseGap = max(f.r.leaseGap, rt.Sub(last))
+					}
+					last = rt
+					f.renewed = rt
+				}
+			}
+			f.mu.Unlock()
+		}
+	}()
+	return f
 }
 
 // firstLines is the first n lines of s.
@@ -218,10 +351,28 @@ func (w *worker) allInIPVS() bool {
 	return true
 }
 
-// gapStats are the periods the sampler saw the VIP without every master.
+// ipvsEmpty reports whether the VIP has no real server with a weight (or
+// no virtual server).
+func (w *worker) ipvsEmpty() bool {
+	rd, err := lab.NewIPVSReader()
+	if err != nil {
+		return true
+	}
+	defer rd.Close()
+	for _, wt := range rd.RealServers() {
+		if wt > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// gapStats are the periods the sampler saw the VIP without every master
+// (the watchdog's health decisions count too), and those it saw the VIP
+// with no real server at all or no virtual server (a flush's signature).
 type gapStats struct {
-	count   int
-	longest time.Duration
+	count, empty          int
+	longest, longestEmpty time.Duration
 }
 
 type sampler struct {
@@ -236,11 +387,19 @@ func (w *worker) sampleIPVS() *sampler {
 	s := &sampler{done: make(chan struct{}), res: make(chan gapStats, 1)}
 	go func() {
 		var g gapStats
-		var since time.Time
+		var since, emptySince time.Time
 		tk := time.NewTicker(20 * time.Millisecond)
 		defer tk.Stop()
 		for {
-			ok := w.allInIPVS()
+			ok, empty := w.allInIPVS(), w.ipvsEmpty()
+			switch {
+			case empty && emptySince.IsZero():
+				emptySince = time.Now()
+				g.empty++
+			case !empty && !emptySince.IsZero():
+				g.longestEmpty = max(g.longestEmpty, time.Since(emptySince))
+				emptySince = time.Time{}
+			}
 			switch {
 			case !ok && since.IsZero():
 				since = time.Now()
