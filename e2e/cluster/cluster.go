@@ -43,6 +43,9 @@ type Options struct {
 	Dir    string
 	Bin    Binaries
 	Images []Image
+	// KubeProxyMode, when set (nftables, ipvs), makes kubeadm init install
+	// kube-proxy's DaemonSet in that mode; empty, the phase is skipped.
+	KubeProxyMode string
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -53,8 +56,10 @@ type Lab struct {
 	Bin    Binaries
 	Images []Image
 	Nodes  []*Node
-	logf   func(string, ...any)
-	saved  map[string]string
+	// KubeProxyMode is Options.KubeProxyMode.
+	KubeProxyMode string
+	logf          func(string, ...any)
+	saved         map[string]string
 }
 
 // New removes what an earlier run left, saves the host sysctls the kubelet
@@ -73,7 +78,7 @@ func New(ctx context.Context, o Options) (*Lab, error) {
 			return nil, fmt.Errorf("cluster: %s is needed: %w", p, err)
 		}
 	}
-	l := &Lab{Dir: o.Dir, Bin: o.Bin, Images: o.Images, logf: o.Logf}
+	l := &Lab{Dir: o.Dir, Bin: o.Bin, Images: o.Images, KubeProxyMode: o.KubeProxyMode, logf: o.Logf}
 	if l.logf == nil {
 		l.logf = func(string, ...any) {}
 	}

@@ -73,6 +73,19 @@ func TestCluster(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
+	lab, names, _ := startMasters(ctx, t, false, "")
+	m1 := lab.Nodes[0]
+	checkControlPlane(ctx, t, lab, m1, names)
+}
+
+// startMasters builds what the cluster needs and makes the masters
+// (VIPCTL_CLUSTER_MASTERS, default 1) with the real kubeadm: init on the
+// first, join --control-plane on the others. With secrets (or more than one
+// master) init also creates a bootstrap token, returned for the joins to
+// come. kubeProxyMode is Options.KubeProxyMode. The lab is closed, and the
+// host compared with its state before, when the test ends.
+func startMasters(ctx context.Context, t *testing.T, secrets bool, kubeProxyMode string) (*Lab, []string, *Secrets) {
+	t.Helper()
 	root := moduleRoot(t)
 	before := hostSnapshot(t)
 
@@ -89,8 +102,10 @@ func TestCluster(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, WriteImages(filepath.Join(cacheDir(), "cluster-images"), imgs))
 	t.Logf("%d images ready in %s; not built: %v", len(imgs), time.Since(t0).Round(time.Millisecond), skipped)
+	cniRoot, err := FetchDebs(ctx, cacheDir(), WorkerDebs, &blog)
+	require.NoError(t, err, blog.String())
 
-	lab, err := New(ctx, Options{Dir: t.TempDir(), Bin: bin, Images: imgs, Logf: t.Logf})
+	lab, err := New(ctx, Options{Dir: t.TempDir(), Bin: bin, Images: imgs, KubeProxyMode: kubeProxyMode, Logf: t.Logf})
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		require.NoError(t, lab.Close())
@@ -105,13 +120,14 @@ func TestCluster(t *testing.T) {
 	}
 	m1, err := lab.AddNode(ctx, 1, "master1")
 	require.NoError(t, err)
-	var secrets *Secrets
-	if masters > 1 {
+	require.NoError(t, m1.InstallCNI(cniRoot, PodCIDR(1)))
+	var sec *Secrets
+	if masters > 1 || secrets {
 		s, err := lab.NewSecrets(ctx, m1)
 		require.NoError(t, err)
-		secrets = &s
+		sec = &s
 	}
-	res, err := lab.Init(ctx, m1, secrets)
+	res, err := lab.Init(ctx, m1, sec)
 	if err != nil {
 		logTail(t, filepath.Join(m1.Dir, "kubelet.log"))
 	}
@@ -122,7 +138,8 @@ func TestCluster(t *testing.T) {
 		name := "master" + strconv.Itoa(i)
 		m, err := lab.AddNode(ctx, i, name)
 		require.NoError(t, err)
-		took, err := lab.JoinControlPlane(ctx, m, m1, *secrets)
+		require.NoError(t, m.InstallCNI(cniRoot, PodCIDR(i)))
+		took, err := lab.JoinControlPlane(ctx, m, m1, *sec)
 		if err != nil {
 			logTail(t, filepath.Join(m.Dir, "kubelet.log"))
 		}
@@ -130,11 +147,17 @@ func TestCluster(t *testing.T) {
 		t.Logf("kubeadm join --control-plane of %s took %s", name, took.Round(time.Millisecond))
 		names = append(names, name)
 	}
+	return lab, names, sec
+}
 
+// checkControlPlane waits for every master's static pods to be Ready and
+// logs the nodes and pods.
+func checkControlPlane(ctx context.Context, t *testing.T, lab *Lab, m1 *Node, names []string) {
+	t.Helper()
 	// Each master's static pods get mirror pods once its kubelet has
-	// registered; they turn Ready when their probes pass (the nodes stay
-	// NotReady: no CNI yet, and these hostNetwork pods need none).
-	t0 = time.Now()
+	// registered; they turn Ready when their probes pass (these
+	// hostNetwork pods need no CNI; the nodes need it to turn Ready).
+	t0 := time.Now()
 	var pods []string
 	for _, n := range names {
 		for _, c := range []string{"etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-"} {
@@ -147,9 +170,14 @@ func TestCluster(t *testing.T) {
 			return err == nil
 		}, 5*time.Minute, time.Second, "%s never appeared", p)
 	}
-	_, err = lab.Kubectl(ctx, m1, append([]string{"wait", "-n", "kube-system", "--for=condition=Ready", "--timeout=5m"}, pods...)...)
+	_, err := lab.Kubectl(ctx, m1, append([]string{"wait", "-n", "kube-system", "--for=condition=Ready", "--timeout=5m"}, pods...)...)
 	require.NoError(t, err)
 	t.Logf("control-plane pods Ready %s after the last kubeadm", time.Since(t0).Round(time.Millisecond))
+	// With the bridge CNI config, the runtime's network is ready and so
+	// are the nodes.
+	_, err = lab.Kubectl(ctx, m1, "wait", "--for=condition=Ready", "node", "--all", "--timeout=5m")
+	require.NoError(t, err)
+	t.Logf("every master Ready %s after the last kubeadm", time.Since(t0).Round(time.Millisecond))
 	nodes, err := lab.Kubectl(ctx, m1, "get", "nodes", "-o", "wide")
 	require.NoError(t, err)
 	t.Logf("kubectl get nodes:\n%s", nodes)
@@ -267,6 +295,7 @@ func TestKubeProxyImageTools(t *testing.T) {
 		{[]string{"/usr/sbin/iptables-restore", "--version"}, "(nf_tables)"},
 		{[]string{"/usr/sbin/iptables", "-t", "nat", "-L", "-n"}, "Chain POSTROUTING"},
 		{[]string{"/usr/sbin/ipset", "--version"}, "ipset v"},
+		{[]string{"/usr/sbin/modprobe", "--version"}, "kmod version"},
 	} {
 		a := append([]string{"-n", "k8s.io", "run", "--rm", "--net-host", "--privileged", imgs[1].Ref, "tools"}, c.args...)
 		out, err := n.Run(ctx, "ctr", a...)

@@ -13,13 +13,16 @@ import (
 )
 
 // KubeProxyDebs are the Debian packages whose files go into the kube-proxy
-// image: nft for its nftables mode, iptables and ipset for its ipvs mode, and
-// the libraries they link that a minimal machine may lack. libc and the
+// image: nft for its nftables mode, iptables and ipset for its ipvs mode,
+// modprobe (kmod), which kube-proxy runs before it touches IPVS (upstream's
+// image has it too: without it, the nftables mode's start-up cleanup skips
+// the IPVS flush), and the libraries they link that a minimal machine may
+// lack. libc and the
 // like are taken from this (Debian) machine by k8simage.WithLibraries.
 var KubeProxyDebs = []string{
 	"nftables", "libnftables1", "libnftnl11", "libmnl0", "libjansson4", "libgmp10", "libedit2",
 	"iptables", "libxtables12", "libip4tc2", "libip6tc2", "libnetfilter-conntrack3", "libnfnetlink0",
-	"ipset", "libipset13",
+	"ipset", "libipset13", "kmod", "libkmod2",
 }
 
 // FetchDebs downloads the Debian packages pkgs with apt-get (the candidate

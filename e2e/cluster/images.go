@@ -80,14 +80,16 @@ func imageSpec(ref string, b Binaries, debRoot string) (k8simage.Spec, bool, err
 }
 
 // kubeProxyFiles are kube-proxy and the tools its modes run (nft;
-// iptables-restore and ipset), with their libraries, iptables' extensions
-// and the /etc files they read.
+// iptables-restore and ipset; modprobe), with their libraries, iptables'
+// extensions and the /etc files they read.
 func kubeProxyFiles(b Binaries, debRoot string) ([]k8simage.File, error) {
 	files := []k8simage.File{
 		{Dst: "/usr/local/bin/kube-proxy", Src: b.KubeProxy},
 		{Dst: "/usr/sbin/nft", Src: filepath.Join(debRoot, "usr/sbin/nft")},
 		{Dst: "/usr/sbin/ipset", Src: filepath.Join(debRoot, "usr/sbin/ipset")},
 		{Dst: "/usr/sbin/xtables-nft-multi", Src: filepath.Join(debRoot, "usr/sbin/xtables-nft-multi")},
+		{Dst: "/usr/bin/kmod", Src: filepath.Join(debRoot, "bin/kmod")},
+		{Dst: "/usr/sbin/modprobe", Link: "../bin/kmod"},
 	}
 	for _, l := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
 		files = append(files, k8simage.File{Dst: "/usr/sbin/" + l, Link: "xtables-nft-multi"})

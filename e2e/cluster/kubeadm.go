@@ -12,10 +12,45 @@ import (
 
 // InitSkipPhases are the kubeadm init phases the harness skips, and why:
 // addon/coredns, because no CoreDNS image is built (nothing in the scenario
-// resolves cluster names); addon/kube-proxy on the masters' first run,
-// because vipctl's config asks for ipvs mode and this host kernel has no
-// IPVS (kube-proxy runs on the VM worker, issue 13's later steps).
+// resolves cluster names); addon/kube-proxy unless Options.KubeProxyMode
+// asks for it (then kube-proxy runs on every node, the masters included,
+// in that mode: nftables works in the masters' namespaces, ipvs only in the
+// VM, this host kernel having no IPVS).
 var InitSkipPhases = []string{"addon/coredns", "addon/kube-proxy"}
+
+// skipPhases are the phases Init skips for this lab.
+func (l *Lab) skipPhases() []string {
+	if l.KubeProxyMode == "" {
+		return InitSkipPhases
+	}
+	var out []string
+	for _, p := range InitSkipPhases {
+		if p != "addon/kube-proxy" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// kubeProxyConfig is the harness's KubeProxyConfiguration part, merged by
+// `vipctl kubeadm config` with vipctl's (ipvs.excludeCIDRs): the mode, and
+// conntrack settings left as the kernel has them (maxPerCore 0, timeouts
+// 0), as kind does: nf_conntrack_max is host-wide and only writable from
+// the host's namespace, which the masters are not.
+func kubeProxyConfig(mode string) string {
+	if mode == "" {
+		return ""
+	}
+	return fmt.Sprintf(`---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: %s
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, mode)
+}
 
 // baseConfig is the harness's part of the kubeadm config, merged by
 // `vipctl kubeadm config --config`: the node's name and address, the CRI
@@ -81,7 +116,7 @@ func (l *Lab) Init(ctx context.Context, n *Node, s *Secrets) (InitResult, error)
 		return r, err
 	}
 	base := filepath.Join(n.Dir, "kubeadm-base.yaml")
-	if err := os.WriteFile(base, []byte(n.baseConfig(extra)), 0o600); err != nil {
+	if err := os.WriteFile(base, []byte(n.baseConfig(extra)+kubeProxyConfig(l.KubeProxyMode)), 0o600); err != nil {
 		return r, err
 	}
 	r.Config = filepath.Join(n.Dir, "kubeadm.yaml")
@@ -92,7 +127,7 @@ func (l *Lab) Init(ctx context.Context, n *Node, s *Secrets) (InitResult, error)
 	}
 	n.SuperviseKubelet()
 	t0 := time.Now()
-	args = append([]string{"init", "--config", r.Config, "--skip-phases=" + strings.Join(InitSkipPhases, ",")}, args...)
+	args = append([]string{"init", "--config", r.Config, "--skip-phases=" + strings.Join(l.skipPhases(), ",")}, args...)
 	out, err = n.Command(ctx, "/usr/local/bin/kubeadm", args...).CombinedOutput()
 	r.Took, r.Output = time.Since(t0), string(out)
 	if err != nil {

@@ -322,17 +322,7 @@ func (n *Node) kubeletArgs() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{
-		"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
-		"--kubeconfig=/etc/kubernetes/kubelet.conf",
-		"--config=/var/lib/kubelet/config.yaml",
-	}
-	for _, line := range strings.Split(string(env), "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "KUBELET_KUBEADM_ARGS="); ok {
-			args = append(args, strings.Fields(strings.Trim(v, `"`))...)
-		}
-	}
-	return args, nil
+	return KubeletArgs(env), nil
 }
 
 // Close stops the kubelet, kills the node's containers, containerd and

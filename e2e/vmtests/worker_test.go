@@ -1,0 +1,678 @@
+package vmtests
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/cluster"
+	"github.com/vipctl/vipctl/e2e/lab"
+)
+
+// TestClusterWorker is the VM's part of the real-cluster e2e (e2e/cluster
+// TestClusterWorker on the host, docs/lab.md): the VM becomes a worker of
+// the real cluster whose masters run on the host, as a user makes one:
+// Debian's containerd and runc, the offline bundle's install.sh, a real
+// kubelet, and `vipctl join` driving the real `kubeadm join` through the
+// VIP. The harness plays systemd for the kubelet. It runs only in the VM the
+// host test boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
+func TestClusterWorker(t *testing.T) {
+	lab.Need(t)
+	if os.Getenv("VIPCTL_E2E_CLUSTER") != "1" {
+		t.Skip("needs the real cluster on the host (VIPCTL_E2E_CLUSTER=1): run by e2e/cluster's TestClusterWorker")
+	}
+	dir := filepath.Join(lab.ShareDir, cluster.WorkerDir)
+	spec, err := cluster.ReadWorkerSpec(dir)
+	require.NoError(t, err)
+	w := &worker{t: t, spec: spec, dir: dir}
+	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	t.Cleanup(w.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
+				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
+			}
+			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+			t.Logf("ctr tasks ls:\n%s", o)
+		}
+	})
+
+	t0 := time.Now()
+	w.machine()
+	w.measure("machine_s", t0)
+
+	t0 = time.Now()
+	w.startContainerd()
+	w.measure("containerd_s", t0)
+
+	t0 = time.Now()
+	out := w.sh("mkdir -p /tmp/bundle && tar -xzf " + w.share(spec.Bundle) + " -C /tmp/bundle && cd /tmp/bundle/* && sh ./install.sh --runtime containerd")
+	t.Logf("install.sh:\n%s", out)
+	w.measure("install_sh_s", t0)
+
+	w.superviseKubelet()
+	require.NoError(t, os.MkdirAll("/etc/kubernetes/vipctl-join", 0o700))
+	tok, err := os.ReadFile(w.share(spec.TokenFile))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/etc/kubernetes/vipctl-join/token", tok, 0o600))
+	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
+	cni, err := os.ReadFile(w.share(spec.CNIConfig))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
+
+	args := []string{"join", "--token-file", "/etc/kubernetes/vipctl-join/token",
+		"--node-ip", strings.Split(spec.NodeIP, "/")[0], "--service-subnet", spec.ServiceSubnet}
+	for _, m := range spec.Masters {
+		args = append(args, "--master", m)
+	}
+	args = append(args, "--", "--discovery-token-ca-cert-hash", spec.CACertHash)
+	t.Logf("vipctl %s", strings.Join(args, " "))
+	join := time.Now()
+	cmd := exec.Command("/usr/local/bin/vipctl", args...)
+	b, err := cmd.CombinedOutput()
+	t.Logf("vipctl join (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
+	require.NoError(t, err, "vipctl join")
+	w.measure("vipctl_join_s", join)
+	// From here on the IPVS table is sampled: kube-proxy's start (its
+	// nftables mode flushes IPVS) must not leave the VIP without masters
+	// for longer than the watchdog takes to restore it.
+	gaps := w.sampleIPVS()
+	defer gaps.stop()
+
+	// Through the VIP: admin.conf's server is apiserver.cluster.local,
+	// which vipctl join mapped to the VIP in /etc/hosts.
+	hosts, err := os.ReadFile("/etc/hosts")
+	require.NoError(t, err)
+	require.Contains(t, string(hosts), lab.VIP.String()+" apiserver.cluster.local")
+	admin, err := os.ReadFile(w.share(spec.AdminConf))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/tmp/admin.conf", admin, 0o600))
+	kubectl := func(a ...string) (string, error) {
+		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/tmp/admin.conf", "--request-timeout", "20s"}, a...)...)
+		o, err := c.CombinedOutput()
+		return string(o), err
+	}
+	require.NoError(t, lab.Poll(3*time.Minute, func() bool {
+		_, err := kubectl("get", "node", spec.Name)
+		return err == nil
+	}), "node %s never registered", spec.Name)
+	w.measure("join_to_registered_s", join)
+
+	// The watchdog: its static pod's container runs in containerd, and it
+	// keeps every master in the IPVS table.
+	last := time.Now()
+	require.NoError(t, lab.Poll(4*time.Minute, func() bool {
+		if time.Since(last) > 30*time.Second {
+			last = time.Now()
+			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").CombinedOutput()
+			t.Logf("waiting for the watchdog (%s after the join); ctr containers ls:\n%s", time.Since(join).Round(time.Second), o)
+		}
+		return w.watchdogRunning()
+	}), "the watchdog's container never ran")
+	w.measure("join_to_watchdog_running_s", join)
+	var st string
+	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").CombinedOutput()
+		st = string(o)
+		return err == nil && w.allMastersHealthy(o)
+	}), "vipctl status never showed every master healthy:\n%s", st)
+	o, _ := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
+	t.Logf("vipctl status:\n%s", o)
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	rs := rd.RealServers()
+	rd.Close()
+	for _, m := range spec.Masters {
+		require.Positive(t, rs[netip.MustParseAddrPort(m)], "IPVS real server %s (table %v)", m, rs)
+	}
+
+	// The node turns Ready once the kubelet has a CNI config and the
+	// runtime reports its network ready.
+	var nodes string
+	err = lab.Poll(5*time.Minute, func() bool {
+		o, err := kubectl("get", "node", spec.Name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+		return err == nil && strings.TrimSpace(o) == "True"
+	})
+	if err != nil {
+		o, _ := kubectl("describe", "node", spec.Name)
+		t.Logf("kubectl describe node %s:\n%s", spec.Name, o)
+	}
+	require.NoError(t, err, "node %s never Ready", spec.Name)
+	w.measure("join_to_ready_s", join)
+	var fault *faultWatch
+	if spec.KilledMaster != "" {
+		// From Ready on: the node's Ready condition and Lease through the
+		// VIP, and the watchdog's view of the master the host will kill.
+		fault = w.watchFault(kubectl)
+		defer fault.stop()
+	}
+	nodes, err = kubectl("get", "nodes", "-o", "wide")
+	require.NoError(t, err, nodes)
+	t.Logf("kubectl get nodes -o wide (from the worker, through the VIP):\n%s", nodes)
+	require.Contains(t, nodes, spec.Name+" ")
+	o2, err := kubectl("get", "pods", "-A", "-o", "wide", "--field-selector", "spec.nodeName="+spec.Name)
+	require.NoError(t, err, o2)
+	t.Logf("pods on %s:\n%s", spec.Name, o2)
+	require.Contains(t, o2, "Running")
+
+	if spec.KubeProxyMode == "" {
+		return
+	}
+	// kube-proxy, kubeadm's DaemonSet, in spec.KubeProxyMode: its pod runs
+	// on the worker and its rules are synced (healthz 200).
+	kp := time.Now()
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://127.0.0.1:10256/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}), "kube-proxy never healthy on the worker")
+	w.measure("ready_to_kube_proxy_healthy_s", kp)
+	o3, err := kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy", "-o", "wide")
+	require.NoError(t, err, o3)
+	t.Logf("kube-proxy pods:\n%s", o3)
+	o4, err := kubectl("get", "configmap", "-n", "kube-system", "kube-proxy", "-o", "jsonpath={.data.config\\.conf}")
+	require.NoError(t, err, o4)
+	require.Contains(t, o4, "mode: "+spec.KubeProxyMode)
+	// The masters are back in the table (the watchdog restores a flush).
+	require.NoError(t, lab.Poll(30*time.Second, func() bool { return w.allInIPVS() }), "the masters never came back into IPVS after kube-proxy started")
+	g := gaps.stop()
+	fmt.Printf("MEASURE cluster_worker_ipvs_gaps=%d\nMEASURE cluster_worker_ipvs_longest_gap_ms=%d\nMEASURE cluster_worker_ipvs_empty=%d\nMEASURE cluster_worker_ipvs_longest_empty_ms=%d\n",
+		g.count, g.longest.Milliseconds(), g.empty, g.longestEmpty.Milliseconds())
+	t.Logf("IPVS table sampled every 20 ms from the join to kube-proxy healthy: %d gap(s) without every master, longest %s; %d without any, longest %s",
+		g.count, g.longest, g.empty, g.longestEmpty)
+	pod, _ := kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy", "--field-selector", "spec.nodeName="+spec.Name, "-o", "name")
+	lg, _ := kubectl("logs", "-n", "kube-system", strings.TrimSpace(pod))
+	t.Logf("kube-proxy's log on %s (first lines):\n%s", spec.Name, firstLines(lg, 25))
+	// Every rule kube-proxy writes needs its module: a sync that failed
+	// means the worker lacks one.
+	require.NotContains(t, lg, "sync failed", "kube-proxy's rules on %s", spec.Name)
+
+	if fault == nil {
+		return
+	}
+	// The host kills spec.KilledMaster's kube-apiserver now that kube-proxy
+	// runs here; its kubelet restarts it. The watchdog takes it out and
+	// back; the worker must stay Ready and keep renewing its Lease.
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool { return fault.sawDown() }), "the watchdog never saw %s down (was it killed?)", spec.KilledMaster)
+	require.NoError(t, lab.Poll(6*time.Minute, func() bool { return fault.backUp() }), "%s never came back", spec.KilledMaster)
+	// A renewal after the master is back closes the Lease gap measurement.
+	require.NoError(t, lab.Poll(time.Minute, func() bool { return fault.renewedSinceUp() }), "no Lease renewal after %s came back", spec.KilledMaster)
+	r := fault.stop()
+	fmt.Printf("MEASURE cluster_worker_fault_master_out_s=%.1f\nMEASURE cluster_worker_fault_lease_longest_gap_s=%.1f\nMEASURE cluster_worker_fault_kubectl_failed=%d\nMEASURE cluster_worker_fault_kubectl_total=%d\n",
+		r.out.Seconds(), r.leaseGap.Seconds(), r.failed, r.total)
+	t.Logf("fault: %s's kube-apiserver killed; out of IPVS for %s; worker Ready in every one of %d samples through the VIP (%d kubectl calls failed); longest gap between Lease renewals %s",
+		spec.KilledMaster, r.out.Round(100*time.Millisecond), r.total-r.failed, r.failed, r.leaseGap.Round(100*time.Millisecond))
+	require.Zero(t, r.notReady, "samples with worker1 not Ready during the fault")
+	require.True(t, w.allInIPVS(), "every master back in IPVS after the fault")
+}
+
+// faultResult is what watchFault saw.
+type faultResult struct {
+	out           time.Duration // the killed master out of service
+	leaseGap      time.Duration // longest gap between two Lease renewals
+	total, failed int           // Ready samples through the VIP, and those whose kubectl failed
+	notReady      int           // samples that read the node not Ready
+}
+
+// faultWatch samples the worker's Ready condition and Lease through the VIP,
+// and the killed master's state in the watchdog, until stop.
+type faultWatch struct {
+	mu       sync.Mutex
+	r        faultResult
+	down     time.Time // when the watchdog first had the master out
+	up       time.Time // when it had it back after that
+	renewed  time.Time // the last Lease renewal seen
+	done     chan struct{}
+	finished chan struct{}
+	once     sync.Once
+}
+
+func (f *faultWatch) sawDown() bool { f.mu.Lock(); defer f.mu.Unlock(); return !f.down.IsZero() }
+func (f *faultWatch) backUp() bool  { f.mu.Lock(); defer f.mu.Unlock(); return !f.up.IsZero() }
+
+// renewedSinceUp reports whether the Lease was renewed after the master came back.
+func (f *faultWatch) renewedSinceUp() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.up.IsZero() && f.renewed.After(f.up)
+}
+
+func (f *faultWatch) stop() faultResult {
+	f.once.Do(func() { close(f.done); <-f.finished })
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.r
+}
+
+func (w *worker) watchFault(kubectl func(...string) (string, error)) *faultWatch {
+	f := &faultWatch{done: make(chan struct{}), finished: make(chan struct{})}
+	name, killed := w.spec.Name, w.spec.KilledMaster
+	// The watchdog's view, every 200 ms.
+	go func() {
+		tk := time.NewTicker(200 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-f.done:
+				return
+			case <-tk.C:
+			}
+			rd, err := lab.NewIPVSReader()
+			if err != nil {
+				continue
+			}
+			in := rd.RealServers()[netip.MustParseAddrPort(killed)] > 0
+			rd.Close()
+			f.mu.Lock()
+			switch {
+			case !in && f.down.IsZero():
+				f.down = time.Now()
+			case in && !f.down.IsZero() && f.up.IsZero():
+				f.up = time.Now()
+				f.r.out = f.up.Sub(f.down)
+			}
+			f.mu.Unlock()
+		}
+	}()
+	// The node's Ready condition and Lease, through the VIP, every 2 s.
+	go func() {
+		defer close(f.finished)
+		var last time.Time
+		for {
+			select {
+			case <-f.done:
+				return
+			case <-time.After(2 * time.Second):
+			}
+			o, err := kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+			l, lerr := kubectl("get", "lease", "-n", "kube-node-lease", name, "-o", "jsonpath={.spec.renewTime}")
+			f.mu.Lock()
+			f.r.total++
+			switch {
+			case err != nil:
+				f.r.failed++
+			case strings.TrimSpace(o) != "True":
+				f.r.notReady++
+			}
+			if lerr == nil {
+				if rt, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(l)); err == nil && rt.After(last) {
+					if !last.IsZero() {
+						f.r.leaseGap = max(f.r.leaseGap, rt.Sub(last))
+					}
+					last = rt
+					f.renewed = rt
+				}
+			}
+			f.mu.Unlock()
+		}
+	}()
+	return f
+}
+
+// firstLines is the first n lines of s.
+func firstLines(s string, n int) string {
+	l := strings.SplitN(s, "\n", n+1)
+	if len(l) > n {
+		l = l[:n]
+	}
+	return strings.Join(l, "\n")
+}
+
+// allInIPVS reports whether every master is a real server of the VIP with a weight.
+func (w *worker) allInIPVS() bool {
+	rd, err := lab.NewIPVSReader()
+	if err != nil {
+		return false
+	}
+	defer rd.Close()
+	rs := rd.RealServers()
+	for _, m := range w.spec.Masters {
+		if rs[netip.MustParseAddrPort(m)] <= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ipvsEmpty reports whether the VIP has no real server with a weight (or
+// no virtual server).
+func (w *worker) ipvsEmpty() bool {
+	rd, err := lab.NewIPVSReader()
+	if err != nil {
+		return true
+	}
+	defer rd.Close()
+	for _, wt := range rd.RealServers() {
+		if wt > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// gapStats are the periods the sampler saw the VIP without every master
+// (the watchdog's health decisions count too), and those it saw the VIP
+// with no real server at all or no virtual server (a flush's signature).
+type gapStats struct {
+	count, empty          int
+	longest, longestEmpty time.Duration
+}
+
+type sampler struct {
+	done chan struct{}
+	res  chan gapStats
+	once sync.Once
+	g    gapStats
+}
+
+// sampleIPVS samples the table every 20 ms until stop.
+func (w *worker) sampleIPVS() *sampler {
+	s := &sampler{done: make(chan struct{}), res: make(chan gapStats, 1)}
+	go func() {
+		var g gapStats
+		var since, emptySince time.Time
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			ok, empty := w.allInIPVS(), w.ipvsEmpty()
+			switch {
+			case empty && emptySince.IsZero():
+				emptySince = time.Now()
+				g.empty++
+			case !empty && !emptySince.IsZero():
+				g.longestEmpty = max(g.longestEmpty, time.Since(emptySince))
+				emptySince = time.Time{}
+			}
+			switch {
+			case !ok && since.IsZero():
+				since = time.Now()
+				g.count++
+			case ok && !since.IsZero():
+				g.longest = max(g.longest, time.Since(since))
+				since = time.Time{}
+			}
+			select {
+			case <-s.done:
+				if !since.IsZero() {
+					g.longest = max(g.longest, time.Since(since))
+				}
+				s.res <- g
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling (once) and returns what it saw.
+func (s *sampler) stop() gapStats {
+	s.once.Do(func() { close(s.done); s.g = <-s.res })
+	return s.g
+}
+
+// worker is the VM as a node of the cluster.
+type worker struct {
+	t    *testing.T
+	spec cluster.WorkerSpec
+	dir  string
+
+	containerd  *exec.Cmd
+	stopKubelet context.CancelFunc
+	kubeletDone chan struct{}
+	mu          sync.Mutex
+	starts      int
+}
+
+func (w *worker) share(p string) string { return filepath.Join(w.dir, p) }
+
+func (w *worker) measure(name string, since time.Time) {
+	fmt.Printf("MEASURE cluster_worker_%s=%.1f\n", name, time.Since(since).Seconds())
+}
+
+// sh runs a shell command and returns its output; failing fails the test.
+func (w *worker) sh(script string) string {
+	w.t.Helper()
+	out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput()
+	require.NoError(w.t, err, "%s:\n%s", script, out)
+	return string(out)
+}
+
+// machine makes the VM a machine a kubelet runs on: its name, its address
+// on the lab bridge (the masters reachable), the programs and libraries
+// laid out in /, the kernel's config and modules, cgroup v2 with its
+// controllers, and the folders the node's programs write.
+func (w *worker) machine() {
+	t, s := w.t, w.spec
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	for p, c := range map[string]string{
+		"/etc/hostname": s.Name + "\n",
+		"/etc/hosts":    "127.0.0.1 localhost\n" + strings.Split(s.NodeIP, "/")[0] + " " + s.Name + "\n",
+		// The kubelet reads the users and groups (its user-namespace
+		// mappings); a machine has at least root.
+		"/etc/passwd":      "root:x:0:0:root:/root:/bin/sh\n",
+		"/etc/group":       "root:x:0:\n",
+		"/etc/machine-id":  hex.EncodeToString(id) + "\n",
+		"/etc/resolv.conf": "",
+		"/etc/os-release":  "PRETTY_NAME=\"vipctl lab VM (busybox initramfs)\"\nID=vipctl-lab\n",
+	} {
+		require.NoError(t, os.WriteFile(p, []byte(c), 0o644))
+	}
+	w.sh("hostname " + s.Name)
+	w.sh(fmt.Sprintf("ip addr add %s dev eth0 && ip link set eth0 up && ip route add default via %s && sysctl -qw net.ipv4.ip_forward=1", s.NodeIP, s.Gateway))
+	for _, m := range s.Masters {
+		require.NoError(t, lab.Poll(30*time.Second, func() bool {
+			c, err := net.DialTimeout("tcp", m, 2*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		}), "master %s unreachable from the VM", m)
+	}
+	w.sh("cp -a " + w.share(s.Root) + "/. /")
+	for _, m := range s.Modules {
+		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(m), ".ko"), "-", "_")
+		if _, err := os.Stat("/sys/module/" + name); err == nil {
+			continue
+		}
+		// A module the CPU cannot use (crc32c-intel without SSE4.2) fails
+		// harmlessly; one that matters fails the step that needs it.
+		if out, err := exec.Command("insmod", w.share(m)).CombinedOutput(); err != nil {
+			t.Logf("insmod %s: %v: %s", m, err, out)
+		}
+	}
+	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
+	w.sh("grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+	ctl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+	require.NoError(t, err)
+	var enable []string
+	for _, c := range strings.Fields(string(ctl)) {
+		enable = append(enable, "+"+c)
+	}
+	require.NoError(t, os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(strings.Join(enable, " ")), 0o644))
+	// containerd's and the kubelet's state on tmpfs: the initramfs's root
+	// is not a filesystem cAdvisor can measure.
+	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
+		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
+	}
+}
+
+// startContainerd starts Debian's containerd with the lab's node config
+// and imports the pause image kubeadm asks for.
+func (w *worker) startContainerd() {
+	t := w.t
+	require.NoError(t, os.MkdirAll("/etc/containerd", 0o755))
+	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.WorkerContainerdConfig(w.spec.PauseRef)), 0o644))
+	logf, err := os.Create("/tmp/containerd.log")
+	require.NoError(t, err)
+	w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
+	w.containerd.Stdout, w.containerd.Stderr = logf, logf
+	require.NoError(t, w.containerd.Start())
+	require.NoError(t, lab.Poll(60*time.Second, func() bool {
+		return exec.Command("/usr/bin/ctr", "version").Run() == nil
+	}), "containerd never answered")
+	for _, img := range w.spec.Images {
+		w.sh("ctr -n k8s.io images import " + w.share(img))
+	}
+}
+
+// superviseKubelet plays systemd's kubelet.service with kubeadm's drop-in,
+// as cluster.Node.SuperviseKubelet does on the masters: once kubeadm join
+// has written /var/lib/kubelet/config.yaml and kubeadm-flags.env, the
+// kubelet runs with the drop-in's arguments and is restarted a second after
+// each exit.
+func (w *worker) superviseKubelet() {
+	ctx, cancel := context.WithCancel(context.Background())
+	w.stopKubelet, w.kubeletDone = cancel, make(chan struct{})
+	go func() {
+		defer close(w.kubeletDone)
+		for ctx.Err() == nil {
+			_, err1 := os.Stat("/var/lib/kubelet/config.yaml")
+			env, err2 := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
+			if err1 != nil || err2 != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+				continue
+			}
+			logf, err := os.OpenFile("/tmp/kubelet.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			if err != nil {
+				return
+			}
+			cmd := exec.Command("/usr/local/bin/kubelet", cluster.KubeletArgs(env)...)
+			cmd.Stdout, cmd.Stderr = logf, logf
+			if err := cmd.Start(); err == nil {
+				w.mu.Lock()
+				w.starts++
+				w.mu.Unlock()
+				done := make(chan struct{})
+				go func() { _ = cmd.Wait(); close(done) }()
+				select {
+				case <-done:
+				case <-ctx.Done():
+					_ = cmd.Process.Signal(syscall.SIGTERM)
+					select {
+					case <-done:
+					case <-time.After(10 * time.Second):
+						_ = cmd.Process.Kill()
+						<-done
+					}
+				}
+			}
+			logf.Close()
+			select { // systemd's RestartSec
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+}
+
+// stop ends the kubelet and containerd (the VM powers off afterwards).
+func (w *worker) stop() {
+	if w.stopKubelet != nil {
+		w.stopKubelet()
+		<-w.kubeletDone
+		w.mu.Lock()
+		w.t.Logf("the kubelet was started %d times", w.starts)
+		w.mu.Unlock()
+	}
+	if w.containerd != nil && w.containerd.Process != nil {
+		_ = w.containerd.Process.Signal(syscall.SIGTERM)
+		_ = w.containerd.Wait()
+	}
+}
+
+// watchdogRunning reports whether a container of the vipctl image has a
+// running task in containerd's k8s.io namespace.
+func (w *worker) watchdogRunning() bool {
+	out, err := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").Output()
+	if err != nil {
+		return false
+	}
+	ids := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && strings.Contains(f[1], "vipctl/vipctl:") {
+			ids[f[0]] = true
+		}
+	}
+	out, err = exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").Output()
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && ids[f[0]] && f[2] == "RUNNING" {
+			return true
+		}
+	}
+	return false
+}
+
+// allMastersHealthy reads `vipctl status -o json` and reports whether it
+// lists every master of the spec up, with a weight.
+func (w *worker) allMastersHealthy(b []byte) bool {
+	var st struct {
+		Masters []struct {
+			Address string `json:"address"`
+			State   string `json:"state"`
+			Weight  int    `json:"weight"`
+		} `json:"masters"`
+	}
+	if json.Unmarshal(b, &st) != nil {
+		return false
+	}
+	ok := map[string]bool{}
+	for _, m := range st.Masters {
+		ok[m.Address] = m.State == "up" && m.Weight > 0
+	}
+	for _, m := range w.spec.Masters {
+		if !ok[m] {
+			return false
+		}
+	}
+	return true
+}
+
+// logErrors is the error lines (klog's E, containerd's level=error) of the
+// log file p, the last n of them, and its last tail lines.
+func logErrors(p string, n, tail int) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	var errs []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "E") || strings.Contains(l, "level=error") {
+			errs = append(errs, l)
+		}
+	}
+	if len(errs) > n {
+		errs = errs[len(errs)-n:]
+	}
+	if len(lines) > tail {
+		lines = lines[len(lines)-tail:]
+	}
+	return strings.Join(errs, "\n") + "\n...\n" + strings.Join(lines, "\n")
+}
