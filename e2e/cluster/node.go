@@ -268,47 +268,63 @@ func (n *Node) SuperviseKubelet() {
 	n.kubeletStop, n.kubeletDone = cancel, make(chan struct{})
 	go func() {
 		defer close(n.kubeletDone)
-		for ctx.Err() == nil {
+		Supervise(ctx, filepath.Join(n.Dir, "kubelet.log"), func() (*exec.Cmd, error) {
 			args, err := n.kubeletArgs()
 			if err != nil {
-				select {
-				case <-ctx.Done():
-				case <-time.After(200 * time.Millisecond):
-				}
-				continue
+				return nil, err
 			}
-			logf, err := os.OpenFile(filepath.Join(n.Dir, "kubelet.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-			if err != nil {
-				return
+			return n.Command(context.Background(), "/usr/local/bin/kubelet", args...), nil
+		}, func(cmd *exec.Cmd) {
+			n.mu.Lock()
+			n.kubelet = cmd
+			n.KubeletStarts++
+			n.mu.Unlock()
+		})
+	}()
+}
+
+// Supervise plays systemd's Restart=always with RestartSec=1s for one
+// program, until ctx ends: next returns the command to run (an error means
+// not yet: it is asked again 200 ms later), whose output is appended to
+// logPath; started is called with each command that started. When ctx
+// ends the running command gets SIGTERM, and SIGKILL 10 s later.
+func Supervise(ctx context.Context, logPath string, next func() (*exec.Cmd, error), started func(*exec.Cmd)) {
+	for ctx.Err() == nil {
+		cmd, err := next()
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
 			}
-			cmd := n.Command(context.Background(), "/usr/local/bin/kubelet", args...)
-			cmd.Stdout, cmd.Stderr = logf, logf
-			if err := cmd.Start(); err == nil {
-				n.mu.Lock()
-				n.kubelet = cmd
-				n.KubeletStarts++
-				n.mu.Unlock()
-				done := make(chan struct{})
-				go func() { _ = cmd.Wait(); close(done) }()
+			continue
+		}
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err == nil {
+			started(cmd)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				_ = cmd.Process.Signal(syscall.SIGTERM)
 				select {
 				case <-done:
-				case <-ctx.Done():
-					_ = cmd.Process.Signal(syscall.SIGTERM)
-					select {
-					case <-done:
-					case <-time.After(10 * time.Second):
-						_ = cmd.Process.Kill()
-						<-done
-					}
+				case <-time.After(10 * time.Second):
+					_ = cmd.Process.Kill()
+					<-done
 				}
 			}
-			logf.Close()
-			select { // systemd's RestartSec
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
 		}
-	}()
+		logf.Close()
+		select { // systemd's RestartSec
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // kubeletArgs are the arguments of kubeadm's systemd drop-in

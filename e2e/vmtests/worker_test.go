@@ -544,46 +544,20 @@ func (w *worker) superviseKubelet() {
 	w.stopKubelet, w.kubeletDone = cancel, make(chan struct{})
 	go func() {
 		defer close(w.kubeletDone)
-		for ctx.Err() == nil {
-			_, err1 := os.Stat("/var/lib/kubelet/config.yaml")
-			env, err2 := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
-			if err1 != nil || err2 != nil {
-				select {
-				case <-ctx.Done():
-				case <-time.After(200 * time.Millisecond):
-				}
-				continue
+		cluster.Supervise(ctx, "/tmp/kubelet.log", func() (*exec.Cmd, error) {
+			if _, err := os.Stat("/var/lib/kubelet/config.yaml"); err != nil {
+				return nil, err
 			}
-			logf, err := os.OpenFile("/tmp/kubelet.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			env, err := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
 			if err != nil {
-				return
+				return nil, err
 			}
-			cmd := exec.Command("/usr/local/bin/kubelet", cluster.KubeletArgs(env)...)
-			cmd.Stdout, cmd.Stderr = logf, logf
-			if err := cmd.Start(); err == nil {
-				w.mu.Lock()
-				w.starts++
-				w.mu.Unlock()
-				done := make(chan struct{})
-				go func() { _ = cmd.Wait(); close(done) }()
-				select {
-				case <-done:
-				case <-ctx.Done():
-					_ = cmd.Process.Signal(syscall.SIGTERM)
-					select {
-					case <-done:
-					case <-time.After(10 * time.Second):
-						_ = cmd.Process.Kill()
-						<-done
-					}
-				}
-			}
-			logf.Close()
-			select { // systemd's RestartSec
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
+			return exec.Command("/usr/local/bin/kubelet", cluster.KubeletArgs(env)...), nil
+		}, func(*exec.Cmd) {
+			w.mu.Lock()
+			w.starts++
+			w.mu.Unlock()
+		})
 	}()
 }
 
