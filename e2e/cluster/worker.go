@@ -162,7 +162,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	for _, img := range l.Images {
 		if img.Ref == spec.PauseRef || (l.KubeProxyMode != "" && strings.Contains(img.Ref, "/kube-proxy:")) {
 			name := filepath.Base(img.Tar)
-			if err := linkOrCopy(img.Tar, filepath.Join(dir, name)); err != nil {
+			if err := vm.LinkOrCopy(img.Tar, filepath.Join(dir, name)); err != nil {
 				return err
 			}
 			spec.Images = append(spec.Images, name)
@@ -171,7 +171,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	// The kernel's files: its config (kubeadm's SystemVerification reads
 	// /boot/config-$(uname -r)) and the modules the initramfs lacks.
 	kroot := filepath.Dir(filepath.Dir(w.Assets.Kernel))
-	if err := linkOrCopy(filepath.Join(kroot, "boot", "config-"+w.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
+	if err := vm.LinkOrCopy(filepath.Join(kroot, "boot", "config-"+w.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
 		return err
 	}
 	mods := workerModules
@@ -210,7 +210,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 			}
 			continue
 		}
-		if err := linkOrCopy(f.Src, dst); err != nil {
+		if err := vm.LinkOrCopy(f.Src, dst); err != nil {
 			return err
 		}
 	}
@@ -254,48 +254,13 @@ func copyModules(ctx context.Context, kroot, kver, dir string, mods []string) ([
 			}
 			seen[f[1]] = true
 			name := filepath.Base(f[1])
-			if err := linkOrCopy(f[1], filepath.Join(dir, name)); err != nil {
+			if err := vm.LinkOrCopy(f[1], filepath.Join(dir, name)); err != nil {
 				return nil, err
 			}
 			out = append(out, filepath.Join("modules", name))
 		}
 	}
 	return out, nil
-}
-
-// linkOrCopy hard-links src to dst, or copies it (keeping its mode) where
-// it cannot.
-func linkOrCopy(src, dst string) error {
-	src, err := filepath.EvalSymlinks(src)
-	if err != nil {
-		return err
-	}
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	return copyFile(src, dst)
-}
-
-// copyFile copies src (a symbolic link is followed) to dst with its mode.
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, st.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // lockFile serialises the VM labs (e2e/realcp takes the same lock): one

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/vipctl/vipctl/e2e/vm"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,7 +155,7 @@ func (n *Node) InstallCNI(debRoot, podCIDR string) error {
 		return err
 	}
 	for _, p := range CNIPlugins {
-		if err := copyFile(filepath.Join(debRoot, "usr/lib/cni", p), n.Path("/usr/lib/cni/"+p)); err != nil {
+		if err := vm.CopyFile(filepath.Join(debRoot, "usr/lib/cni", p), n.Path("/usr/lib/cni/"+p)); err != nil {
 			return fmt.Errorf("%s: CNI plugin %s: %w", n.Name, p, err)
 		}
 	}

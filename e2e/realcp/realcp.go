@@ -26,7 +26,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/vipctl/vipctl/e2e/vm"
 	"net/http"
 	"net/netip"
 	"os"
@@ -265,7 +265,7 @@ func (cp *ControlPlane) WriteShare(share string) error {
 		return err
 	}
 	for src, dst := range map[string]string{cp.CAFile: "ca.crt", cp.AdminCert: "admin.crt", cp.AdminKey: "admin.key", cp.Bin.Kubectl: "kubectl"} {
-		if err := linkOrCopy(src, filepath.Join(d, dst)); err != nil {
+		if err := vm.LinkOrCopy(src, filepath.Join(d, dst)); err != nil {
 			return err
 		}
 	}
@@ -273,30 +273,6 @@ func (cp *ControlPlane) WriteShare(share string) error {
 		return fmt.Errorf("node kubeconfig: %w", err)
 	}
 	return lab.WriteRealSpec(share, cp.Spec())
-}
-
-func linkOrCopy(src, dst string) error {
-	if err := os.Link(src, dst); err == nil {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, st.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	return out.Close()
 }
 
 // Close stops the control endpoint, the apiservers and etcd, and removes
