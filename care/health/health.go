@@ -601,8 +601,12 @@ func (t *Tracker) MayFlap(addr netip.AddrPort) bool {
 	return m != nil && t.mayFlap(m)
 }
 
-func (t *Tracker) mayFlap(m *master) bool {
-	return m.flaps > 0 || (m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m)))
+func (t *Tracker) mayFlap(m *master) bool { return m.flaps > 0 || t.suspect(m) }
+
+// suspect tells whether m is Up with a failure, or a healthy answer that
+// needed TCP retransmissions, among its last window() probes.
+func (t *Tracker) suspect(m *master) bool {
+	return m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m))
 }
 
 // InService reports whether addr is an up master with no failed probe
@@ -629,7 +633,7 @@ func (t *Tracker) NextProbe(addr netip.AddrPort, rnd float64) time.Duration {
 	// window() probes are clean. So is one whose healthy answer needed TCP
 	// retransmissions: over a kept connection that is the first sign of a
 	// link that flaps.
-	if m != nil && m.phase == Up && (t.recentFailures(m) > 0 || t.recentlyLossy(m)) {
+	if m != nil && t.suspect(m) {
 		return t.cfg.FastRetry + time.Duration(float64(t.cfg.FastRetry)*rnd)
 	}
 	// After its first probe, one that is up is probed again at a random
