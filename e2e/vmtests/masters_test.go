@@ -2,9 +2,12 @@ package vmtests
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"strings"
@@ -392,10 +395,31 @@ func TestMasterMigrateNothingInterrupted(t *testing.T) {
 		defer close(done)
 		c := l.Client(5 * time.Second)
 		for ctx.Err() == nil {
-			resp, err := c.Get("https://" + apiName + ":6443/")
+			// Where a failed request got to: the address it dialled and
+			// when each step ended, from the request's start.
+			var (
+				smu   sync.Mutex // the dial may outlive a timed-out request
+				steps []string
+			)
+			t0 := time.Now()
+			step := func(s string) {
+				smu.Lock()
+				defer smu.Unlock()
+				steps = append(steps, fmt.Sprintf("%s +%s", s, time.Since(t0).Round(time.Millisecond)))
+			}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+				ConnectStart:         func(_, addr string) { step("dial " + addr) },
+				ConnectDone:          func(_, _ string, err error) { step(fmt.Sprintf("connected (%v)", err)) },
+				TLSHandshakeDone:     func(_ tls.ConnectionState, err error) { step(fmt.Sprintf("TLS done (%v)", err)) },
+				WroteRequest:         func(httptrace.WroteRequestInfo) { step("request written") },
+				GotFirstResponseByte: func() { step("first byte") },
+			}), http.MethodGet, "https://"+apiName+":6443/", nil)
+			resp, err := c.Do(req)
 			mu.Lock()
 			if err != nil {
-				failed = append(failed, err.Error())
+				smu.Lock()
+				failed = append(failed, fmt.Sprintf("at %s: %v; %s", t0.Format("15:04:05.000"), err, strings.Join(steps, ", ")))
+				smu.Unlock()
 			} else {
 				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
