@@ -178,6 +178,9 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if l.KubeProxyMode != "" {
 		mods = append(append([]string(nil), mods...), kubeProxyModules...)
 	}
+	if l.KubeProxyMode == "ipvs" {
+		mods = append(mods, kubeProxyIPVSModules...)
+	}
 	if spec.Modules, err = copyModules(ctx, kroot, w.Assets.KVer, filepath.Join(dir, "modules"), mods); err != nil {
 		return err
 	}

@@ -203,6 +203,9 @@ func TestClusterWorker(t *testing.T) {
 	// Every rule kube-proxy writes needs its module: a sync that failed
 	// means the worker lacks one.
 	require.NotContains(t, lg, "sync failed", "kube-proxy's rules on %s", spec.Name)
+	if spec.KubeProxyMode == "ipvs" {
+		w.checkIPVSMode(t, kubectl, g)
+	}
 
 	if fault == nil {
 		return
