@@ -156,7 +156,9 @@ func (fr *faultRun) end(recovered time.Time, mayBeNotReady bool) {
 		assert.Zero(t, ns.notReady, "%s: samples with the node not Ready", name)
 	}
 	require.Positive(t, ns.ready, "%s: no sample read the node Ready", name)
-	require.True(t, fr.w.allInIPVS(), "%s: every master in IPVS at the end", name)
+	st, _ := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
+	t.Logf("fault %s: vipctl status at the end:\n%s", name, st)
+	require.NoError(t, lab.Poll(4*time.Minute, fr.w.allInIPVS), "%s: every master in IPVS at the end", name)
 }
 
 // hostFault asks the host for fault name (cluster.FaultLine) and waits for
@@ -191,9 +193,11 @@ func (w *worker) faultKillAPIServer(clients *lab.Real, nw *nodeWatch, kubectl fu
 	out := fr.iw.waitOut(t, time.Minute)
 	fr.tr.Excuse(lab.Window{From: fr.start, To: out, Why: "kill -> out"})
 	in := fr.iw.waitIn(t, 4*time.Minute)
+	settled := fr.iw.waitSettled(t, 4*time.Minute)
 	fr.figs.dur("kill_to_out", out.Sub(kill))
 	fr.figs.dur("kill_to_in", in.Sub(kill))
-	fr.end(in, false)
+	fr.figs.dur("kill_to_settled", settled.Sub(kill))
+	fr.end(settled, false)
 	return fr.figs
 }
 
@@ -215,9 +219,11 @@ func (w *worker) faultCutOff(clients *lab.Real, nw *nodeWatch, kubectl func(...s
 	t.Logf("fault %s: the host answered %v (ms after the line)", cluster.FaultCutOff, data)
 	cut, healed := msAfter(fr.start, data, "applied"), msAfter(fr.start, data, "healed")
 	in := fr.iw.waitIn(t, 3*time.Minute)
+	settled := fr.iw.waitSettled(t, 4*time.Minute)
 	fr.figs.dur("cut_to_out", out.Sub(cut))
 	fr.figs.dur("heal_to_in", in.Sub(healed))
-	fr.end(in, false)
+	fr.figs.dur("heal_to_settled", settled.Sub(healed))
+	fr.end(settled, false)
 	return fr.figs
 }
 
@@ -267,8 +273,14 @@ func (w *worker) faultKubeProxy(clients *lab.Real, nw *nodeWatch, kubectl func(.
 	if !healthy.IsZero() {
 		fr.figs.dur("kill_to_healthy", healthy.Sub(fr.start))
 	}
-	require.NoError(t, lab.Poll(time.Minute, w.allInIPVS), "the masters back in IPVS after kube-proxy's restart")
-	rec := time.Now()
+	// Recovered: the masters settled in IPVS after the flush (if any),
+	// kube-proxy back.
+	rec := fr.iw.waitSettled(t, 4*time.Minute)
+	if healthy.After(rec) {
+		rec = healthy
+	} else if healthy.IsZero() && running.After(rec) {
+		rec = running
+	}
 	fr.end(rec, false)
 	return fr.figs
 }
@@ -524,9 +536,11 @@ func (w *worker) runningContainer(image string) string {
 // real server marks a fault instant on the clients (requests in flight
 // then, and connections open then, broke by the flush) and is excused.
 type ipvsWatch struct {
-	mu         sync.Mutex
-	g          ipvsFigures
-	out, in    time.Time
+	mu      sync.Mutex
+	g       ipvsFigures
+	out, in time.Time
+	// allIn is when every master was last seen back in (zero while not)
+	allIn      time.Time
 	done, fin  chan struct{}
 	stopOnce   sync.Once
 	target     netip.AddrPort
@@ -570,13 +584,19 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 			g := &iw.g
 			if !all {
 				g.notAllSamples++
+				iw.allIn = time.Time{}
 				if notAllSince.IsZero() {
 					notAllSince = now
 					g.notAll++
 				}
-			} else if !notAllSince.IsZero() {
-				g.longestNotAll = max(g.longestNotAll, now.Sub(notAllSince))
-				notAllSince = time.Time{}
+			} else {
+				if iw.allIn.IsZero() {
+					iw.allIn = now
+				}
+				if !notAllSince.IsZero() {
+					g.longestNotAll = max(g.longestNotAll, now.Sub(notAllSince))
+					notAllSince = time.Time{}
+				}
 			}
 			if empty && emptySince.IsZero() {
 				emptySince = now
@@ -639,6 +659,24 @@ func (iw *ipvsWatch) waitOut(t require.TestingT, d time.Duration) time.Time {
 		at = iw.out
 		return !at.IsZero()
 	}), "the watchdog never took %s out", iw.target)
+	return at
+}
+
+// settleFor is how long every master must stay in IPVS for a fault to
+// count as recovered: a master just back may be taken out again (its
+// apiserver still warming up, or a probe timing out under load).
+const settleFor = 10 * time.Second
+
+// waitSettled waits until every master has been in IPVS for settleFor and
+// returns since when.
+func (iw *ipvsWatch) waitSettled(t require.TestingT, d time.Duration) time.Time {
+	var at time.Time
+	require.NoError(t, lab.Poll(d, func() bool {
+		iw.mu.Lock()
+		defer iw.mu.Unlock()
+		at = iw.allIn
+		return !at.IsZero() && time.Since(at) >= settleFor
+	}), "the masters never stayed in IPVS for %s", settleFor)
 	return at
 }
 
