@@ -138,6 +138,9 @@ func (fr *faultRun) end(recovered time.Time, mayBeNotReady bool) {
 		fr.figs.dur("ipvs_not_all_longest", ig.longestNotAll)
 		fr.figs.add("ipvs_empty_periods", float64(ig.empty), "")
 		fr.figs.dur("ipvs_empty_longest", ig.longestEmpty)
+		fr.figs.add("watchdog_fail_open_periods", float64(ig.failOpen), "")
+		fr.figs.dur("watchdog_fail_open_longest", ig.longestFailOpen)
+		t.Logf("fault %s: IPVS and the watchdog, from 2 s before the fault: %v", name, fr.iw.timeline())
 	}
 	for _, c := range rep.Clients {
 		fr.figs.add(c.Name+"_failed", float64(c.Failed), "")
@@ -540,7 +543,10 @@ type ipvsWatch struct {
 	g       ipvsFigures
 	out, in time.Time
 	// allIn is when every master was last seen back in (zero while not)
-	allIn      time.Time
+	allIn time.Time
+	// events: each master's membership changes and the watchdog's
+	// fail-open changes, for the log
+	events     []string
 	done, fin  chan struct{}
 	stopOnce   sync.Once
 	target     netip.AddrPort
@@ -550,6 +556,10 @@ type ipvsWatch struct {
 type ipvsFigures struct {
 	notAll, empty, notAllSamples int
 	longestNotAll, longestEmpty  time.Duration
+	// periods in which the watchdog's /status said failOpen (every
+	// master judged down: all are served)
+	failOpen        int
+	longestFailOpen time.Duration
 }
 
 func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWatch {
@@ -557,12 +567,43 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 	if target != "" {
 		iw.target, iw.haveTarget = netip.MustParseAddrPort(target), true
 	}
+	start := time.Now()
+	status := &http.Client{Timeout: time.Second}
 	go func() {
 		defer close(iw.fin)
-		var notAllSince, emptySince time.Time
+		var notAllSince, emptySince, openSince time.Time
+		prev := map[netip.AddrPort]bool{}
 		tk := time.NewTicker(20 * time.Millisecond)
 		defer tk.Stop()
-		for {
+		for i := 0; ; i++ {
+			// The watchdog's fail-open, every 200 ms: with every master
+			// judged down it serves them all, a dead one included; the
+			// clients' failures then are those of no master at all.
+			if i%10 == 0 {
+				if resp, err := status.Get("http://" + lab.MetricsAddr + "/status"); err == nil {
+					var st struct {
+						FailOpen bool `json:"failOpen"`
+					}
+					err := json.NewDecoder(resp.Body).Decode(&st)
+					resp.Body.Close()
+					now := time.Now()
+					iw.mu.Lock()
+					switch {
+					case err == nil && st.FailOpen && openSince.IsZero():
+						openSince = now
+						iw.g.failOpen++
+						iw.events = append(iw.events, fmt.Sprintf("+%s fail-open", now.Sub(start).Round(10*time.Millisecond)))
+					case err == nil && !st.FailOpen && !openSince.IsZero():
+						iw.g.longestFailOpen = max(iw.g.longestFailOpen, now.Sub(openSince))
+						if tr != nil {
+							tr.Excuse(lab.Window{From: openSince.Add(-200 * time.Millisecond), To: now, Why: "the watchdog failed open (every master judged down)", NoMaster: true})
+						}
+						iw.events = append(iw.events, fmt.Sprintf("+%s fail-open ends", now.Sub(start).Round(10*time.Millisecond)))
+						openSince = time.Time{}
+					}
+					iw.mu.Unlock()
+				}
+			}
 			var rs map[netip.AddrPort]int
 			if rd, err := lab.NewIPVSReader(); err == nil {
 				rs = rd.RealServers()
@@ -582,6 +623,17 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 			}
 			iw.mu.Lock()
 			g := &iw.g
+			for _, m := range w.spec.Masters {
+				a := netip.MustParseAddrPort(m)
+				if in := rs[a] > 0; in != prev[a] || i == 0 {
+					prev[a] = in
+					word := "out"
+					if in {
+						word = "in"
+					}
+					iw.events = append(iw.events, fmt.Sprintf("+%s %s %s", now.Sub(start).Round(10*time.Millisecond), m, word))
+				}
+			}
 			if !all {
 				g.notAllSamples++
 				iw.allIn = time.Time{}
@@ -624,6 +676,9 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 			select {
 			case <-iw.done:
 				iw.mu.Lock()
+				if !openSince.IsZero() {
+					g.longestFailOpen = max(g.longestFailOpen, now.Sub(openSince))
+				}
 				if !notAllSince.IsZero() {
 					g.longestNotAll = max(g.longestNotAll, now.Sub(notAllSince))
 				}
@@ -637,6 +692,13 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 		}
 	}()
 	return iw
+}
+
+// timeline is the membership and fail-open changes, from the watch's start.
+func (iw *ipvsWatch) timeline() []string {
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	return append([]string(nil), iw.events...)
 }
 
 func (iw *ipvsWatch) snapshot() ipvsFigures {
