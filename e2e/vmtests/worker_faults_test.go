@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -63,12 +64,25 @@ func (w *worker) runFaults(kubectl func(...string) (string, error)) {
 	defer nw.stop()
 	clients := lab.Clients(t, "/usr/local/bin/kubectl", "/tmp/admin.conf")
 	var all []*faultFigures
+	// Each fault is a subtest: one that fails is reported, and the next
+	// (and the teardown) still run on what it left.
+	run := func(name string, f func(*lab.Real, *nodeWatch, func(...string) (string, error)) *faultFigures) {
+		parent := w.t
+		defer func() { w.t = parent }()
+		t.Run(name, func(st *testing.T) {
+			w.t = st
+			all = append(all, f(clients, nw, kubectl))
+		})
+	}
 	if w.spec.FaultMaster != "" {
-		all = append(all, w.faultKillAPIServer(clients, nw, kubectl), w.faultCutOff(clients, nw, kubectl))
+		run("kill_apiserver", w.faultKillAPIServer)
+		run("cut_off", w.faultCutOff)
 	} else {
 		t.Log("one master: the faults of a master are skipped (nothing to fail over to)")
 	}
-	all = append(all, w.faultKubeProxy(clients, nw, kubectl), w.faultWatchdog(clients, nw, kubectl), w.faultReboot(clients, nw, kubectl))
+	run("kube_proxy_restart", w.faultKubeProxy)
+	run("watchdog_killed", w.faultWatchdog)
+	run("reboot", w.faultReboot)
 	var b strings.Builder
 	for _, f := range all {
 		fmt.Fprintf(&b, "  %s:", f.name)
@@ -333,7 +347,10 @@ func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...s
 	boot := time.Now()
 	fr.figs.dur("shutdown", boot.Sub(fr.start))
 	w.boot()
-	require.NoError(t, lab.Poll(5*time.Minute, w.allInIPVS), "the VIP with every master after the boot")
+	if err := lab.Poll(5*time.Minute, w.allInIPVS); err != nil {
+		w.bootDiagnostics()
+		require.NoError(t, err, "the VIP with every master after the boot")
+	}
 	rules := time.Now()
 	fr.figs.dur("boot_to_rules", rules.Sub(boot))
 	fr.tr = clients.StartTraffic()
@@ -469,6 +486,22 @@ func (w *worker) boot() {
 	t.Logf("reboot: booting; loaded %v from %v", mods, files)
 	w.startContainerd(false)
 	w.superviseKubelet()
+}
+
+// bootDiagnostics logs what the node runs after a boot that did not bring
+// the VIP back: containerd's containers and tasks, the watchdog's
+// container logs, the links and the IPVS modules.
+func (w *worker) bootDiagnostics() {
+	t := w.t
+	for _, c := range []string{
+		"ctr -n k8s.io containers ls", "ctr -n k8s.io tasks ls", "ip -o link", "grep -E '^(ip_vs|dummy)' /proc/modules",
+		"ls -la /etc/kubernetes/manifests /var/lib/vipctl",
+		"for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; tail -n 30 $f; done",
+		"grep -i vipctl-care /tmp/kubelet.log | tail -n 30",
+	} {
+		o, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
+		t.Logf("after the boot: %s (%v):\n%s", c, err, o)
+	}
 }
 
 // ipvsModules are the loaded modules named ip_vs*, those with no user first.

@@ -204,7 +204,11 @@ func TestClusterWorker(t *testing.T) {
 	// The faults, one after the other (worker_faults_test.go), then the
 	// worker torn down as docs/join.md says.
 	w.runFaults(kubectl)
-	w.teardown(hostsBefore)
+	t.Run("teardown", func(st *testing.T) {
+		w.t = st
+		defer func() { w.t = t }()
+		w.teardown(hostsBefore)
+	})
 }
 
 // firstLines is the first n lines of s.
