@@ -112,8 +112,8 @@ func (w *worker) begin(name string, nw *nodeWatch, clients *lab.Real, target str
 	require.NoError(t, lab.Poll(2*time.Minute, w.allInIPVS), "%s: every master in IPVS before the fault", name)
 	fr := &faultRun{w: w, figs: &faultFigures{name: name}, nw: nw}
 	if clients == nil {
-		// No IPVS watch either: reading IPVS through netlink makes the
-		// kernel load ip_vs again, which the reboot removes.
+		// No IPVS watch either during the reboot (it reads /proc, which
+		// is gone with the module; the boot's checks read it again).
 		fr.start = time.Now()
 		t.Logf("fault %s: start", name)
 		return fr
@@ -637,11 +637,7 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 					iw.mu.Unlock()
 				}
 			}
-			var rs map[netip.AddrPort]int
-			if rd, err := lab.NewIPVSReader(); err == nil {
-				rs = rd.RealServers()
-				rd.Close()
-			}
+			rs := procRealServers()
 			now := time.Now()
 			all, empty := true, true
 			for _, m := range w.spec.Masters {

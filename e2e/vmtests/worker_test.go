@@ -222,12 +222,7 @@ func firstLines(s string, n int) string {
 
 // allInIPVS reports whether every master is a real server of the VIP with a weight.
 func (w *worker) allInIPVS() bool {
-	rd, err := lab.NewIPVSReader()
-	if err != nil {
-		return false
-	}
-	defer rd.Close()
-	rs := rd.RealServers()
+	rs := procRealServers()
 	for _, m := range w.spec.Masters {
 		if rs[netip.MustParseAddrPort(m)] <= 0 {
 			return false
@@ -239,12 +234,7 @@ func (w *worker) allInIPVS() bool {
 // ipvsEmpty reports whether the VIP has no real server with a weight (or
 // no virtual server).
 func (w *worker) ipvsEmpty() bool {
-	rd, err := lab.NewIPVSReader()
-	if err != nil {
-		return true
-	}
-	defer rd.Close()
-	for _, wt := range rd.RealServers() {
+	for _, wt := range procRealServers() {
 		if wt > 0 {
 			return false
 		}
