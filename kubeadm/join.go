@@ -170,7 +170,10 @@ const (
 	StepIPVS      = "ipvs"
 	StepManifest  = "manifest"
 	StepModules   = "modules"
-	StepKubeadm   = "kubeadm"
+	// StepState is reset's removal of the watchdog's state file (it
+	// removes the join secrets as StepSecrets).
+	StepState   = "state"
+	StepKubeadm = "kubeadm"
 	// StepManifestAfter writes a master's watchdog manifest after kubeadm.
 	StepManifestAfter = "manifest (after kubeadm)"
 )

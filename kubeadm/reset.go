@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,6 +31,14 @@ type ResetOptions struct {
 	Interface    string
 	ManifestPath string
 	ModulesFile  string
+	// StateFile is the watchdog's state file (its --state-file); "" reads
+	// it from the manifest, else careconfig.DefaultStateFile. Its folder
+	// goes too when nothing else is in it.
+	StateFile string
+	// SecretsDir is the join secrets' folder (DefaultSecretsDir): its
+	// token and certificate-key files are removed, then the folder when
+	// nothing else is in it; "" leaves it.
+	SecretsDir string
 	// WatchdogAddr is where a running watchdog serves its metrics, used
 	// when the manifest does not say (its --metrics-addr); "" not to wait.
 	WatchdogAddr string
@@ -58,8 +67,8 @@ type Resetter struct {
 
 // Reset removes, in this order, the watchdog's static pod (and waits for
 // the kubelet to stop it, so that it does not put the rules back), the
-// virtual server, the VIP plumbing, vipctl's hosts line and the
-// modules-load file. It goes on after a failed step and returns every
+// virtual server, the VIP plumbing, vipctl's hosts line, the modules-load
+// file, the watchdog's state file and the join secrets. It goes on after a failed step and returns every
 // error. Running it again changes nothing.
 func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 	log := r.Log
@@ -99,6 +108,9 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 			log.Warn("cannot read the watchdog's metrics address from its manifest: waiting at the default", zap.String("address", watchdog), zap.Error(err))
 		} else {
 			watchdog = c.MetricsAddr
+			if o.StateFile == "" {
+				o.StateFile = c.StateFile
+			}
 		}
 		if o.DryRun {
 			say("[manifest] would remove %s", o.ManifestPath)
@@ -185,12 +197,50 @@ func (r *Resetter) Reset(ctx context.Context, o ResetOptions) error {
 		say("[modules] removed %s (the loaded modules stay until reboot)", o.ModulesFile)
 	}
 
+	// 5. What the watchdog kept (once it is stopped) and the join secrets.
+	if o.StateFile == "" {
+		o.StateFile = careconfig.DefaultStateFile
+	}
+	r.removeFiles(StepState, []string{o.StateFile}, filepath.Dir(o.StateFile), o.DryRun, say, fail)
+	if o.SecretsDir != "" {
+		r.removeFiles(StepSecrets, []string{filepath.Join(o.SecretsDir, TokenFileName), filepath.Join(o.SecretsDir, CertificateKeyFileName)}, o.SecretsDir, o.DryRun, say, fail)
+	}
+
 	if o.DryRun {
 		say("dry run: nothing was changed; run it without --dry-run to undo vipctl's part, and `kubeadm reset` to undo kubeadm's (vipctl never runs it)")
 		return errors.Join(errs...)
 	}
 	say("vipctl's part is undone; run `kubeadm reset` to undo kubeadm's (vipctl never runs it)")
 	return errors.Join(errs...)
+}
+
+// removeFiles removes files, then dir when it is empty (a folder holding
+// something else is left, and said).
+func (r *Resetter) removeFiles(step string, files []string, dir string, dryRun bool, say func(string, ...any), fail func(string, error)) {
+	for _, f := range files {
+		switch _, err := r.Files.ReadFile(f); {
+		case errors.Is(err, fs.ErrNotExist):
+			say("[%s] %s: absent", step, f)
+		case err != nil:
+			fail(step, err)
+		case dryRun:
+			say("[%s] would remove %s", step, f)
+		default:
+			if err := r.Files.Remove(f); err != nil {
+				fail(step, err)
+			} else {
+				say("[%s] removed %s", step, f)
+			}
+		}
+	}
+	if dryRun {
+		return
+	}
+	if err := r.Files.Remove(dir); err == nil {
+		say("[%s] removed %s (empty)", step, dir)
+	} else {
+		say("[%s] left %s: %v", step, dir, err)
+	}
 }
 
 // waitWatchdog polls the watchdog's metrics address until it stops

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -36,6 +37,8 @@ func (w *world) resetOpts() ResetOptions {
 		Interface:    "vipctl0",
 		ManifestPath: w.manifestPath(),
 		ModulesFile:  w.modulesPath(),
+		StateFile:    filepath.Join(w.dir, "var", "lib", "vipctl", "masters.json"),
+		SecretsDir:   filepath.Join(w.dir, "etc", "kubernetes", "vipctl-join"),
 		WatchdogAddr: "127.0.0.1:9282",
 	}
 }
@@ -51,9 +54,19 @@ func TestResetUndoesAJoin(t *testing.T) {
 	before := w.state()
 	w.join()
 	require.NotEqual(t, before, w.state())
+	// What the watchdog and the user left: its state file, the token.
+	o := w.resetOpts()
+	for _, f := range []string{o.StateFile, filepath.Join(o.SecretsDir, TokenFileName)} {
+		require.NoError(t, os.MkdirAll(filepath.Dir(f), 0o700))
+		require.NoError(t, os.WriteFile(f, []byte("x"), 0o600))
+	}
 
-	require.NoError(t, w.resetter().Reset(context.Background(), w.resetOpts()))
+	require.NoError(t, w.resetter().Reset(context.Background(), o))
 	after := w.state()
+	for _, p := range []string{o.StateFile, filepath.Dir(o.StateFile), o.SecretsDir} {
+		assert.NoFileExists(t, p)
+		assert.NoDirExists(t, p)
+	}
 	assert.Equal(t, before.Hosts, after.Hosts, "hosts file byte-identical")
 	assert.Empty(t, after.Service, "no virtual server")
 	assert.False(t, after.Plumbing, "no VIP plumbing")

@@ -22,6 +22,7 @@ func newResetCmd(a *app) *cobra.Command {
 	var (
 		vip, mode, iface                    string
 		hostsFile, manifestDir, modulesFile string
+		stateFile, secretsDir               string
 		watchdogAddr                        string
 		wait                                time.Duration
 		dryRun                              bool
@@ -33,7 +34,8 @@ func newResetCmd(a *app) *cobra.Command {
 (and wait for the kubelet to stop it, so that it does not put the rules back),
 delete the IPVS virtual server, the VIP's interface, address or route that
 vipctl made, vipctl's line for ` + kubeadm.ControlPlaneHost + ` in the hosts file and
-` + kubeadm.DefaultModulesFile + `. Lines and interfaces vipctl did not make are left
+` + kubeadm.DefaultModulesFile + `, the watchdog's state file and the join secrets
+(` + kubeadm.DefaultSecretsDir + `). Lines and interfaces vipctl did not make are left
 alone. Running it again changes nothing.
 
 kubeadm's part is undone by "kubeadm reset", which vipctl never runs. Either
@@ -81,6 +83,8 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 				Interface:    iface,
 				ManifestPath: manifestPath,
 				ModulesFile:  modulesFile,
+				StateFile:    stateFile,
+				SecretsDir:   secretsDir,
 				WatchdogAddr: watchdogAddr,
 				WatchdogWait: wait,
 				DryRun:       dryRun,
@@ -94,6 +98,8 @@ order works; "kubeadm reset" first stops the kubelet, and with it the watchdog.`
 	fs.StringVar(&hostsFile, "hosts-file", hosts.DefaultPath, "hosts file to edit")
 	fs.StringVar(&manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder")
 	fs.StringVar(&modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file written by vipctl join")
+	fs.StringVar(&stateFile, "state-file", "", "the watchdog's state file (default: the manifest's --state-file, else "+careconfig.DefaultStateFile+"); its folder goes too when empty")
+	fs.StringVar(&secretsDir, "secrets-dir", kubeadm.DefaultSecretsDir, "the join secrets' folder: its "+kubeadm.TokenFileName+" and "+kubeadm.CertificateKeyFileName+" files are removed, then the folder when empty; \"\" leaves it")
 	fs.StringVar(&watchdogAddr, "metrics-addr", careconfig.DefaultMetricsAddr, "the watchdog's metrics address, when its manifest does not say; empty not to wait for it")
 	fs.DurationVar(&wait, "wait", kubeadm.DefaultWatchdogWait, "how long to wait for the kubelet to stop the watchdog")
 	fs.BoolVar(&dryRun, "dry-run", false, "print what would be removed, and change nothing")

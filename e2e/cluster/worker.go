@@ -64,9 +64,10 @@ type WorkerVM struct {
 	First   *Node
 	Masters []*Node
 	Secrets Secrets
-	// Killed, when set, is the master whose apiserver the caller kills
-	// during the run (Lab.KillAPIServer); the spec tells the VM.
-	Killed *Node
+	// FaultMaster, when set, is the master the host's faults hit
+	// (FaultDriver, which must be among Console's writers); the spec
+	// tells the VM.
+	FaultMaster *Node
 	// TestArgs are the in-VM test binary's flags (-test.run=...); Env its
 	// environment (VIPCTL_E2E_CLUSTER=1 is always set).
 	TestArgs []string
@@ -139,8 +140,8 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	for _, m := range w.Masters {
 		spec.Masters = append(spec.Masters, netip.AddrPortFrom(m.IP, 6443).String())
 	}
-	if w.Killed != nil {
-		spec.KilledMaster = netip.AddrPortFrom(w.Killed.IP, 6443).String()
+	if w.FaultMaster != nil {
+		spec.FaultMaster = netip.AddrPortFrom(w.FaultMaster.IP, 6443).String()
 	}
 	var err error
 	if spec.CACertHash, err = CACertHash(w.First); err != nil {

@@ -18,7 +18,9 @@ import (
 // cluster as a worker, the way a user does: the offline bundle's install.sh,
 // then `vipctl join` with the real kubeadm through the VIP; the in-VM part
 // is e2e/vmtests TestClusterWorker. The masters stay on this host (no IPVS
-// here), made as TestCluster makes them.
+// here), made as TestCluster makes them: two unless VIPCTL_CLUSTER_MASTERS
+// says otherwise. The VM then runs the faults (docs/lab.md), asking the
+// host for those of a master (FaultDriver), and tears the worker down.
 func TestClusterWorker(t *testing.T) {
 	requireLab(t)
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
@@ -30,6 +32,12 @@ func TestClusterWorker(t *testing.T) {
 	assets, err := vm.Prepare(ctx, &prep)
 	require.NoError(t, err, prep.String())
 
+	// Two masters by default: the faults need one to fail over to (with
+	// one, a master's fault leaves the VIP nothing to serve, and the
+	// scenario skips them).
+	if os.Getenv("VIPCTL_CLUSTER_MASTERS") == "" {
+		t.Setenv("VIPCTL_CLUSTER_MASTERS", "2")
+	}
 	lab, names, sec := startMasters(ctx, t, true, "nftables")
 	m1 := lab.Nodes[0]
 	checkControlPlane(ctx, t, lab, m1, names)
@@ -43,37 +51,22 @@ func TestClusterWorker(t *testing.T) {
 	require.NoError(t, err)
 	defer console.Close()
 	var build bytes.Buffer
-	// The fault, with more than one master: master2's kube-apiserver is
-	// killed once kube-proxy runs on the worker (the VM then watches the
-	// worker stay Ready while the watchdog takes master2 out and back).
-	var killed *Node
-	kill := make(chan error, 1)
-	fctx, fcancel := context.WithCancel(ctx)
-	defer fcancel()
+	// The host's faults (more than one master): the VM asks for them on
+	// its console, the driver applies them to master2 and answers in the
+	// cluster (FaultDriver).
+	var faults *FaultDriver
+	var fm *Node
+	var drivers []io.Writer
 	if len(lab.Nodes) > 1 {
-		killed = lab.Nodes[1]
-		go func() {
-			for fctx.Err() == nil {
-				out, err := lab.Kubectl(fctx, m1, "get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy",
-					"--field-selector", "spec.nodeName=worker1", "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}")
-				if err == nil && strings.TrimSpace(string(out)) == "true" {
-					kill <- lab.KillAPIServer(fctx, killed)
-					return
-				}
-				select {
-				case <-fctx.Done():
-				case <-time.After(2 * time.Second):
-				}
-			}
-			kill <- fctx.Err()
-		}()
+		fm = lab.Nodes[1]
+		faults = &FaultDriver{Ctx: ctx, Lab: lab, First: m1, Target: fm, Veth: "n2", CutLink: len(lab.Nodes) > 2, Logf: t.Logf}
+		drivers = append(drivers, faults)
 	}
 	t0 := time.Now()
 	code, runErr := lab.RunWorkerVM(ctx, WorkerVM{
-		Assets: assets, Root: moduleRoot(t), Cache: cacheDir(), First: m1, Masters: lab.Nodes, Secrets: *sec, Killed: killed,
-		TestArgs: []string{"-test.run=^TestClusterWorker$"}, Console: io.MultiWriter(console, prefixed(t)), Log: &build,
+		Assets: assets, Root: moduleRoot(t), Cache: cacheDir(), First: m1, Masters: lab.Nodes, Secrets: *sec, FaultMaster: fm,
+		TestArgs: []string{"-test.run=^TestClusterWorker$"}, Console: io.MultiWriter(append([]io.Writer{console, prefixed(t)}, drivers...)...), Log: &build,
 	})
-	fcancel()
 	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(t0).Round(time.Second), code, consolePath)
 	if runErr != nil || code != 0 {
 		logTail(t, filepath.Join(m1.Dir, "kubelet.log"))
@@ -81,8 +74,10 @@ func TestClusterWorker(t *testing.T) {
 	}
 	require.NoError(t, runErr)
 	require.Equal(t, 0, code, "the in-VM scenario failed (console log %s)", consolePath)
-	if killed != nil {
-		require.NoError(t, <-kill, "killing %s's kube-apiserver", killed.Name)
+	if faults != nil {
+		done, errs := faults.Wait()
+		require.Empty(t, errs, "the host's faults")
+		require.ElementsMatch(t, []string{FaultKillAPIServer, FaultCutOff}, done, "the host's faults applied")
 	}
 
 	// The worker's Node object, seen from a master.
@@ -102,7 +97,7 @@ type lineLogger struct{ t *testing.T }
 func (w lineLogger) Write(b []byte) (int, error) {
 	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
 		if strings.HasPrefix(l, "MEASURE ") || strings.HasPrefix(l, "LAB") || strings.HasPrefix(l, "--- ") ||
-			strings.Contains(l, "worker_test.go") {
+			strings.Contains(l, "worker_test.go") || strings.Contains(l, "worker_faults_test.go") || strings.Contains(l, "worker_teardown_test.go") {
 			w.t.Log("VM: " + l)
 		}
 	}

@@ -55,10 +55,11 @@ type WorkerSpec struct {
 	Bundle string `json:"bundle"`
 	// CNIConfig is the worker's CNI configuration (bridge, host-local, loopback).
 	CNIConfig string `json:"cniConfig"`
-	// KilledMaster, when set, is the master (IP:PORT) whose kube-apiserver
-	// the host kills once kube-proxy runs on the worker (more than one
-	// master): the worker must stay Ready through it.
-	KilledMaster string `json:"killedMaster,omitempty"`
+	// FaultMaster, when set (more than one master), is the master (IP:PORT)
+	// the host's faults hit: its kube-apiserver killed, its machine cut off
+	// (FaultDriver). The VM asks for each with a console line and reads the
+	// host's answer in the cluster; the worker must stay Ready through them.
+	FaultMaster string `json:"faultMaster,omitempty"`
 }
 
 // WriteWorkerSpec writes s into dir/WorkerSpecFile.

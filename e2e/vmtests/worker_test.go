@@ -56,7 +56,7 @@ func TestClusterWorker(t *testing.T) {
 	w.measure("machine_s", t0)
 
 	t0 = time.Now()
-	w.startContainerd()
+	w.startContainerd(true)
 	w.measure("containerd_s", t0)
 
 	t0 = time.Now()
@@ -74,6 +74,9 @@ func TestClusterWorker(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
 
+	// What vipctl reset must give back, byte for byte.
+	hostsBefore, err := os.ReadFile("/etc/hosts")
+	require.NoError(t, err)
 	args := []string{"join", "--token-file", "/etc/kubernetes/vipctl-join/token",
 		"--node-ip", strings.Split(spec.NodeIP, "/")[0], "--service-subnet", spec.ServiceSubnet}
 	for _, m := range spec.Masters {
@@ -153,13 +156,6 @@ func TestClusterWorker(t *testing.T) {
 	}
 	require.NoError(t, err, "node %s never Ready", spec.Name)
 	w.measure("join_to_ready_s", join)
-	var fault *faultWatch
-	if spec.KilledMaster != "" {
-		// From Ready on: the node's Ready condition and Lease through the
-		// VIP, and the watchdog's view of the master the host will kill.
-		fault = w.watchFault(kubectl)
-		defer fault.stop()
-	}
 	nodes, err = kubectl("get", "nodes", "-o", "wide")
 	require.NoError(t, err, nodes)
 	t.Logf("kubectl get nodes -o wide (from the worker, through the VIP):\n%s", nodes)
@@ -170,6 +166,7 @@ func TestClusterWorker(t *testing.T) {
 	require.Contains(t, o2, "Running")
 
 	if spec.KubeProxyMode == "" {
+		w.teardown(hostsBefore)
 		return
 	}
 	// kube-proxy, kubeadm's DaemonSet, in spec.KubeProxyMode: its pod runs
@@ -207,126 +204,14 @@ func TestClusterWorker(t *testing.T) {
 		w.checkIPVSMode(t, kubectl, g)
 	}
 
-	if fault == nil {
-		return
-	}
-	// The host kills spec.KilledMaster's kube-apiserver now that kube-proxy
-	// runs here; its kubelet restarts it. The watchdog takes it out and
-	// back; the worker must stay Ready and keep renewing its Lease.
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool { return fault.sawDown() }), "the watchdog never saw %s down (was it killed?)", spec.KilledMaster)
-	require.NoError(t, lab.Poll(6*time.Minute, func() bool { return fault.backUp() }), "%s never came back", spec.KilledMaster)
-	// A renewal after the master is back closes the Lease gap measurement.
-	require.NoError(t, lab.Poll(time.Minute, func() bool { return fault.renewedSinceUp() }), "no Lease renewal after %s came back", spec.KilledMaster)
-	r := fault.stop()
-	fmt.Printf("MEASURE cluster_worker_fault_master_out_s=%.1f\nMEASURE cluster_worker_fault_lease_longest_gap_s=%.1f\nMEASURE cluster_worker_fault_kubectl_failed=%d\nMEASURE cluster_worker_fault_kubectl_total=%d\n",
-		r.out.Seconds(), r.leaseGap.Seconds(), r.failed, r.total)
-	t.Logf("fault: %s's kube-apiserver killed; out of IPVS for %s; worker Ready in every one of %d samples through the VIP (%d kubectl calls failed); longest gap between Lease renewals %s",
-		spec.KilledMaster, r.out.Round(100*time.Millisecond), r.total-r.failed, r.failed, r.leaseGap.Round(100*time.Millisecond))
-	require.Zero(t, r.notReady, "samples with worker1 not Ready during the fault")
-	require.True(t, w.allInIPVS(), "every master back in IPVS after the fault")
-}
-
-// faultResult is what watchFault saw.
-type faultResult struct {
-	out           time.Duration // the killed master out of service
-	leaseGap      time.Duration // longest gap between two Lease renewals
-	total, failed int           // Ready samples through the VIP, and those whose kubectl failed
-	notReady      int           // samples that read the node not Ready
-}
-
-// faultWatch samples the worker's Ready condition and Lease through the VIP,
-// and the killed master's state in the watchdog, until stop.
-type faultWatch struct {
-	mu       sync.Mutex
-	r        faultResult
-	down     time.Time // when the watchdog first had the master out
-	up       time.Time // when it had it back after that
-	renewed  time.Time // the last Lease renewal seen
-	done     chan struct{}
-	finished chan struct{}
-	once     sync.Once
-}
-
-func (f *faultWatch) sawDown() bool { f.mu.Lock(); defer f.mu.Unlock(); return !f.down.IsZero() }
-func (f *faultWatch) backUp() bool  { f.mu.Lock(); defer f.mu.Unlock(); return !f.up.IsZero() }
-
-// renewedSinceUp reports whether the Lease was renewed after the master came back.
-func (f *faultWatch) renewedSinceUp() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return !f.up.IsZero() && f.renewed.After(f.up)
-}
-
-func (f *faultWatch) stop() faultResult {
-	f.once.Do(func() { close(f.done); <-f.finished })
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.r
-}
-
-func (w *worker) watchFault(kubectl func(...string) (string, error)) *faultWatch {
-	f := &faultWatch{done: make(chan struct{}), finished: make(chan struct{})}
-	name, killed := w.spec.Name, w.spec.KilledMaster
-	// The watchdog's view, every 200 ms.
-	go func() {
-		tk := time.NewTicker(200 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-f.done:
-				return
-			case <-tk.C:
-			}
-			rd, err := lab.NewIPVSReader()
-			if err != nil {
-				continue
-			}
-			in := rd.RealServers()[netip.MustParseAddrPort(killed)] > 0
-			rd.Close()
-			f.mu.Lock()
-			switch {
-			case !in && f.down.IsZero():
-				f.down = time.Now()
-			case in && !f.down.IsZero() && f.up.IsZero():
-				f.up = time.Now()
-				f.r.out = f.up.Sub(f.down)
-			}
-			f.mu.Unlock()
-		}
-	}()
-	// The node's Ready condition and Lease, through the VIP, every 2 s.
-	go func() {
-		defer close(f.finished)
-		var last time.Time
-		for {
-			select {
-			case <-f.done:
-				return
-			case <-time.After(2 * time.Second):
-			}
-			o, err := kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
-			l, lerr := kubectl("get", "lease", "-n", "kube-node-lease", name, "-o", "jsonpath={.spec.renewTime}")
-			f.mu.Lock()
-			f.r.total++
-			switch {
-			case err != nil:
-				f.r.failed++
-			case strings.TrimSpace(o) != "True":
-				f.r.notReady++
-			}
-			if lerr == nil {
-				if rt, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(l)); err == nil && rt.After(last) {
-					if !last.IsZero() {
-						f.r.leaseGap = max(f.r.leaseGap, rt.Sub(last))
-					}
-					last = rt
-					f.renewed = rt
-				}
-			}
-			f.mu.Unlock()
-		}
-	}()
-	return f
+	// The faults, one after the other (worker_faults_test.go), then the
+	// worker torn down as docs/join.md says.
+	w.runFaults(kubectl)
+	t.Run("teardown", func(st *testing.T) {
+		w.t = st
+		defer func() { w.t = t }()
+		w.teardown(hostsBefore)
+	})
 }
 
 // firstLines is the first n lines of s.
@@ -340,12 +225,7 @@ func firstLines(s string, n int) string {
 
 // allInIPVS reports whether every master is a real server of the VIP with a weight.
 func (w *worker) allInIPVS() bool {
-	rd, err := lab.NewIPVSReader()
-	if err != nil {
-		return false
-	}
-	defer rd.Close()
-	rs := rd.RealServers()
+	rs := procRealServers()
 	for _, m := range w.spec.Masters {
 		if rs[netip.MustParseAddrPort(m)] <= 0 {
 			return false
@@ -357,12 +237,7 @@ func (w *worker) allInIPVS() bool {
 // ipvsEmpty reports whether the VIP has no real server with a weight (or
 // no virtual server).
 func (w *worker) ipvsEmpty() bool {
-	rd, err := lab.NewIPVSReader()
-	if err != nil {
-		return true
-	}
-	defer rd.Close()
-	for _, wt := range rd.RealServers() {
+	for _, wt := range procRealServers() {
 		if wt > 0 {
 			return false
 		}
@@ -519,8 +394,9 @@ func (w *worker) machine() {
 }
 
 // startContainerd starts Debian's containerd with the lab's node config
-// and imports the pause image kubeadm asks for.
-func (w *worker) startContainerd() {
+// and, with images, imports the pause image kubeadm asks for (and
+// kube-proxy's); a reboot finds them in /var/lib/containerd.
+func (w *worker) startContainerd(images bool) {
 	t := w.t
 	require.NoError(t, os.MkdirAll("/etc/containerd", 0o755))
 	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.WorkerContainerdConfig(w.spec.PauseRef)), 0o644))
@@ -533,6 +409,9 @@ func (w *worker) startContainerd() {
 		return exec.Command("/usr/bin/ctr", "version").Run() == nil
 	}), "containerd never answered")
 	for _, img := range w.spec.Images {
+		if !images {
+			break
+		}
 		w.sh("ctr -n k8s.io images import " + w.share(img))
 	}
 }

@@ -1,0 +1,894 @@
+package vmtests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/cluster"
+	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// The faults of the worker scenario (docs/lab.md, "Faults with the worker
+// joined"), one after the other, each from its own start to "recovered":
+// every master back in IPVS and a renewal of the worker's node Lease after
+// that. During each, the node's clients (lab.Traffic: kubectl in a loop and
+// a kubelet-like heartbeat and watch) run through the VIP, and the node's
+// Ready condition and Lease are sampled through the VIP (nodeWatch).
+
+// faultFigures are one fault's measurements, printed as MEASURE lines
+// cluster_worker_fault_<name>_<figure>.
+type faultFigures struct {
+	name string
+	figs []figure
+}
+
+type figure struct {
+	key  string
+	v    float64
+	unit string
+}
+
+func (f *faultFigures) add(key string, v float64, unit string) {
+	f.figs = append(f.figs, figure{key, v, unit})
+	fmt.Printf("MEASURE cluster_worker_fault_%s_%s=%.3f\n", f.name, key, v)
+}
+
+func (f *faultFigures) dur(key string, d time.Duration) { f.add(key+"_s", d.Seconds(), "s") }
+
+// runFaults runs the sequence: the host's faults on spec.FaultMaster when
+// there is one (more than one master), then the worker's own.
+func (w *worker) runFaults(kubectl func(...string) (string, error)) {
+	t := w.t
+	nw := w.watchNode()
+	defer nw.stop()
+	clients := lab.Clients(t, "/usr/local/bin/kubectl", "/tmp/admin.conf")
+	var all []*faultFigures
+	// Each fault is a subtest: one that fails is reported, and the next
+	// (and the teardown) still run on what it left.
+	run := func(name string, f func(*lab.Real, *nodeWatch, func(...string) (string, error)) *faultFigures) {
+		parent := w.t
+		defer func() { w.t = parent }()
+		t.Run(name, func(st *testing.T) {
+			w.t = st
+			all = append(all, f(clients, nw, kubectl))
+		})
+	}
+	if w.spec.FaultMaster != "" {
+		run("kill_apiserver", w.faultKillAPIServer)
+		run("cut_off", w.faultCutOff)
+	} else {
+		t.Log("one master: the faults of a master are skipped (nothing to fail over to)")
+	}
+	run("kube_proxy_restart", w.faultKubeProxy)
+	run("watchdog_killed", w.faultWatchdog)
+	run("reboot", w.faultReboot)
+	var b strings.Builder
+	for _, f := range all {
+		fmt.Fprintf(&b, "  %s:", f.name)
+		for _, g := range f.figs {
+			fmt.Fprintf(&b, " %s=%.3g%s", g.key, g.v, g.unit)
+		}
+		b.WriteString("\n")
+	}
+	t.Logf("the faults:\n%s", b.String())
+}
+
+// faultRun is one fault under way.
+type faultRun struct {
+	w     *worker
+	figs  *faultFigures
+	tr    *lab.Traffic
+	iw    *ipvsWatch
+	nw    *nodeWatch
+	start time.Time
+}
+
+// begin waits for the steady state (every master in IPVS), starts the
+// clients (unless clients is nil) and the IPVS watch, and lets them run a
+// moment before the fault.
+func (w *worker) begin(name string, nw *nodeWatch, clients *lab.Real, target string, flushes bool) *faultRun {
+	t := w.t
+	require.NoError(t, lab.Poll(2*time.Minute, w.allInIPVS), "%s: every master in IPVS before the fault", name)
+	fr := &faultRun{w: w, figs: &faultFigures{name: name}, nw: nw}
+	if clients == nil {
+		// No IPVS watch either during the reboot (it reads /proc, which
+		// is gone with the module; the boot's checks read it again).
+		fr.start = time.Now()
+		t.Logf("fault %s: start", name)
+		return fr
+	}
+	fr.tr = clients.StartTraffic()
+	fr.iw = w.watchIPVS(target, fr.tr, flushes)
+	time.Sleep(2 * time.Second) // a baseline of the clients before the fault
+	fr.start = fr.tr.Fault()
+	t.Logf("fault %s: start", name)
+	return fr
+}
+
+// end waits for a Lease renewal after recovered, stops the clients and the
+// watches, records the figures, and asserts: no unexcused failure, the
+// watch open at the end, and (unless mayBeNotReady) the node Ready in
+// every sample through the VIP.
+func (fr *faultRun) end(recovered time.Time, mayBeNotReady bool) {
+	t, name := fr.w.t, fr.figs.name
+	require.NoError(t, lab.Poll(2*time.Minute, func() bool { return fr.nw.renewedAfter(recovered) }),
+		"%s: no Lease renewal after the recovery", name)
+	end := time.Now()
+	rep := fr.tr.Stop()
+	var ig ipvsFigures
+	if fr.iw != nil {
+		ig = fr.iw.stop()
+	}
+	rep.Record(t, "cluster_worker_"+name)
+	ns := fr.nw.between(fr.start, end)
+	fr.figs.dur("recovered", recovered.Sub(fr.start))
+	fr.figs.dur("lease_longest_gap", ns.leaseGap)
+	fr.figs.add("ready_samples", float64(ns.ready), "")
+	fr.figs.add("not_ready_samples", float64(ns.notReady), "")
+	fr.figs.add("failed_samples", float64(ns.failed), "")
+	if fr.iw != nil {
+		fr.figs.add("ipvs_not_all_periods", float64(ig.notAll), "")
+		fr.figs.dur("ipvs_not_all_longest", ig.longestNotAll)
+		fr.figs.add("ipvs_empty_periods", float64(ig.empty), "")
+		fr.figs.dur("ipvs_empty_longest", ig.longestEmpty)
+		fr.figs.add("watchdog_fail_open_periods", float64(ig.failOpen), "")
+		fr.figs.dur("watchdog_fail_open_longest", ig.longestFailOpen)
+		t.Logf("fault %s: IPVS and the watchdog, from 2 s before the fault: %v", name, fr.iw.timeline())
+	}
+	for _, c := range rep.Clients {
+		fr.figs.add(c.Name+"_failed", float64(c.Failed), "")
+		fr.figs.add(c.Name+"_unexcused", float64(c.Unexcused), "")
+	}
+	t.Logf("fault %s: recovered %s after its start; Lease longest gap %s; node samples through the VIP: %d Ready, %d not, %d failed; IPVS: %d periods without every master (longest %s), %d without any (longest %s)",
+		name, recovered.Sub(fr.start).Round(100*time.Millisecond), ns.leaseGap.Round(100*time.Millisecond), ns.ready, ns.notReady, ns.failed,
+		ig.notAll, ig.longestNotAll.Round(time.Millisecond), ig.empty, ig.longestEmpty.Round(time.Millisecond))
+	t.Logf("fault %s: Lease renewals, from the fault's start: %v", name, ns.renewals)
+	for _, c := range rep.Clients {
+		assert.Positive(t, c.Attempted, "%s: %s made no request", name, c.Name)
+		assert.Zero(t, c.Unexcused, "%s: %s requests failed outside the fault's excused windows: %v", name, c.Name, c.UnexcusedErrors)
+	}
+	assert.True(t, rep.WatchOpenAtEnd, "%s: the clients' watch open at the end", name)
+	if !mayBeNotReady {
+		assert.Zero(t, ns.notReady, "%s: samples with the node not Ready", name)
+	}
+	require.Positive(t, ns.ready, "%s: no sample read the node Ready", name)
+	st, _ := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
+	t.Logf("fault %s: vipctl status at the end:\n%s", name, st)
+	require.NoError(t, lab.Poll(4*time.Minute, fr.w.allInIPVS), "%s: every master in IPVS at the end", name)
+}
+
+// hostFault asks the host for fault name (cluster.FaultLine) and waits for
+// its answer (cluster.FaultConfigMap): the milliseconds from the line to
+// the fault applied, and healed when it has a duration.
+func (fr *faultRun) hostFault(kubectl func(...string) (string, error), name string, wait time.Duration) map[string]string {
+	t := fr.w.t
+	fmt.Println(cluster.FaultLine(name))
+	var data map[string]string
+	require.NoError(t, lab.Poll(wait, func() bool {
+		o, err := kubectl("get", "configmap", "-n", "kube-system", cluster.FaultConfigMap(name), "-o", "jsonpath={.data}")
+		return err == nil && json.Unmarshal([]byte(o), &data) == nil
+	}), "the host never answered fault %s", name)
+	require.Empty(t, data["error"], "the host's fault %s", name)
+	t.Logf("fault %s: the host answered %v (ms after the line)", name, data)
+	return data
+}
+
+func msAfter(t0 time.Time, data map[string]string, key string) time.Time {
+	ms, _ := strconv.Atoi(data[key])
+	return t0.Add(time.Duration(ms) * time.Millisecond)
+}
+
+// faultKillAPIServer: the host SIGKILLs the fault master's kube-apiserver
+// container; its kubelet restarts it. Failures are excused from the line
+// to the watchdog taking the master out.
+func (w *worker) faultKillAPIServer(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
+	t, m := w.t, w.spec.FaultMaster
+	fr := w.begin("kill_apiserver", nw, clients, m, false)
+	data := fr.hostFault(kubectl, cluster.FaultKillAPIServer, 2*time.Minute)
+	kill := msAfter(fr.start, data, "applied")
+	out := fr.iw.waitOut(t, time.Minute)
+	fr.tr.Excuse(lab.Window{From: fr.start, To: out, Why: "kill -> out"})
+	in := fr.iw.waitIn(t, 4*time.Minute)
+	settled := fr.iw.waitSettled(t, 4*time.Minute)
+	fr.figs.dur("kill_to_out", out.Sub(kill))
+	fr.figs.dur("kill_to_in", in.Sub(kill))
+	fr.figs.dur("kill_to_settled", settled.Sub(kill))
+	fr.end(settled, false)
+	return fr.figs
+}
+
+// faultCutOff: the host cuts the fault master off for cluster.FaultCutFor
+// (its link down with three masters, the worker's packets to it dropped
+// with two) and reconnects it.
+func (w *worker) faultCutOff(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
+	t, m := w.t, w.spec.FaultMaster
+	fr := w.begin("cut_off", nw, clients, m, false)
+	fmt.Println(cluster.FaultLine(cluster.FaultCutOff))
+	out := fr.iw.waitOut(t, time.Minute)
+	fr.tr.Excuse(lab.Window{From: fr.start, To: out, Why: "cut -> out"})
+	var data map[string]string
+	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+		o, err := kubectl("get", "configmap", "-n", "kube-system", cluster.FaultConfigMap(cluster.FaultCutOff), "-o", "jsonpath={.data}")
+		return err == nil && json.Unmarshal([]byte(o), &data) == nil
+	}), "the host never answered fault %s", cluster.FaultCutOff)
+	require.Empty(t, data["error"], "the host's fault %s", cluster.FaultCutOff)
+	t.Logf("fault %s: the host answered %v (ms after the line)", cluster.FaultCutOff, data)
+	cut, healed := msAfter(fr.start, data, "applied"), msAfter(fr.start, data, "healed")
+	in := fr.iw.waitIn(t, 3*time.Minute)
+	settled := fr.iw.waitSettled(t, 4*time.Minute)
+	fr.figs.dur("cut_to_out", out.Sub(cut))
+	fr.figs.dur("heal_to_in", in.Sub(healed))
+	fr.figs.dur("heal_to_settled", settled.Sub(healed))
+	fr.end(settled, false)
+	return fr.figs
+}
+
+// faultKubeProxy: kube-proxy's container killed in containerd; the kubelet
+// restarts it and its nftables-mode start flushes the IPVS table, which
+// the watchdog restores. Each period with no real server is excused
+// (ipvsWatch, flushes).
+func (w *worker) faultKubeProxy(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
+	t := w.t
+	old := w.runningContainer("/kube-proxy:")
+	require.NotEmpty(t, old, "kube-proxy's running container")
+	fr := w.begin("kube_proxy_restart", nw, clients, "", true)
+	w.sh("ctr -n k8s.io tasks kill -s SIGKILL " + old)
+	// Recovered: the kubelet has started a new container, and either its
+	// healthz says 200 (its first sync, after the start-up clean-up that
+	// flushes IPVS) or the flush was seen and the masters are back.
+	var running, healthy time.Time
+	var code int
+	var body string
+	err := lab.Poll(4*time.Minute, func() bool {
+		if running.IsZero() {
+			if c := w.runningContainer("/kube-proxy:"); c == "" || c == old {
+				return false
+			}
+			running = time.Now()
+		}
+		if resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://127.0.0.1:10256/healthz"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			code, body = resp.StatusCode, string(b)
+			if code == http.StatusOK {
+				healthy = time.Now()
+				return true
+			}
+		}
+		return fr.iw.snapshot().empty > 0 && w.allInIPVS()
+	})
+	if err != nil || healthy.IsZero() {
+		pod, _ := kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-proxy", "--field-selector", "spec.nodeName="+w.spec.Name, "-o", "name")
+		lg, _ := kubectl("logs", "-n", "kube-system", "--tail", "40", strings.TrimSpace(pod))
+		o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+		t.Logf("kube-proxy after its kill: new container running since %v, healthz %d %q, IPVS flushes seen %d; ctr tasks ls:\n%s\nits log:\n%s",
+			running, code, body, fr.iw.snapshot().empty, o, lg)
+	}
+	require.NoError(t, err, "kube-proxy never restarted (a new container running, then healthz 200 or the flush restored)")
+	fr.figs.dur("kill_to_running", running.Sub(fr.start))
+	if !healthy.IsZero() {
+		fr.figs.dur("kill_to_healthy", healthy.Sub(fr.start))
+	}
+	// Recovered: the masters settled in IPVS after the flush (if any),
+	// kube-proxy back.
+	rec := fr.iw.waitSettled(t, 4*time.Minute)
+	if healthy.After(rec) {
+		rec = healthy
+	} else if healthy.IsZero() && running.After(rec) {
+		rec = running
+	}
+	fr.end(rec, false)
+	return fr.figs
+}
+
+// faultWatchdog: the watchdog's container stopped (ctr's default signal,
+// SIGTERM, as the kubelet stops it); the kubelet starts it again. The
+// rules must stay while it is gone (no teardown on exit, docs/care.md).
+func (w *worker) faultWatchdog(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
+	t := w.t
+	old := w.runningContainer("vipctl/vipctl:")
+	require.NotEmpty(t, old, "the watchdog's running container")
+	fr := w.begin("watchdog_killed", nw, clients, "", false)
+	w.sh("ctr -n k8s.io tasks kill " + old)
+	var running time.Time
+	require.NoError(t, lab.Poll(4*time.Minute, func() bool {
+		c := w.runningContainer("vipctl/vipctl:")
+		running = time.Now()
+		return c != "" && c != old
+	}), "the watchdog's container never ran again")
+	var st string
+	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").CombinedOutput()
+		st = string(o)
+		return err == nil && w.allMastersHealthy(o)
+	}), "vipctl status never showed every master healthy after the restart:\n%s", st)
+	rec := time.Now()
+	fr.figs.dur("kill_to_running", running.Sub(fr.start))
+	fr.figs.dur("kill_to_status_up", rec.Sub(fr.start))
+	ig := fr.iw.snapshot()
+	fr.end(rec, false)
+	// The rules stay: never a sample without the virtual server or
+	// without a real server. (A master taken out by a probe that timed
+	// out under load is the watchdog's job, and counted in the figures.)
+	assert.Zero(t, ig.empty, "periods with the VIP's virtual server gone or empty while the watchdog was down and back (its rules must stay)")
+	return fr.figs
+}
+
+// faultReboot plays the worker's reboot (docs/lab.md says what and why):
+// everything a power cycle loses on a machine with a disk, then its boot.
+// The clients fail while the VIP is gone (excused as no master).
+func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
+	t := w.t
+	// The node's clients die with it: they start again once the boot has
+	// put the VIP back, and must then see no failure.
+	fr := w.begin("reboot", nw, nil, "", false)
+	w.shutdown()
+	boot := time.Now()
+	fr.figs.dur("shutdown", boot.Sub(fr.start))
+	w.boot()
+	if err := lab.Poll(5*time.Minute, w.allInIPVS); err != nil {
+		w.bootDiagnostics()
+		require.NoError(t, err, "the VIP with every master after the boot")
+	}
+	rules := time.Now()
+	fr.figs.dur("boot_to_rules", rules.Sub(boot))
+	fr.tr = clients.StartTraffic()
+	// Ready as the kubelet posts it after the boot: the condition True
+	// with a heartbeat after the boot (the API kept the old one).
+	var readyAt time.Time
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		o, err := kubectl("get", "node", w.spec.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
+		f := strings.Fields(o)
+		if err != nil || len(f) != 2 || f[0] != "True" {
+			return false
+		}
+		hb, err := time.Parse(time.RFC3339, f[1])
+		readyAt = time.Now()
+		return err == nil && !hb.Before(boot.Truncate(time.Second))
+	}), "node %s never Ready after the boot", w.spec.Name)
+	fr.figs.dur("boot_to_ready", readyAt.Sub(boot))
+	time.Sleep(5 * time.Second) // the clients' run after the boot, at least
+	fr.end(rules, true)
+	return fr.figs
+}
+
+// shutdown is what a power cycle takes from the worker: every process (the
+// kubelet, the containers and their shims, containerd), what lives in
+// memory (/run, the pods' mounts and network namespaces, the CNI bridge,
+// vipctl0, the IPVS table) and the IPVS modules. What is on disk stays:
+// /etc, /var/lib/kubelet, /var/lib/containerd (tmpfs here, kept).
+func (w *worker) shutdown() {
+	t := w.t
+	w.stopKubelet()
+	<-w.kubeletDone
+	if o, err := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls", "-q").Output(); err == nil {
+		for _, id := range strings.Fields(string(o)) {
+			_ = exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+		}
+	}
+	_ = w.containerd.Process.Signal(syscall.SIGKILL)
+	_ = w.containerd.Wait()
+	// What survives containerd: the shims, and the containers' processes
+	// should a task have escaped the kill.
+	procs := []string{"containerd-shim", "pause", "kube-proxy", "vipctl"}
+	require.NoError(t, lab.Poll(30*time.Second, func() bool {
+		left := 0
+		for _, comm := range procs {
+			for _, pid := range pidsOf(comm) {
+				left++
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		return left == 0
+	}), "every process of the node's runtime gone")
+	// Memory: the mounts under /run and the pods' volumes, /run's
+	// containerd state, the network namespaces and the CNI bridge.
+	mounts, err := os.ReadFile("/proc/mounts")
+	require.NoError(t, err)
+	var mps []string
+	for _, l := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		for _, p := range []string{"/run/containerd/", "/run/netns/", "/var/lib/kubelet/pods/", "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/"} {
+			if strings.HasPrefix(f[1], p) {
+				mps = append(mps, f[1])
+			}
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(mps)))
+	for _, p := range mps {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+			t.Logf("umount %s: %v", p, err)
+		}
+	}
+	require.NoError(t, os.RemoveAll("/run/containerd"))
+	// The pods' namespaces die with their last process and mount; their
+	// veths with them.
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			_ = os.Remove(filepath.Join("/run/netns", e.Name()))
+		}
+	}
+	for _, name := range []string{"cni0", "vipctl0"} {
+		if l, err := netlink.LinkByName(name); err == nil {
+			require.NoError(t, netlink.LinkDel(l), "delete %s", name)
+		}
+	}
+	// The containers' cgroups, deepest first (a boot starts with none).
+	var cgs []string
+	_ = filepath.WalkDir("/sys/fs/cgroup", func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p != "/sys/fs/cgroup" {
+			cgs = append(cgs, p)
+		}
+		return nil
+	})
+	sort.Sort(sort.Reverse(sort.StringSlice(cgs)))
+	for _, p := range cgs {
+		_ = syscall.Rmdir(p)
+	}
+	lab.FlushIPVS(t)
+	// The modules: what the kernel has loaded of IPVS, schedulers first.
+	if err := lab.Poll(30*time.Second, func() bool {
+		for _, m := range ipvsModules() {
+			_ = exec.Command("rmmod", m).Run()
+		}
+		return len(ipvsModules()) == 0
+	}); err != nil {
+		// Reported, not fatal: the boot's modprobe then finds them loaded.
+		o, _ := exec.Command("rmmod", "ip_vs").CombinedOutput()
+		t.Logf("REBOOT NOT FAITHFUL: the IPVS modules could not be removed (left %v): %s", ipvsModules(), o)
+	}
+	t.Log("reboot: the worker is down (processes, mounts, namespaces, vipctl0, the IPVS table and modules gone)")
+}
+
+// boot is what the worker's init system does at boot: the modules named in
+// /etc/modules-load.d (systemd-modules-load), containerd, the kubelet.
+func (w *worker) boot() {
+	t := w.t
+	files, _ := filepath.Glob("/etc/modules-load.d/*.conf")
+	var mods []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ";") {
+				mods = append(mods, l)
+			}
+		}
+	}
+	require.NotEmpty(t, mods, "modules to load at boot in %v", files)
+	for _, m := range mods {
+		w.sh("modprobe " + m)
+	}
+	t.Logf("reboot: booting; loaded %v from %v", mods, files)
+	w.startContainerd(false)
+	w.superviseKubelet()
+}
+
+// bootDiagnostics logs what the node runs after a boot that did not bring
+// the VIP back: containerd's containers and tasks, the watchdog's
+// container logs, the links and the IPVS modules.
+func (w *worker) bootDiagnostics() {
+	t := w.t
+	for _, c := range []string{
+		"ctr -n k8s.io containers ls", "ctr -n k8s.io tasks ls", "ip -o link", "grep -E '^(ip_vs|dummy)' /proc/modules",
+		"ls -la /etc/kubernetes/manifests /var/lib/vipctl",
+		"for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; tail -n 30 $f; done",
+		"grep -i vipctl-care /tmp/kubelet.log | tail -n 30",
+	} {
+		o, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
+		t.Logf("after the boot: %s (%v):\n%s", c, err, o)
+	}
+}
+
+// ipvsModules are the loaded modules named ip_vs*, those with no user first.
+func ipvsModules() []string {
+	b, _ := os.ReadFile("/proc/modules")
+	var free, used []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 || !strings.HasPrefix(f[0], "ip_vs") {
+			continue
+		}
+		if f[2] == "0" {
+			free = append(free, f[0])
+		} else {
+			used = append(used, f[0])
+		}
+	}
+	return append(free, used...)
+}
+
+// pidsOf are the processes whose command name starts with comm.
+func pidsOf(comm string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/comm")
+		if err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), comm) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// runningContainer is the id of the running container whose image
+// contains image, "" when none runs.
+func (w *worker) runningContainer(image string) string {
+	out, err := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").Output()
+	if err != nil {
+		return ""
+	}
+	ids := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 2 && strings.Contains(f[1], image) {
+			ids[f[0]] = true
+		}
+	}
+	out, err = exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").Output()
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && ids[f[0]] && f[2] == "RUNNING" {
+			return f[0]
+		}
+	}
+	return ""
+}
+
+// ipvsWatch samples the IPVS table every 20 ms during a fault: when the
+// target master went out and came back in, and the periods without every
+// master and without any real server. With flushes, each period with no
+// real server marks a fault instant on the clients (requests in flight
+// then, and connections open then, broke by the flush) and is excused.
+type ipvsWatch struct {
+	mu      sync.Mutex
+	g       ipvsFigures
+	out, in time.Time
+	// allIn is when every master was last seen back in (zero while not)
+	allIn time.Time
+	// events: each master's membership changes and the watchdog's
+	// fail-open changes, for the log
+	events     []string
+	done, fin  chan struct{}
+	stopOnce   sync.Once
+	target     netip.AddrPort
+	haveTarget bool
+}
+
+type ipvsFigures struct {
+	notAll, empty, notAllSamples int
+	longestNotAll, longestEmpty  time.Duration
+	// periods in which the watchdog's /status said failOpen (every
+	// master judged down: all are served)
+	failOpen        int
+	longestFailOpen time.Duration
+}
+
+func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWatch {
+	iw := &ipvsWatch{done: make(chan struct{}), fin: make(chan struct{})}
+	if target != "" {
+		iw.target, iw.haveTarget = netip.MustParseAddrPort(target), true
+	}
+	start := time.Now()
+	status := &http.Client{Timeout: time.Second}
+	go func() {
+		defer close(iw.fin)
+		var notAllSince, emptySince, openSince time.Time
+		prev := map[netip.AddrPort]bool{}
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for i := 0; ; i++ {
+			// The watchdog's fail-open, every 200 ms: with every master
+			// judged down it serves them all, a dead one included; the
+			// clients' failures then are those of no master at all.
+			if i%10 == 0 {
+				if resp, err := status.Get("http://" + lab.MetricsAddr + "/status"); err == nil {
+					var st struct {
+						FailOpen bool `json:"failOpen"`
+					}
+					err := json.NewDecoder(resp.Body).Decode(&st)
+					resp.Body.Close()
+					now := time.Now()
+					iw.mu.Lock()
+					switch {
+					case err == nil && st.FailOpen && openSince.IsZero():
+						openSince = now
+						iw.g.failOpen++
+						iw.events = append(iw.events, fmt.Sprintf("+%s fail-open", now.Sub(start).Round(10*time.Millisecond)))
+					case err == nil && !st.FailOpen && !openSince.IsZero():
+						iw.g.longestFailOpen = max(iw.g.longestFailOpen, now.Sub(openSince))
+						if tr != nil {
+							tr.Excuse(lab.Window{From: openSince.Add(-200 * time.Millisecond), To: now, Why: "the watchdog failed open (every master judged down)", NoMaster: true})
+						}
+						iw.events = append(iw.events, fmt.Sprintf("+%s fail-open ends", now.Sub(start).Round(10*time.Millisecond)))
+						openSince = time.Time{}
+					}
+					iw.mu.Unlock()
+				}
+			}
+			rs := procRealServers()
+			now := time.Now()
+			all, empty := true, true
+			for _, m := range w.spec.Masters {
+				if rs[netip.MustParseAddrPort(m)] <= 0 {
+					all = false
+				}
+			}
+			for _, wt := range rs {
+				if wt > 0 {
+					empty = false
+				}
+			}
+			iw.mu.Lock()
+			g := &iw.g
+			for _, m := range w.spec.Masters {
+				a := netip.MustParseAddrPort(m)
+				if in := rs[a] > 0; in != prev[a] || i == 0 {
+					prev[a] = in
+					word := "out"
+					if in {
+						word = "in"
+					}
+					iw.events = append(iw.events, fmt.Sprintf("+%s %s %s", now.Sub(start).Round(10*time.Millisecond), m, word))
+				}
+			}
+			if !all {
+				g.notAllSamples++
+				iw.allIn = time.Time{}
+				if notAllSince.IsZero() {
+					notAllSince = now
+					g.notAll++
+				}
+			} else {
+				if iw.allIn.IsZero() {
+					iw.allIn = now
+				}
+				if !notAllSince.IsZero() {
+					g.longestNotAll = max(g.longestNotAll, now.Sub(notAllSince))
+					notAllSince = time.Time{}
+				}
+			}
+			if empty && emptySince.IsZero() {
+				emptySince = now
+				g.empty++
+				if flushes {
+					tr.Fault()
+				}
+			} else if !empty && !emptySince.IsZero() {
+				g.longestEmpty = max(g.longestEmpty, now.Sub(emptySince))
+				if flushes {
+					tr.Excuse(lab.Window{From: emptySince.Add(-20 * time.Millisecond), To: now, Why: "no real server (kube-proxy's flush) -> restored", NoMaster: true})
+				}
+				emptySince = time.Time{}
+			}
+			if iw.haveTarget {
+				in := rs[iw.target] > 0
+				switch {
+				case !in && iw.out.IsZero():
+					iw.out = now
+				case in && !iw.out.IsZero() && iw.in.IsZero():
+					iw.in = now
+				}
+			}
+			iw.mu.Unlock()
+			select {
+			case <-iw.done:
+				iw.mu.Lock()
+				if !openSince.IsZero() {
+					g.longestFailOpen = max(g.longestFailOpen, now.Sub(openSince))
+				}
+				if !notAllSince.IsZero() {
+					g.longestNotAll = max(g.longestNotAll, now.Sub(notAllSince))
+				}
+				if !emptySince.IsZero() {
+					g.longestEmpty = max(g.longestEmpty, now.Sub(emptySince))
+				}
+				iw.mu.Unlock()
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return iw
+}
+
+// timeline is the membership and fail-open changes, from the watch's start.
+func (iw *ipvsWatch) timeline() []string {
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	return append([]string(nil), iw.events...)
+}
+
+func (iw *ipvsWatch) snapshot() ipvsFigures {
+	iw.mu.Lock()
+	defer iw.mu.Unlock()
+	return iw.g
+}
+
+func (iw *ipvsWatch) stop() ipvsFigures {
+	iw.stopOnce.Do(func() { close(iw.done); <-iw.fin })
+	return iw.snapshot()
+}
+
+// waitOut waits for the target master out of IPVS and returns when.
+func (iw *ipvsWatch) waitOut(t require.TestingT, d time.Duration) time.Time {
+	var at time.Time
+	require.NoError(t, lab.Poll(d, func() bool {
+		iw.mu.Lock()
+		defer iw.mu.Unlock()
+		at = iw.out
+		return !at.IsZero()
+	}), "the watchdog never took %s out", iw.target)
+	return at
+}
+
+// settleFor is how long every master must stay in IPVS for a fault to
+// count as recovered: a master just back may be taken out again (its
+// apiserver still warming up, or a probe timing out under load).
+const settleFor = 10 * time.Second
+
+// waitSettled waits until every master has been in IPVS for settleFor and
+// returns since when.
+func (iw *ipvsWatch) waitSettled(t require.TestingT, d time.Duration) time.Time {
+	var at time.Time
+	require.NoError(t, lab.Poll(d, func() bool {
+		iw.mu.Lock()
+		defer iw.mu.Unlock()
+		at = iw.allIn
+		return !at.IsZero() && time.Since(at) >= settleFor
+	}), "the masters never stayed in IPVS for %s", settleFor)
+	return at
+}
+
+// waitIn waits for the target master back in IPVS after it went out.
+func (iw *ipvsWatch) waitIn(t require.TestingT, d time.Duration) time.Time {
+	var at time.Time
+	require.NoError(t, lab.Poll(d, func() bool {
+		iw.mu.Lock()
+		defer iw.mu.Unlock()
+		at = iw.in
+		return !at.IsZero()
+	}), "%s never came back into IPVS", iw.target)
+	return at
+}
+
+// nodeWatch samples, every second through the VIP, the worker's Ready
+// condition and its node Lease's renewTime, with one client-go client
+// (admin.conf): kubectl under emulation takes seconds a call, which would
+// sample the 10 s renewals too coarsely to see each.
+type nodeWatch struct {
+	mu        sync.Mutex
+	samples   []nodeSample
+	renewals  []time.Time
+	done, fin chan struct{}
+	once      sync.Once
+}
+
+type nodeSample struct {
+	at            time.Time
+	failed, ready bool
+}
+
+type nodeFigures struct {
+	ready, notReady, failed int
+	leaseGap                time.Duration
+	// renewals around the window, from its start
+	renewals []time.Duration
+}
+
+func (w *worker) watchNode() *nodeWatch {
+	t := w.t
+	cfg, err := clientcmd.BuildConfigFromFlags("", "/tmp/admin.conf")
+	require.NoError(t, err)
+	cfg.Timeout = 5 * time.Second
+	cfg.UserAgent = "vipctl-e2e-node-watch"
+	cs, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+	nw := &nodeWatch{done: make(chan struct{}), fin: make(chan struct{})}
+	name := w.spec.Name
+	go func() {
+		defer close(nw.fin)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s := nodeSample{}
+			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			s.failed = err != nil
+			if err == nil {
+				for _, c := range n.Status.Conditions {
+					if c.Type == corev1.NodeReady {
+						s.ready = c.Status == corev1.ConditionTrue
+					}
+				}
+			}
+			l, lerr := cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{})
+			cancel()
+			s.at = time.Now()
+			nw.mu.Lock()
+			nw.samples = append(nw.samples, s)
+			if lerr == nil && l.Spec.RenewTime != nil {
+				if rt := l.Spec.RenewTime.Time; len(nw.renewals) == 0 || rt.After(nw.renewals[len(nw.renewals)-1]) {
+					nw.renewals = append(nw.renewals, rt)
+				}
+			}
+			nw.mu.Unlock()
+			select {
+			case <-nw.done:
+				return
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return nw
+}
+
+func (nw *nodeWatch) stop() { nw.once.Do(func() { close(nw.done); <-nw.fin }) }
+
+// renewedAfter reports whether a renewal later than t was seen.
+func (nw *nodeWatch) renewedAfter(t time.Time) bool {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return len(nw.renewals) > 0 && nw.renewals[len(nw.renewals)-1].After(t)
+}
+
+// between is what the samples from from to to saw, and the longest gap
+// between two consecutive renewals that overlaps that window.
+func (nw *nodeWatch) between(from, to time.Time) nodeFigures {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	var f nodeFigures
+	for _, s := range nw.samples {
+		if s.at.Before(from) || s.at.After(to) {
+			continue
+		}
+		switch {
+		case s.failed:
+			f.failed++
+		case s.ready:
+			f.ready++
+		default:
+			f.notReady++
+		}
+	}
+	for i := 1; i < len(nw.renewals); i++ {
+		a, b := nw.renewals[i-1], nw.renewals[i]
+		if b.After(from) && a.Before(to) {
+			f.leaseGap = max(f.leaseGap, b.Sub(a))
+			if len(f.renewals) == 0 {
+				f.renewals = append(f.renewals, a.Sub(from).Round(100*time.Millisecond))
+			}
+			f.renewals = append(f.renewals, b.Sub(from).Round(100*time.Millisecond))
+		}
+	}
+	return f
+}
