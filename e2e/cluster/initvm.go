@@ -47,7 +47,17 @@ type InitSpec struct {
 	// SkipPhases are the kubeadm init phases skipped (InitSkipPhases),
 	// given after -- as --skip-phases.
 	SkipPhases []string `json:"skipPhases"`
+	// CareFlags are vipctl init's --care-flag (InitCareFlags).
+	CareFlags []string `json:"careFlags,omitempty"`
 }
+
+// InitCareFlags are the watchdog flags the VM master is initialised with
+// (vipctl init --care-flag): under emulation a probe of the local
+// apiserver (a new TLS connection, /readyz) takes more than the default
+// 800 ms timeout, and the watchdog would see its own apiserver down for
+// good (kept in service only by its fail-open); a user on a slow machine
+// raises the timeout, and the interval with it.
+var InitCareFlags = []string{"--interval=5s", "--timeout=4s"}
 
 // WriteInitSpec writes s into dir/InitSpecFile.
 func WriteInitSpec(dir string, s InitSpec) error {
@@ -153,7 +163,7 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 	s := InitSpec{
 		Node: WorkerSpec{Name: InitNodeName, NodeIP: netip.PrefixFrom(InitIP, 24).String(), Gateway: gateway,
 			ServiceSubnet: "10.96.0.0/16", Masters: []string{netip.AddrPortFrom(InitIP, 6443).String()}},
-		VIP: v.VIP.String(), KubeadmConfig: "kubeadm-base.yaml", SkipPhases: l.skipPhases(),
+		VIP: v.VIP.String(), KubeadmConfig: "kubeadm-base.yaml", SkipPhases: l.skipPhases(), CareFlags: InitCareFlags,
 	}
 	if err := os.WriteFile(filepath.Join(dir, s.KubeadmConfig), []byte(InitBaseConfig(InitNodeName, InitIP)), 0o600); err != nil {
 		return err

@@ -2,12 +2,16 @@ package vmtests
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -89,6 +93,9 @@ func TestClusterInit(t *testing.T) {
 
 	args := []string{"init", "--vip", spec.VIP, "--master", self, "--node-ip", nodeIP,
 		"--service-subnet", spec.Node.ServiceSubnet, "--config", "/root/kubeadm.yaml"}
+	for _, f := range spec.CareFlags {
+		args = append(args, "--care-flag="+f)
+	}
 	if len(spec.SkipPhases) > 0 {
 		args = append(args, "--", "--skip-phases="+strings.Join(spec.SkipPhases, ","))
 	}
@@ -139,7 +146,21 @@ func TestClusterInit(t *testing.T) {
 	manifest, err := os.ReadFile(manifests.DefaultPath)
 	require.NoError(t, err)
 	assert.Contains(t, string(manifest), "--master="+self)
-	assert.Contains(t, string(manifest), "--kubeconfig=/etc/kubernetes/kubelet.conf", "the probes and the discovery use the kubelet's credentials")
+	// The kubelet's kubeconfig (the watchdog's default --kubeconfig) is
+	// mounted: the probes and the discovery use the node's credentials.
+	assert.Contains(t, string(manifest), "mountPath: /etc/kubernetes/kubelet.conf", "the kubelet's kubeconfig in the watchdog's pod")
+	assert.NotContains(t, string(manifest), "--kubeconfig=", "the default kubeconfig, the kubelet's")
+
+	// What a probe of the local apiserver costs here: /readyz on a new
+	// TLS connection with the kubelet's client certificate, as the
+	// watchdog's probe does.
+	probeLatency(t, self)
+	kc, _ := os.ReadFile("/etc/kubernetes/kubelet.conf")
+	for _, l := range strings.Split(string(kc), "\n") {
+		if strings.Contains(l, "server:") {
+			t.Logf("the kubelet's kubeconfig: %s", strings.TrimSpace(l))
+		}
+	}
 
 	// vipctl status: this master up, local, in service, traffic local;
 	// found in the API (the kubernetes EndpointSlice) too; probes
@@ -211,6 +232,43 @@ func TestClusterInit(t *testing.T) {
 	assert.Equal(t, afterInit, lab.HostsIdentity(etcHosts), "the hosts file did not change after init")
 	assert.Equal(t, 1, hw.stop(), "writes of /etc/hosts from before vipctl init to the end of the checks")
 	measure("scenario_s", start)
+}
+
+// probeLatency times ten GETs of /readyz on self, each on a new TLS
+// connection with the kubelet's client certificate, and prints the median
+// and the longest as MEASURE lines.
+func probeLatency(t *testing.T, self string) {
+	t.Helper()
+	ca, err := os.ReadFile("/etc/kubernetes/pki/ca.crt")
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(ca))
+	pair, err := os.ReadFile("/var/lib/kubelet/pki/kubelet-client-current.pem")
+	require.NoError(t, err)
+	cert, err := tls.X509KeyPair(pair, pair)
+	require.NoError(t, err)
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: strings.Split(self, ":")[0]}}}
+	var ds []time.Duration
+	for range 10 {
+		t0 := time.Now()
+		resp, err := c.Get("https://" + self + "/readyz")
+		if err != nil {
+			t.Logf("GET /readyz: %v", err)
+			continue
+		}
+		resp.Body.Close()
+		ds = append(ds, time.Since(t0))
+		if resp.StatusCode != http.StatusOK {
+			t.Logf("GET /readyz: HTTP %d", resp.StatusCode)
+		}
+	}
+	if len(ds) == 0 {
+		return
+	}
+	slices.Sort(ds)
+	fmt.Printf("MEASURE cluster_init_readyz_fresh_tls_p50_ms=%d\nMEASURE cluster_init_readyz_fresh_tls_max_ms=%d\n", ds[len(ds)/2].Milliseconds(), ds[len(ds)-1].Milliseconds())
+	t.Logf("/readyz of %s on a new TLS connection, %d times: median %s, longest %s", self, len(ds), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
 }
 
 // initStatus is the part of `vipctl status -o json` the scenario reads.
