@@ -3,14 +3,19 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/vipctl/vipctl/e2e/vm"
+	"github.com/vipctl/vipctl/kubeadm"
 )
 
 // The first master by `vipctl init` (TestClusterInit): the lab VM, whose
@@ -49,6 +54,12 @@ type InitSpec struct {
 	SkipPhases []string `json:"skipPhases"`
 	// CareFlags are vipctl init's --care-flag (InitCareFlags).
 	CareFlags []string `json:"careFlags,omitempty"`
+	// JoinName and JoinMaster, when set, are a host master (its node name
+	// and apiserver, IP:PORT) that joins the cluster with the real kubeadm
+	// join --control-plane once this master is Ready: the VM then waits
+	// for it and checks that its watchdog discovers it from the API.
+	JoinName   string `json:"joinName,omitempty"`
+	JoinMaster string `json:"joinMaster,omitempty"`
 }
 
 // InitCareFlags are the watchdog flags the VM master is initialised with
@@ -97,10 +108,15 @@ const InitControlPlaneTimeout = "10m0s"
 // imported beforehand and nothing may be pulled), the longer wait for the
 // control plane, and the kubelet settings of a machine without systemd
 // (cgroupfs; no swap check).
-func InitBaseConfig(name string, nodeIP netip.Addr) string {
+//
+// initExtra is more of the InitConfiguration (Secrets.initConfig: a token
+// and a certificate key made by the harness, which vipctl init keeps).
+// failCgroupV1 false is for a host master joining later (this host has
+// cgroup v1); the VM has cgroup v2.
+func InitBaseConfig(name string, nodeIP netip.Addr, initExtra string) string {
 	return fmt.Sprintf(`apiVersion: kubeadm.k8s.io/v1beta4
 kind: InitConfiguration
-nodeRegistration:
+%[4]snodeRegistration:
   name: %[1]s
   criSocket: unix:///run/containerd/containerd.sock
   imagePullPolicy: Never
@@ -116,8 +132,9 @@ kind: ClusterConfiguration
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
+failCgroupV1: false
 failSwapOn: false
-`, name, nodeIP, InitControlPlaneTimeout)
+`, name, nodeIP, InitControlPlaneTimeout, initExtra)
 }
 
 // InitVM is one boot of the VM as the cluster's first master.
@@ -136,6 +153,10 @@ type InitVM struct {
 	// images and the programs all live in the VM's RAM).
 	Memory string
 	Log    io.Writer
+	// Join, when set, is the host master that joins the VM's cluster
+	// (JoinVMCluster) with Secrets, which kubeadm init is given.
+	Join    *Node
+	Secrets *Secrets
 }
 
 // RunInitVM builds the first master's share (the node's programs and
@@ -165,7 +186,15 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 			ServiceSubnet: "10.96.0.0/16", Masters: []string{netip.AddrPortFrom(InitIP, 6443).String()}},
 		VIP: v.VIP.String(), KubeadmConfig: "kubeadm-base.yaml", SkipPhases: l.skipPhases(), CareFlags: InitCareFlags,
 	}
-	if err := os.WriteFile(filepath.Join(dir, s.KubeadmConfig), []byte(InitBaseConfig(InitNodeName, InitIP)), 0o600); err != nil {
+	extra := ""
+	if v.Join != nil {
+		s.JoinName, s.JoinMaster = v.Join.Name, netip.AddrPortFrom(v.Join.IP, 6443).String()
+		var err error
+		if extra, err = v.Secrets.initConfig(); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, s.KubeadmConfig), []byte(InitBaseConfig(InitNodeName, InitIP, extra)), 0o600); err != nil {
 		return err
 	}
 	// Every control-plane image; kube-proxy's only when its phase runs.
@@ -182,4 +211,73 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 	}
 	s.Node.KubeProxyMode = l.KubeProxyMode
 	return WriteInitSpec(dir, s)
+}
+
+// JoinVMCluster makes n a master of the VM master's cluster with the real
+// `kubeadm join --control-plane` once the VM's node is Ready. n cannot run
+// vipctl (this host has no IPVS), so the harness plays vipctl's part: n's
+// /etc/hosts maps the name to the VM master's address, not to a VIP. The
+// CA's discovery hash is the one of cluster-info's CA (what kubeadm init
+// printed in the VM), read with the bootstrap token of s, which may read
+// the nodes too.
+func (l *Lab) JoinVMCluster(ctx context.Context, n *Node, s Secrets) (time.Duration, error) {
+	kc := filepath.Join(n.Dir, "bootstrap.conf")
+	conf := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: vm
+  cluster:
+    server: https://%s
+    insecure-skip-tls-verify: true
+users:
+- name: bootstrap
+  user:
+    token: %s
+contexts:
+- name: vm
+  context: {cluster: vm, user: bootstrap}
+current-context: vm
+`, netip.AddrPortFrom(InitIP, 6443), s.Token)
+	if err := os.MkdirAll(n.Dir, 0o700); err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(kc, []byte(conf), 0o600); err != nil {
+		return 0, err
+	}
+	kubectl := func(args ...string) (string, error) {
+		out, err := n.Run(ctx, "/usr/local/bin/kubectl", append([]string{"--kubeconfig", kc, "--request-timeout", "10s"}, args...)...)
+		return string(out), err
+	}
+	tk := time.NewTicker(3 * time.Second)
+	defer tk.Stop()
+	for {
+		out, err := kubectl("get", "node", InitNodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		if err == nil && strings.TrimSpace(out) == "True" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%s: waiting for the VM master %s Ready: %w", n.Name, InitNodeName, ctx.Err())
+		case <-tk.C:
+		}
+	}
+	out, err := kubectl("get", "configmap", "-n", "kube-public", "cluster-info", "-o", "jsonpath={.data.kubeconfig}")
+	if err != nil {
+		return 0, fmt.Errorf("cluster-info: %w: %s", err, out)
+	}
+	ci, err := clientcmd.Load([]byte(out))
+	if err != nil {
+		return 0, fmt.Errorf("cluster-info's kubeconfig: %w", err)
+	}
+	var hash string
+	for _, c := range ci.Clusters {
+		if hash, err = kubeadm.CAHash(c.CertificateAuthorityData); err != nil {
+			return 0, fmt.Errorf("cluster-info's CA: %w", err)
+		}
+	}
+	if hash == "" {
+		return 0, errors.New("cluster-info: no cluster")
+	}
+	l.logf("cluster: the VM master is Ready; %s joins with CA hash %s", n.Name, hash)
+	return l.JoinControlPlaneAt(ctx, n, InitIP, hash, s)
 }

@@ -232,6 +232,50 @@ func TestClusterInit(t *testing.T) {
 	assert.Equal(t, afterInit, lab.HostsIdentity(etcHosts), "the hosts file did not change after init")
 	assert.Equal(t, 1, hw.stop(), "writes of /etc/hosts from before vipctl init to the end of the checks")
 	measure("scenario_s", start)
+	if spec.JoinMaster == "" {
+		return
+	}
+
+	// A host master joins with the real kubeadm join --control-plane (the
+	// host test starts it once this node is Ready): it turns Ready, and
+	// this master's watchdog discovers it from the kubernetes
+	// EndpointSlice and adds it to the VIP, this master still preferred.
+	jt := time.Now()
+	err = lab.Poll(15*time.Minute, func() bool {
+		o, err := kubectl("get", "node", spec.JoinName, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+		return err == nil && strings.TrimSpace(o) == "True"
+	})
+	if err != nil {
+		o, _ := kubectl("get", "nodes", "-o", "wide")
+		t.Logf("kubectl get nodes:\n%s", o)
+	}
+	require.NoError(t, err, "%s never Ready", spec.JoinName)
+	measure("then_second_master_ready_s", jt)
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
+		raw = string(o)
+		st = initStatus{}
+		if err != nil || json.Unmarshal(o, &st) != nil {
+			return false
+		}
+		m := st.master(spec.JoinMaster)
+		return m != nil && m.Source == "api" && m.State == "up" && m.Membership == "in-service" && m.Kernel != nil && m.Kernel.Weight > 0
+	}), "the watchdog never added %s from the API:\n%s", spec.JoinMaster, raw)
+	measure("then_second_master_in_ipvs_s", jt)
+	table, err = exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
+	require.NoError(t, err, string(table))
+	t.Logf("vipctl status with the second master:\n%s", table)
+	assert.Contains(t, string(table), spec.JoinMaster+": discovered from the API")
+	assert.Contains(t, string(table), "local apiserver: "+self+"; traffic local: yes")
+	rd, err = lab.NewIPVSReader()
+	require.NoError(t, err)
+	rs = rd.RealServers()
+	rd.Close()
+	assert.Greater(t, rs[netip.MustParseAddrPort(self)], rs[netip.MustParseAddrPort(spec.JoinMaster)], "this master preferred: %v", rs)
+	nodes, err = kubectl("get", "nodes", "-o", "wide")
+	require.NoError(t, err, nodes)
+	t.Logf("kubectl get nodes -o wide (through the VIP):\n%s", nodes)
+	measure("scenario_with_join_s", start)
 }
 
 // probeLatency times ten GETs of /readyz on self, each on a new TLS
