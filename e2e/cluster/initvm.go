@@ -213,16 +213,25 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 	return WriteInitSpec(dir, s)
 }
 
+// InitCheckedLabel is the label the VM puts on its node (value "true") when
+// its checks are done and the host master may join (the bootstrap token
+// may read nodes, and the host has no other way to hear from the VM).
+const InitCheckedLabel = "e2e.vipctl.io/init-checked"
+
 // JoinVMCluster makes n a master of the VM master's cluster with the real
-// `kubeadm join --control-plane` once the VM's node is Ready. n cannot run
+// `kubeadm join --control-plane` once the VM's checks are done (its node
+// has InitCheckedLabel). n cannot run
 // vipctl (this host has no IPVS), so the harness plays vipctl's part: n's
 // /etc/hosts maps the name to the VM master's address, not to a VIP. The
 // CA's discovery hash is the one of cluster-info's CA (what kubeadm init
 // printed in the VM), read with the bootstrap token of s, which may read
 // the nodes too.
 func (l *Lab) JoinVMCluster(ctx context.Context, n *Node, s Secrets) (time.Duration, error) {
-	kc := filepath.Join(n.Dir, "bootstrap.conf")
-	conf := fmt.Sprintf(`apiVersion: v1
+	// Two kubeconfigs: the bootstrap token's (it may read the nodes), and
+	// none (cluster-info is readable anonymously, not by the token's user).
+	kubeconfig := func(name, user string) (string, error) {
+		p := filepath.Join(n.Dir, name)
+		conf := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: vm
@@ -230,38 +239,44 @@ clusters:
     server: https://%s
     insecure-skip-tls-verify: true
 users:
-- name: bootstrap
-  user:
-    token: %s
+- name: u
+  user: {%s}
 contexts:
 - name: vm
-  context: {cluster: vm, user: bootstrap}
+  context: {cluster: vm, user: u}
 current-context: vm
-`, netip.AddrPortFrom(InitIP, 6443), s.Token)
-	if err := os.MkdirAll(n.Dir, 0o700); err != nil {
+`, netip.AddrPortFrom(InitIP, 6443), user)
+		if err := os.MkdirAll(n.Dir, 0o700); err != nil {
+			return "", err
+		}
+		return p, os.WriteFile(p, []byte(conf), 0o600)
+	}
+	kc, err := kubeconfig("bootstrap.conf", "token: "+s.Token)
+	if err != nil {
 		return 0, err
 	}
-	if err := os.WriteFile(kc, []byte(conf), 0o600); err != nil {
+	anon, err := kubeconfig("anonymous.conf", "")
+	if err != nil {
 		return 0, err
 	}
-	kubectl := func(args ...string) (string, error) {
-		out, err := n.Run(ctx, "/usr/local/bin/kubectl", append([]string{"--kubeconfig", kc, "--request-timeout", "10s"}, args...)...)
+	kubectl := func(conf string, args ...string) (string, error) {
+		out, err := n.Run(ctx, "/usr/local/bin/kubectl", append([]string{"--kubeconfig", conf, "--request-timeout", "10s"}, args...)...)
 		return string(out), err
 	}
 	tk := time.NewTicker(3 * time.Second)
 	defer tk.Stop()
 	for {
-		out, err := kubectl("get", "node", InitNodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
-		if err == nil && strings.TrimSpace(out) == "True" {
+		out, err := kubectl(kc, "get", "node", InitNodeName, "-o", "jsonpath={.metadata.labels."+strings.ReplaceAll(InitCheckedLabel, ".", `\.`)+"}")
+		if err == nil && strings.TrimSpace(out) == "true" {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("%s: waiting for the VM master %s Ready: %w", n.Name, InitNodeName, ctx.Err())
+			return 0, fmt.Errorf("%s: waiting for the VM master %s's checks (label %s): %w", n.Name, InitNodeName, InitCheckedLabel, ctx.Err())
 		case <-tk.C:
 		}
 	}
-	out, err := kubectl("get", "configmap", "-n", "kube-public", "cluster-info", "-o", "jsonpath={.data.kubeconfig}")
+	out, err := kubectl(anon, "get", "configmap", "-n", "kube-public", "cluster-info", "-o", "jsonpath={.data.kubeconfig}")
 	if err != nil {
 		return 0, fmt.Errorf("cluster-info: %w: %s", err, out)
 	}
@@ -278,6 +293,6 @@ current-context: vm
 	if hash == "" {
 		return 0, errors.New("cluster-info: no cluster")
 	}
-	l.logf("cluster: the VM master is Ready; %s joins with CA hash %s", n.Name, hash)
+	l.logf("cluster: the VM master's checks are done; %s joins with CA hash %s", n.Name, hash)
 	return l.JoinControlPlaneAt(ctx, n, InitIP, hash, s)
 }

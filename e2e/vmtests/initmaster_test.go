@@ -237,9 +237,11 @@ func TestClusterInit(t *testing.T) {
 	}
 
 	// A host master joins with the real kubeadm join --control-plane (the
-	// host test starts it once this node is Ready): it turns Ready, and
+	// host test starts it once this node has cluster.InitCheckedLabel): it turns Ready, and
 	// this master's watchdog discovers it from the kubernetes
 	// EndpointSlice and adds it to the VIP, this master still preferred.
+	lb, err := kubectl("label", "node", spec.Node.Name, cluster.InitCheckedLabel+"=true")
+	require.NoError(t, err, lb)
 	jt := time.Now()
 	err = lab.Poll(15*time.Minute, func() bool {
 		o, err := kubectl("get", "node", spec.JoinName, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
