@@ -224,14 +224,12 @@ const InitCheckedLabel = "e2e.vipctl.io/init-checked"
 // vipctl (this host has no IPVS), so the harness plays vipctl's part: n's
 // /etc/hosts maps the name to the VM master's address, not to a VIP. The
 // CA's discovery hash is the one of cluster-info's CA (what kubeadm init
-// printed in the VM), read with the bootstrap token of s, which may read
-// the nodes too.
+// printed in the VM), read anonymously as kubeadm's discovery reads it; the
+// bootstrap token of s reads the VM's node.
 func (l *Lab) JoinVMCluster(ctx context.Context, n *Node, s Secrets) (time.Duration, error) {
-	// Two kubeconfigs: the bootstrap token's (it may read the nodes), and
-	// none (cluster-info is readable anonymously, not by the token's user).
-	kubeconfig := func(name, user string) (string, error) {
-		p := filepath.Join(n.Dir, name)
-		conf := fmt.Sprintf(`apiVersion: v1
+	// The bootstrap token's kubeconfig: it may read the nodes.
+	kc := filepath.Join(n.Dir, "bootstrap.conf")
+	conf := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: vm
@@ -239,24 +237,18 @@ clusters:
     server: https://%s
     insecure-skip-tls-verify: true
 users:
-- name: u
-  user: {%s}
+- name: bootstrap
+  user:
+    token: %s
 contexts:
 - name: vm
-  context: {cluster: vm, user: u}
+  context: {cluster: vm, user: bootstrap}
 current-context: vm
-`, netip.AddrPortFrom(InitIP, 6443), user)
-		if err := os.MkdirAll(n.Dir, 0o700); err != nil {
-			return "", err
-		}
-		return p, os.WriteFile(p, []byte(conf), 0o600)
-	}
-	kc, err := kubeconfig("bootstrap.conf", "token: "+s.Token)
-	if err != nil {
+`, netip.AddrPortFrom(InitIP, 6443), s.Token)
+	if err := os.MkdirAll(n.Dir, 0o700); err != nil {
 		return 0, err
 	}
-	anon, err := kubeconfig("anonymous.conf", "")
-	if err != nil {
+	if err := os.WriteFile(kc, []byte(conf), 0o600); err != nil {
 		return 0, err
 	}
 	kubectl := func(conf string, args ...string) (string, error) {
@@ -276,10 +268,19 @@ current-context: vm
 		case <-tk.C:
 		}
 	}
-	out, err := kubectl(anon, "get", "configmap", "-n", "kube-public", "cluster-info", "-o", "jsonpath={.data.kubeconfig}")
+	// cluster-info is readable anonymously (not by the token's user); kubectl
+	// without credentials asks for a user name, curl does not.
+	raw, err := n.Run(ctx, "curl", "-sfk", "--max-time", "10", "https://"+netip.AddrPortFrom(InitIP, 6443).String()+"/api/v1/namespaces/kube-public/configmaps/cluster-info")
 	if err != nil {
-		return 0, fmt.Errorf("cluster-info: %w: %s", err, out)
+		return 0, fmt.Errorf("cluster-info: %w", err)
 	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &cm); err != nil {
+		return 0, fmt.Errorf("cluster-info: %w", err)
+	}
+	out := cm.Data["kubeconfig"]
 	ci, err := clientcmd.Load([]byte(out))
 	if err != nil {
 		return 0, fmt.Errorf("cluster-info's kubeconfig: %w", err)
