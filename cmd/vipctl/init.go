@@ -202,7 +202,7 @@ var initOwnCareFlags = []string{"vip", "master", "mode", "interface"}
 func initCareFlags(care careconfig.Config, flags []string) (careconfig.Config, error) {
 	for _, a := range flags {
 		if name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "="); name == "scheduler" {
-			return care, fmt.Errorf("--care-flag %q: a master's watchdog uses wrr (%s), which the preference for the local apiserver needs", a, ipvs.MasterScheduler)
+			return care, fmt.Errorf("--care-flag %q: a master's watchdog uses %s, which the preference for the local apiserver needs", a, ipvs.MasterScheduler)
 		}
 	}
 	out, err := care.ApplyArgs(flags, func(name string) bool { return slices.Contains(initOwnCareFlags, name) }, "--care-flag")
