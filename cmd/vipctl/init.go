@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -31,6 +32,7 @@ type initFlags struct {
 	mode        string
 	iface       string
 	image       string
+	careFlags   []string
 	manifestDir string
 	modulesFile string
 }
@@ -74,7 +76,8 @@ FILE --upload-certs" with the configuration in a private temporary file (0600,
 removed afterwards): the name reaches the local apiserver through the VIP as
 soon as it is up. Then the watchdog's static pod is written (every --master;
 it adds the others once they are healthy and keeps preferring this one while
-it is healthy). vipctl puts a new bootstrap token and certificate key in the
+it is healthy; --care-flag adds watchdog flags, e.g. a longer probe --timeout
+on a slow machine). vipctl puts a new bootstrap token and certificate key in the
 configuration unless --config has them; after kubeadm init they are written to
 --secrets-dir (0600) and the "vipctl join" command lines for the workers and
 the other masters are printed with the master list filled in. No secret is
@@ -86,6 +89,7 @@ error names the step, with kubeadm's output. Undo a successful init with
 		Example: `  vipctl init --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4
   vipctl init --vip 10.103.97.2 --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4 \
     --node-ip 192.168.0.2 --kube-proxy-mode nftables --config kubeadm.yaml -- --v=5
+  vipctl init --master 192.168.0.2 --care-flag=--interval=3s --care-flag=--timeout=2s   # a slow master
   vipctl init --dry-run --master 192.168.0.2 --master 192.168.0.3 --master 192.168.0.4`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := f.options(cmd, args, isLocal)
@@ -104,6 +108,7 @@ error names the step, with kubeadm's output. Undo a successful init with
 	fs.StringVar(&f.mode, "mode", string(careconfig.ModeLink), "how the VIP is reachable locally: link (dummy interface) or route")
 	fs.StringVar(&f.iface, "interface", careconfig.DefaultInterface, "dummy interface holding the VIP in link mode")
 	fs.StringVar(&f.image, "image", "", "watchdog image holding vipctl at "+manifests.BinaryPath+" (default "+manifests.DefaultImage()+")")
+	fs.StringArrayVar(&f.careFlags, "care-flag", nil, "a further watchdog flag for the manifest, --flag=value (e.g. --care-flag=--timeout=3s on a slow machine), checked as the watchdog checks it; repeat")
 	fs.StringVar(&f.manifestDir, "manifest-dir", DefaultManifestDir, "the kubelet's static pod folder; the watchdog's manifest is "+filepath.Base(manifests.DefaultPath))
 	fs.StringVar(&f.modulesFile, "modules-file", kubeadm.DefaultModulesFile, "modules-load.d file that loads the IPVS modules at boot")
 	fs.StringVar(&f.secretsDir, "secrets-dir", kubeadm.DefaultSecretsDir, "write the join secrets (files "+kubeadm.TokenFileName+" and "+kubeadm.CertificateKeyFileName+", mode 0600) here after kubeadm init; \"\" writes none")
@@ -172,6 +177,12 @@ func (f *initFlags) options(cmd *cobra.Command, args []string, isLocal isLocalFu
 	care := careconfig.Default()
 	care.VIP, care.Masters, care.Scheduler = o.VIP, o.Masters, ipvs.MasterScheduler
 	care.Mode, care.Interface = careconfig.Mode(f.mode), f.iface
+	if care, err = initCareFlags(care, f.careFlags); err != nil {
+		return o, err
+	}
+	for _, w := range care.Warnings() {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+	}
 	if o.Manifest, err = manifests.Render(manifests.Options{Image: f.image, Care: care}); err != nil {
 		return o, fmt.Errorf("watchdog manifest: %w", err)
 	}
@@ -179,6 +190,29 @@ func (f *initFlags) options(cmd *cobra.Command, args []string, isLocal isLocalFu
 		return o, err
 	}
 	return o, nil
+}
+
+// initOwnCareFlags are the watchdog flags init sets from its own flags.
+var initOwnCareFlags = []string{"vip", "master", "mode", "interface"}
+
+// initCareFlags applies --care-flag to the first master's watchdog
+// configuration, as join does: init's own flags (the VIP, the masters, the
+// VIP plumbing) are not given again, and a master's scheduler stays wrr,
+// which the local preference needs.
+func initCareFlags(care careconfig.Config, flags []string) (careconfig.Config, error) {
+	for _, a := range flags {
+		if name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "="); name == "scheduler" {
+			return care, fmt.Errorf("--care-flag %q: a master's watchdog uses %s, which the preference for the local apiserver needs", a, ipvs.MasterScheduler)
+		}
+	}
+	out, err := care.ApplyArgs(flags, func(name string) bool { return slices.Contains(initOwnCareFlags, name) }, "--care-flag")
+	if err != nil {
+		return care, err
+	}
+	if err := out.ValidateForPod(); err != nil {
+		return care, fmt.Errorf("watchdog manifest: %w", err)
+	}
+	return out, nil
 }
 
 func joinNetipAddrs(as []netip.Addr) string {

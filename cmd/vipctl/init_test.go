@@ -85,6 +85,21 @@ func TestInitCmdMergesTheUsersConfig(t *testing.T) {
 	assert.Contains(t, stderr, `--kube-proxy-mode "ipvs" is ignored`)
 }
 
+// The watchdog's own flags reach the manifest init writes, as join's do: on
+// a slow master (the lab VM under emulation, where a probe of the local
+// apiserver takes more than the default 800 ms) the user raises the probe
+// timeout and interval.
+func TestInitCmdCareFlags(t *testing.T) {
+	o, _, _, err := runInitFlags(t, nil, "--master", "192.0.2.11", "--node-ip", "192.0.2.11",
+		"--care-flag=--interval=5s", "--care-flag=--timeout=4s")
+	require.NoError(t, err)
+	m := string(o.Manifest)
+	assert.Contains(t, m, "--interval=5s")
+	assert.Contains(t, m, "--timeout=4s")
+	assert.Contains(t, m, "--master=192.0.2.11:6443")
+	assert.Contains(t, m, "--scheduler=wrr", "a master's watchdog keeps the local preference")
+}
+
 func TestInitCmdBadInput(t *testing.T) {
 	two := []string{"--master", "192.0.2.11", "--master", "192.0.2.12"}
 	for _, tc := range []struct {
@@ -107,6 +122,10 @@ func TestInitCmdBadInput(t *testing.T) {
 		{nil, append(two, "--node-ip", "192.0.2.11", "--", "--certificate-key", "abc"), "kubeadm argument --certificate-key"},
 		{nil, append(two, "--node-ip", "192.0.2.11", "--v=5"), "kubeadm's own flags go after --"},
 		{nil, append(two, "--node-ip", "192.0.2.11", "abcdef.0123456789abcdef"), `unexpected argument "<redacted>"`},
+		{nil, append(two, "--node-ip", "192.0.2.11", "--care-flag=--timeout=2s"), `--timeout 2s: must be shorter than --interval 1s`},
+		{nil, append(two, "--node-ip", "192.0.2.11", "--care-flag=--nope=1"), `--care-flag "--nope=1": --nope is not a flag of the watchdog`},
+		{nil, append(two, "--node-ip", "192.0.2.11", "--care-flag=--vip=10.103.97.9:6443"), `--care-flag "--vip=10.103.97.9:6443": --vip is given as a flag already`},
+		{nil, append(two, "--node-ip", "192.0.2.11", "--care-flag=--scheduler=rr"), `--care-flag "--scheduler=rr": a master's watchdog uses wrr`},
 	} {
 		_, _, _, err := runInitFlags(t, tc.local, tc.args...)
 		require.Error(t, err, "%v", tc.args)

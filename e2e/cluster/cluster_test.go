@@ -89,21 +89,7 @@ func startMasters(ctx context.Context, t *testing.T, secrets bool, kubeProxyMode
 	root := moduleRoot(t)
 	before := hostSnapshot(t)
 
-	t0 := time.Now()
-	var blog bytes.Buffer
-	bin, err := FindBinaries(ctx, root, t.TempDir(), &blog)
-	require.NoError(t, err, blog.String())
-	t.Logf("binaries ready in %s", time.Since(t0).Round(time.Millisecond))
-
-	t0 = time.Now()
-	debRoot, err := FetchDebs(ctx, cacheDir(), KubeProxyDebs, &blog)
-	require.NoError(t, err, blog.String())
-	imgs, skipped, err := KubeadmImages(ctx, bin, "v1.34.4", debRoot)
-	require.NoError(t, err)
-	require.NoError(t, WriteImages(filepath.Join(cacheDir(), "cluster-images"), imgs))
-	t.Logf("%d images ready in %s; not built: %v", len(imgs), time.Since(t0).Round(time.Millisecond), skipped)
-	cniRoot, err := FetchDebs(ctx, cacheDir(), WorkerDebs, &blog)
-	require.NoError(t, err, blog.String())
+	bin, imgs, cniRoot := labInputs(ctx, t, root)
 
 	lab, err := New(ctx, Options{Dir: t.TempDir(), Bin: bin, Images: imgs, KubeProxyMode: kubeProxyMode, Logf: t.Logf})
 	require.NoError(t, err)
@@ -148,6 +134,30 @@ func startMasters(ctx context.Context, t *testing.T, secrets bool, kubeProxyMode
 		names = append(names, name)
 	}
 	return lab, names, sec
+}
+
+// labInputs builds (or finds cached) what a cluster lab runs: the
+// binaries, kubeadm's images (archives in the cache) and Debian's CNI
+// plugins, unpacked (cniRoot).
+func labInputs(ctx context.Context, t *testing.T, root string) (bin Binaries, imgs []Image, cniRoot string) {
+	t.Helper()
+	t0 := time.Now()
+	var blog bytes.Buffer
+	bin, err := FindBinaries(ctx, root, t.TempDir(), &blog)
+	require.NoError(t, err, blog.String())
+	t.Logf("binaries ready in %s", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
+	debRoot, err := FetchDebs(ctx, cacheDir(), KubeProxyDebs, &blog)
+	require.NoError(t, err, blog.String())
+	var skipped []string
+	imgs, skipped, err = KubeadmImages(ctx, bin, "v1.34.4", debRoot)
+	require.NoError(t, err)
+	require.NoError(t, WriteImages(filepath.Join(cacheDir(), "cluster-images"), imgs))
+	t.Logf("%d images ready in %s; not built: %v", len(imgs), time.Since(t0).Round(time.Millisecond), skipped)
+	cniRoot, err = FetchDebs(ctx, cacheDir(), WorkerDebs, &blog)
+	require.NoError(t, err, blog.String())
+	return bin, imgs, cniRoot
 }
 
 // checkControlPlane waits for every master's static pods to be Ready and

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,6 +84,13 @@ func (l *Lab) JoinControlPlane(ctx context.Context, n, first *Node, s Secrets) (
 	if err != nil {
 		return 0, err
 	}
+	return l.JoinControlPlaneAt(ctx, n, first.IP, hash, s)
+}
+
+// JoinControlPlaneAt is JoinControlPlane with the first master given by its
+// address and its CA's discovery hash (a master outside the lab's nodes:
+// the VM of TestClusterInit).
+func (l *Lab) JoinControlPlaneAt(ctx context.Context, n *Node, first netip.Addr, hash string, s Secrets) (time.Duration, error) {
 	key, err := os.ReadFile(s.CertKeyFile)
 	if err != nil {
 		return 0, err
@@ -116,7 +124,7 @@ controlPlane:
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		return 0, err
 	}
-	if err := n.mapEndpoint(first.IP.String()); err != nil {
+	if err := n.mapEndpoint(first.String()); err != nil {
 		return 0, err
 	}
 	n.SuperviseKubelet()

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vipctl/vipctl/e2e/k8simage"
 	"github.com/vipctl/vipctl/e2e/vm"
 )
 
@@ -84,42 +83,16 @@ type WorkerVM struct {
 // the VM on it, under the lab lock. It returns the in-VM scenarios' exit
 // code, as vm.Run does.
 func (l *Lab) RunWorkerVM(ctx context.Context, w WorkerVM) (int, error) {
-	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
-	if err != nil {
-		return -1, err
-	}
-	defer os.RemoveAll(share)
 	env := map[string]string{"VIPCTL_E2E_CLUSTER": "1"}
 	for k, v := range w.Env {
 		env[k] = v
 	}
-	t0 := time.Now()
-	if err := vm.BuildShare(ctx, w.Root, share, w.TestArgs, env); err != nil {
-		return -1, err
-	}
-	if err := l.writeWorkerShare(ctx, filepath.Join(share, WorkerDir), w); err != nil {
-		return -1, err
-	}
-	l.logf("cluster: worker share built in %s", time.Since(t0).Round(time.Millisecond))
-	for _, c := range [][]string{
-		{"-n", LabNS, "tuntap", "add", "dev", WorkerTap, "mode", "tap"},
-		{"-n", LabNS, "link", "set", WorkerTap, "master", bridge, "up"},
-	} {
-		if err := ip(c...); err != nil {
-			return -1, err
-		}
-	}
-	defer ip("-n", LabNS, "link", "del", WorkerTap)
-	lock, err := acquireLock(ctx)
-	if err != nil {
-		return -1, err
-	}
-	defer lock.Close()
 	mem := w.Memory
 	if mem == "" {
 		mem = "3G"
 	}
-	return vm.Run(ctx, vm.Config{Assets: w.Assets, Share: share, Console: w.Console, Memory: mem, NetNS: LabNS, Tap: WorkerTap})
+	return l.bootVM(ctx, vmBoot{Assets: w.Assets, Root: w.Root, Dir: WorkerDir, TestArgs: w.TestArgs, Env: env,
+		Console: w.Console, Memory: mem, Tap: WorkerTap}, func(dir string) error { return l.writeWorkerShare(ctx, dir, w) })
 }
 
 // writeWorkerShare fills dir with what the worker needs (see WorkerSpec).
@@ -127,15 +100,9 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	log := w.Log
-	if log == nil {
-		log = io.Discard
-	}
 	spec := WorkerSpec{
 		Name: "worker1", NodeIP: netip.PrefixFrom(WorkerIP, 24).String(), Gateway: gateway,
-		ServiceSubnet: "10.96.0.0/16", Root: "root", KernelConfig: "kernel-config",
-		PauseRef: l.pauseRef(), KubeProxyMode: l.KubeProxyMode, Bundle: "bundle.tar.gz",
-		TokenFile: "token", AdminConf: "admin.conf", CNIConfig: "10-vipctl-lab.conflist",
+		ServiceSubnet: "10.96.0.0/16", KubeProxyMode: l.KubeProxyMode, TokenFile: "token", AdminConf: "admin.conf",
 	}
 	for _, m := range w.Masters {
 		spec.Masters = append(spec.Masters, netip.AddrPortFrom(m.IP, 6443).String())
@@ -157,24 +124,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if err := os.WriteFile(filepath.Join(dir, spec.AdminConf), admin, 0o600); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, spec.CNIConfig), []byte(CNIConfig(PodCIDR(50))), 0o644); err != nil {
-		return err
-	}
-	for _, img := range l.Images {
-		if img.Ref == spec.PauseRef || (l.KubeProxyMode != "" && strings.Contains(img.Ref, "/kube-proxy:")) {
-			name := filepath.Base(img.Tar)
-			if err := vm.LinkOrCopy(img.Tar, filepath.Join(dir, name)); err != nil {
-				return err
-			}
-			spec.Images = append(spec.Images, name)
-		}
-	}
-	// The kernel's files: its config (kubeadm's SystemVerification reads
-	// /boot/config-$(uname -r)) and the modules the initramfs lacks.
-	kroot := filepath.Dir(filepath.Dir(w.Assets.Kernel))
-	if err := vm.LinkOrCopy(filepath.Join(kroot, "boot", "config-"+w.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
-		return err
-	}
+	// The node's files; kube-proxy's image and modules when it runs.
 	mods := workerModules
 	if l.KubeProxyMode != "" {
 		mods = append(append([]string(nil), mods...), kubeProxyModules...)
@@ -182,55 +132,8 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if l.KubeProxyMode == "ipvs" {
 		mods = append(mods, kubeProxyIPVSModules...)
 	}
-	if spec.Modules, err = copyModules(ctx, kroot, w.Assets.KVer, filepath.Join(dir, "modules"), mods); err != nil {
-		return err
-	}
-	// Debian's containerd, runc and CNI plugins, and the Kubernetes programs.
-	debRoot, err := FetchDebs(ctx, w.Cache, WorkerDebs, log)
-	if err != nil {
-		return err
-	}
-	files := []k8simage.File{
-		{Dst: "/usr/local/bin/kubelet", Src: l.Bin.Kubelet},
-		{Dst: "/usr/local/bin/kubeadm", Src: l.Bin.Kubeadm},
-		{Dst: "/usr/local/bin/kubectl", Src: l.Bin.Kubectl},
-	}
-	for _, p := range []string{"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/ctr", "/usr/sbin/runc",
-		"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
-		files = append(files, k8simage.File{Dst: p, Src: filepath.Join(debRoot, p)})
-	}
-	files, err = k8simage.WithLibraries(files, []string{debRoot, "/"})
-	if err != nil {
-		return err
-	}
-	for _, f := range files {
-		dst := filepath.Join(dir, spec.Root, f.Dst)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if f.Link != "" {
-			if err := os.Symlink(f.Link, dst); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := vm.LinkOrCopy(f.Src, dst); err != nil {
-			return err
-		}
-	}
-	// The offline bundle, built as a user builds it (make offline).
-	dist := filepath.Join(dir, "dist")
-	cmd := exec.CommandContext(ctx, "bash", filepath.Join(w.Root, "scripts", "offline.sh"))
-	cmd.Dir = w.Root
-	cmd.Env = append(os.Environ(), "ARCHES=amd64", "DIST="+dist, "VERSION="+WorkerVersion)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("scripts/offline.sh: %w", err)
-	}
-	if err := os.Rename(filepath.Join(dist, "vipctl-offline-"+WorkerVersion+"-linux-amd64.tar.gz"), filepath.Join(dir, spec.Bundle)); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(dist); err != nil {
+	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: mods, PodCIDR: PodCIDR(50),
+		Image: func(ref string) bool { return l.KubeProxyMode != "" && strings.Contains(ref, "/kube-proxy:") }}, &spec); err != nil {
 		return err
 	}
 	return WriteWorkerSpec(dir, spec)

@@ -1,0 +1,166 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/vipctl/vipctl/e2e/k8simage"
+	"github.com/vipctl/vipctl/e2e/vm"
+)
+
+// What every VM node of the cluster lab gets, whatever its role (the worker
+// of TestClusterWorker, the first master of TestClusterInit), and how the
+// VM is booted on the lab bridge. The roles' own inputs (a join's token, an
+// init's configuration) are added by their callers.
+
+// vmBoot is one boot of the lab VM on the cluster lab's bridge.
+type vmBoot struct {
+	Assets vm.Assets
+	// Root is the module root: vipctl and e2e/vmtests are built from it.
+	Root string
+	// Dir is the node's folder in the share (WorkerDir, InitDir), filled by fill.
+	Dir string
+	// TestArgs and Env are the in-VM test binary's flags and environment.
+	TestArgs []string
+	Env      map[string]string
+	Console  io.Writer
+	Memory   string
+	// Tap is the tap device in LabNS on the bridge, behind the VM's NIC.
+	Tap string
+}
+
+// bootVM builds the share (vipctl, the test binary, then fill's node
+// folder), plugs the tap on the lab bridge and boots the VM on it, under
+// the lab lock. It returns the in-VM scenarios' exit code, as vm.Run does.
+func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error) (int, error) {
+	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
+	if err != nil {
+		return -1, err
+	}
+	defer os.RemoveAll(share)
+	t0 := time.Now()
+	if err := vm.BuildShare(ctx, b.Root, share, b.TestArgs, b.Env); err != nil {
+		return -1, err
+	}
+	if err := fill(filepath.Join(share, b.Dir)); err != nil {
+		return -1, err
+	}
+	l.logf("cluster: VM share %s built in %s", b.Dir, time.Since(t0).Round(time.Millisecond))
+	for _, c := range [][]string{
+		{"-n", LabNS, "tuntap", "add", "dev", b.Tap, "mode", "tap"},
+		{"-n", LabNS, "link", "set", b.Tap, "master", bridge, "up"},
+	} {
+		if err := ip(c...); err != nil {
+			return -1, err
+		}
+	}
+	defer ip("-n", LabNS, "link", "del", b.Tap)
+	lock, err := acquireLock(ctx)
+	if err != nil {
+		return -1, err
+	}
+	defer lock.Close()
+	return vm.Run(ctx, vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap})
+}
+
+// vmNode describes the files of a VM node, whatever its role.
+type vmNode struct {
+	Assets vm.Assets
+	// Root is the module root (scripts/offline.sh builds the bundle there).
+	Root string
+	// Cache is the project's cache folder (FetchDebs).
+	Cache string
+	// Image reports whether the lab's image ref goes into the node's containerd.
+	Image func(ref string) bool
+	// Modules are the kernel modules the node loads (with their
+	// dependencies), beyond the initramfs's.
+	Modules []string
+	// PodCIDR is the node's range for its bridge CNI config.
+	PodCIDR string
+	Log     io.Writer
+}
+
+// writeVMNode fills dir with what any VM node needs and records the files'
+// names in spec (relative to dir): the CNI config; the image archives n.Image
+// picks; the kernel's config (kubeadm's SystemVerification reads
+// /boot/config-$(uname -r)) and modules; Debian's containerd, runc and CNI
+// plugins with the kubelet, kubeadm and kubectl, laid out as the node's /
+// with the libraries they link; and the offline bundle, built as a user
+// builds it (make offline).
+func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *WorkerSpec) error {
+	log := n.Log
+	if log == nil {
+		log = io.Discard
+	}
+	spec.Root, spec.KernelConfig, spec.Bundle, spec.CNIConfig = "root", "kernel-config", "bundle.tar.gz", "10-vipctl-lab.conflist"
+	spec.PauseRef = l.pauseRef()
+	if err := os.WriteFile(filepath.Join(dir, spec.CNIConfig), []byte(CNIConfig(n.PodCIDR)), 0o644); err != nil {
+		return err
+	}
+	for _, img := range l.Images {
+		if img.Ref == spec.PauseRef || n.Image(img.Ref) {
+			name := filepath.Base(img.Tar)
+			if err := vm.LinkOrCopy(img.Tar, filepath.Join(dir, name)); err != nil {
+				return err
+			}
+			spec.Images = append(spec.Images, name)
+		}
+	}
+	kroot := filepath.Dir(filepath.Dir(n.Assets.Kernel))
+	if err := vm.LinkOrCopy(filepath.Join(kroot, "boot", "config-"+n.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
+		return err
+	}
+	var err error
+	if spec.Modules, err = copyModules(ctx, kroot, n.Assets.KVer, filepath.Join(dir, "modules"), n.Modules); err != nil {
+		return err
+	}
+	debRoot, err := FetchDebs(ctx, n.Cache, WorkerDebs, log)
+	if err != nil {
+		return err
+	}
+	files := []k8simage.File{
+		{Dst: "/usr/local/bin/kubelet", Src: l.Bin.Kubelet},
+		{Dst: "/usr/local/bin/kubeadm", Src: l.Bin.Kubeadm},
+		{Dst: "/usr/local/bin/kubectl", Src: l.Bin.Kubectl},
+	}
+	for _, p := range []string{"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/ctr", "/usr/sbin/runc",
+		"/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/usr/lib/cni/loopback"} {
+		files = append(files, k8simage.File{Dst: p, Src: filepath.Join(debRoot, p)})
+	}
+	files, err = k8simage.WithLibraries(files, []string{debRoot, "/"})
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		dst := filepath.Join(dir, spec.Root, f.Dst)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if f.Link != "" {
+			if err := os.Symlink(f.Link, dst); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := vm.LinkOrCopy(f.Src, dst); err != nil {
+			return err
+		}
+	}
+	dist := filepath.Join(dir, "dist")
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join(n.Root, "scripts", "offline.sh"))
+	cmd.Dir = n.Root
+	cmd.Env = append(os.Environ(), "ARCHES=amd64", "DIST="+dist, "VERSION="+WorkerVersion)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("scripts/offline.sh: %w", err)
+	}
+	if err := os.Rename(filepath.Join(dist, "vipctl-offline-"+WorkerVersion+"-linux-amd64.tar.gz"), filepath.Join(dir, spec.Bundle)); err != nil {
+		return err
+	}
+	return os.RemoveAll(dist)
+}
