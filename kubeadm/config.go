@@ -220,14 +220,18 @@ func Merge(o Options, existing []byte) ([]byte, []string, error) {
 	}
 
 	if cluster == nil {
-		n, err := toNode(ClusterConfiguration{
+		cc := ClusterConfiguration{
 			TypeMeta:             typeMeta(Group+"/"+api, kindCluster),
 			KubernetesVersion:    kubernetesVersion,
 			ControlPlaneEndpoint: endpoint,
 			ImageRepository:      imageRepository,
 			Networking:           Networking{PodSubnet: podSubnet, ServiceSubnet: serviceSubnet},
 			APIServer:            APIServer{CertSANs: sans},
-		})
+		}
+		if hasLocalModeGate(kubernetesVersion) {
+			cc.FeatureGates = map[string]bool{KubeletLocalModeGate: false}
+		}
+		n, err := toNode(cc)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -255,6 +259,18 @@ func Merge(o Options, existing []byte) ([]byte, []string, error) {
 		}
 		if err := appendUnique(apiServer, kindCluster+" apiServer.certSANs", "certSANs", sans, sameSAN); err != nil {
 			return nil, nil, err
+		}
+		if hasLocalModeGate(kubernetesVersion) {
+			gates, err := childMap(cluster, kindCluster, "featureGates")
+			if err != nil {
+				return nil, nil, err
+			}
+			switch scalarAt(gates, KubeletLocalModeGate) {
+			case "":
+				setScalar(gates, KubeletLocalModeGate, "false", "!!bool")
+			case "true":
+				warnings = append(warnings, fmt.Sprintf("ClusterConfiguration featureGates.%s true kept: the masters' kubelets then reach only their own apiserver, never the VIP", KubeletLocalModeGate))
+			}
 		}
 	}
 
@@ -293,6 +309,28 @@ func Merge(o Options, existing []byte) ([]byte, []string, error) {
 		return nil, nil, fmt.Errorf("encode config: %w", err)
 	}
 	return buf.Bytes(), warnings, nil
+}
+
+// KubeletLocalModeGate is kubeadm's feature gate (beta and on by default
+// from Kubernetes 1.33) that points a control-plane node's kubelet.conf at
+// the node's own apiserver instead of controlPlaneEndpoint. With it on, a
+// master's kubelet never goes through the VIP and loses the API whenever
+// its own apiserver restarts, which the VIP's preference for the local
+// apiserver exists to prevent (docs/join.md). Merge turns it off, unless
+// the user's config sets it; join --control-plane inherits it from the
+// cluster's ClusterConfiguration.
+const KubeletLocalModeGate = "ControlPlaneKubeletLocalMode"
+
+// hasLocalModeGate tells whether kubeadm for version knows
+// KubeletLocalModeGate (from 1.31): kubeadm refuses a gate it does not know.
+func hasLocalModeGate(version string) bool {
+	rest, ok := strings.CutPrefix(version, "v1.")
+	if !ok {
+		return false
+	}
+	minor, _, _ := strings.Cut(rest, ".")
+	n, err := strconv.Atoi(minor)
+	return err == nil && n >= 31
 }
 
 func parseOptions(o Options) (parsed, error) {

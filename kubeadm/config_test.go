@@ -301,6 +301,41 @@ func TestMergeFlagsOverrideTheConfig(t *testing.T) {
 	assert.Equal(t, "192.168.0.4", at(docs(t, out)[kindInit], "localAPIEndpoint", "advertiseAddress"))
 }
 
+// kubeadm 1.33+ points a master's kubelet at its own apiserver unless
+// ControlPlaneKubeletLocalMode is off: vipctl turns it off so that the
+// masters' kubelets go through the VIP, keeps a user's explicit choice
+// (with a warning when it is on), and leaves kubeadm that does not know the
+// gate (before 1.31) without it: kubeadm refuses an unknown gate.
+func TestMergeTurnsKubeletLocalModeOff(t *testing.T) {
+	gate := func(out []byte) any {
+		g, _ := docs(t, out)[kindCluster]["featureGates"].(map[string]any)
+		return g[KubeletLocalModeGate]
+	}
+	o := baseOptions()
+	out, err := Render(o)
+	require.NoError(t, err)
+	assert.Equal(t, false, gate(out), "rendered")
+
+	user := []byte("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nfeatureGates:\n  EtcdLearnerMode: true\n")
+	out, warnings, err := Merge(o, user)
+	require.NoError(t, err)
+	assert.Equal(t, false, gate(out), "merged into the user's gates")
+	assert.Equal(t, true, docs(t, out)[kindCluster]["featureGates"].(map[string]any)["EtcdLearnerMode"], "the user's gate kept")
+	assert.Empty(t, warnings)
+
+	user = []byte("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nfeatureGates:\n  ControlPlaneKubeletLocalMode: true\n")
+	out, warnings, err = Merge(o, user)
+	require.NoError(t, err)
+	assert.Equal(t, true, gate(out), "the user's choice kept")
+	require.Len(t, warnings, 1)
+	assert.Contains(t, warnings[0], "ControlPlaneKubeletLocalMode")
+
+	o.KubernetesVersion = "v1.30.14"
+	out, err = Render(o)
+	require.NoError(t, err)
+	assert.Nil(t, gate(out), "kubeadm 1.30 does not know the gate")
+}
+
 func TestMergeIsIdempotent(t *testing.T) {
 	for _, name := range []string{"user-v1beta4.yaml", "user-v1beta3-partial.yaml"} {
 		t.Run(name, func(t *testing.T) {

@@ -27,6 +27,9 @@ type ClusterConfiguration struct {
 	ImageRepository      string     `json:"imageRepository,omitempty"`
 	Networking           Networking `json:"networking,omitzero"`
 	APIServer            APIServer  `json:"apiServer,omitzero"`
+	// FeatureGates are kubeadm's feature gates; vipctl sets only
+	// ControlPlaneKubeletLocalMode (see Merge).
+	FeatureGates map[string]bool `json:"featureGates,omitempty"`
 }
 
 // Networking holds the cluster's subnets; each may be a comma-separated
