@@ -119,6 +119,12 @@ func startMasters(ctx context.Context, t *testing.T, secrets bool, kubeProxyMode
 	}
 	require.NoError(t, err)
 	t.Logf("kubeadm init took %s (kubelet started %d times)\n%s", res.Took.Round(time.Millisecond), m1.KubeletStarts, res.Output)
+	// kubeadm made this cluster, not `vipctl init` (no IPVS on this host):
+	// the watchdogs' master discovery gets its RBAC the way an existing
+	// cluster does (docs/join.md).
+	out, err := m1.Run(ctx, lab.Bin.Vipctl, "rbac", "apply", "--kubeconfig", "/etc/kubernetes/admin.conf")
+	require.NoError(t, err, "vipctl rbac apply")
+	t.Logf("vipctl rbac apply:\n%s", out)
 	names := []string{"master1"}
 	for i := 2; i <= masters; i++ {
 		name := "master" + strconv.Itoa(i)
