@@ -6,7 +6,7 @@ COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X github.com/vipctl/vipctl/internal/version.Version=$(VERSION) -X github.com/vipctl/vipctl/internal/version.Commit=$(COMMIT)
 GOARCH  ?= amd64
 
-.PHONY: all build test unit e2e chaos demo bench fleet offline fmt vet lint fuzz clean
+.PHONY: all build test unit e2e chaos demo bench fleet cluster offline fmt vet lint fuzz clean
 
 all: build
 
@@ -17,6 +17,12 @@ build:
 ## test: every test — unit tests, the real kubeadm check, containerd import, and the VM e2e on a real kernel
 test:
 	scripts/test.sh
+
+## cluster: the real-cluster e2e (docs/lab.md): kind-style masters on this host, the VM joined as a
+##          worker (faults, teardown, kube-proxy's ipvs mode) and as the first master by vipctl init;
+##          builds the node components and etcd 3.6 first (as root; ~27 min warm on 2 cores)
+cluster:
+	VIPCTL_CLUSTER=1 go test -count=1 -timeout 50m -v ./e2e/cluster
 
 ## unit: the tests that need no root, VM or built Kubernetes
 unit:
