@@ -93,9 +93,8 @@ type Config struct {
 	//
 	// Every fall (Up to Down) adds one to the master's recent falls; the
 	// count halves for every MaxHoldDown in which the master neither fell
-	// nor failed a probe (or answered only after TCP retransmissions)
-	// while held down, so failures minutes apart do not pile up, while a
-	// master that flaps keeps its count and stays out.
+	// nor failed a probe while held down, so failures minutes apart do not
+	// pile up, while a master that flaps keeps its count and stays out.
 	//
 	// The hold-down never costs capacity: a healthy (passed Rise) master is
 	// put back at once, whatever its hold-down, while fewer than a majority
@@ -186,9 +185,7 @@ type Outcome struct {
 	// enough for a retransmission timer to fire. It is not a failure (a
 	// loaded host retransmits too), but makes the master suspect (see
 	// MayFlap): a kept connection rides out a link that flaps, so the
-	// next probes are soon and on new connections, as a new client's. A
-	// master held down for flapping starts its hold-down again on such an
-	// answer, as on a failure (see Config.HoldDown).
+	// next probes are soon and on new connections, as a new client's.
 	Retransmitted bool
 }
 
@@ -396,14 +393,10 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 			return nil
 		}
 		m.flaps++
-		// Failing every other probe is flapping already, and so is timing
-		// out after answers that needed TCP retransmissions since the
-		// master was last Up (a link losing packets before it loses
-		// everything; a killed apiserver refuses, a cut link was clean
-		// before the cut): the hold-down starts with this fall instead of
-		// the next.
-		flapping := !o.Conclusive && (m.failures < t.cfg.Fall || (!o.Fast && m.lossy != 0))
+		flapping := !o.Conclusive && m.failures < t.cfg.Fall
 		if flapping {
+			// Failing every other probe is flapping already: the hold-down
+			// starts with this fall instead of the next.
 			m.flaps = max(m.flaps, 2)
 		}
 		m.lastFlap = now
@@ -424,17 +417,11 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		// Its place may fall to a healthy master that is held down.
 		return append([]Event{e}, t.waive(now)...)
 	case Down:
-		if (!o.OK || o.Retransmitted) && t.holdDown(m.flaps) > 0 {
+		if !o.OK && t.holdDown(m.flaps) > 0 {
 			// A flapping master must be steadily healthy for the whole
 			// hold-down: every failure while down starts it again, so a
 			// master that keeps flapping stays out instead of flapping the
-			// kernel, and keeps its count of recent falls. So does a
-			// healthy answer that needed TCP retransmissions: a link that
-			// flaps loses part of every exchange, and a master held down
-			// for flapping is not steadily healthy while its link loses
-			// packets. It still counts towards Rise: a held master comes
-			// back when fewer than a majority serve (capacity first), and
-			// a master with one recent fall (a restart) has no hold-down.
+			// kernel, and keeps its count of recent falls.
 			m.lastFlap = now
 			if until := now.Add(t.holdDown(m.flaps)); until.After(m.holdUntil) {
 				m.holdUntil = until
