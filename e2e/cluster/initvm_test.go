@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/vipctl/vipctl/e2e/vm"
 )
 
 // initVIP is vipctl init's --vip in TestClusterInit: vipctl's default VIP,
@@ -26,15 +25,10 @@ var initVIP = netip.MustParseAddrPort("10.103.97.2:6443")
 // the VM is alone on the cluster lab's bridge.
 func TestClusterInit(t *testing.T) {
 	requireLab(t)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no /dev/net/tun for the VM's tap device: %v", err)
-	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	var prep bytes.Buffer
-	assets, err := vm.Prepare(ctx, &prep)
-	require.NoError(t, err, prep.String())
+	assets := prepareVM(ctx, t)
 
 	root := moduleRoot(t)
 	before := hostSnapshot(t)
@@ -46,14 +40,7 @@ func TestClusterInit(t *testing.T) {
 		require.Equal(t, before, hostSnapshot(t), "the host after the lab")
 	})
 
-	logDir := os.Getenv("VIPCTL_E2E_LOGDIR")
-	if logDir == "" {
-		logDir = t.TempDir()
-	}
-	consolePath := filepath.Join(logDir, "cluster-init-console.log")
-	console, err := os.Create(consolePath)
-	require.NoError(t, err)
-	defer console.Close()
+	console, consolePath := consoleFile(t, "cluster-init-console.log")
 	var build bytes.Buffer
 	v := InitVM{
 		Assets: assets, Root: root, Cache: cacheDir(), VIP: initVIP,

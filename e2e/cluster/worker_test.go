@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/vipctl/vipctl/e2e/vm"
 )
 
 // TestClusterWorker joins the VM (Debian's kernel, with IPVS) to the real
@@ -23,14 +22,9 @@ import (
 // host for those of a master (FaultDriver), and tears the worker down.
 func TestClusterWorker(t *testing.T) {
 	requireLab(t)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no /dev/net/tun for the VM's tap device: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
-	var prep bytes.Buffer
-	assets, err := vm.Prepare(ctx, &prep)
-	require.NoError(t, err, prep.String())
+	assets := prepareVM(ctx, t)
 
 	// Two masters by default: the faults need one to fail over to (with
 	// one, a master's fault leaves the VIP nothing to serve, and the
@@ -42,14 +36,7 @@ func TestClusterWorker(t *testing.T) {
 	m1 := lab.Nodes[0]
 	checkControlPlane(ctx, t, lab, m1, names)
 
-	logDir := os.Getenv("VIPCTL_E2E_LOGDIR")
-	if logDir == "" {
-		logDir = t.TempDir()
-	}
-	consolePath := filepath.Join(logDir, "cluster-worker-console.log")
-	console, err := os.Create(consolePath)
-	require.NoError(t, err)
-	defer console.Close()
+	console, consolePath := consoleFile(t, "cluster-worker-console.log")
 	var build bytes.Buffer
 	// The host's faults (more than one master): the VM asks for them on
 	// its console, the driver applies them to master2 and answers in the

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"github.com/vipctl/vipctl/e2e/vm"
 )
 
 // TestClusterWorkerIPVSMode is the shorter run of TestClusterWorker with
@@ -22,14 +20,9 @@ import (
 // writes into its configuration).
 func TestClusterWorkerIPVSMode(t *testing.T) {
 	requireLab(t)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("no /dev/net/tun for the VM's tap device: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	var prep bytes.Buffer
-	assets, err := vm.Prepare(ctx, &prep)
-	require.NoError(t, err, prep.String())
+	assets := prepareVM(ctx, t)
 
 	t.Setenv("VIPCTL_CLUSTER_MASTERS", "1")
 	lab, names, sec := startMasters(ctx, t, true, "ipvs")
@@ -38,14 +31,7 @@ func TestClusterWorkerIPVSMode(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	checkControlPlane(ctx, t, lab, m1, names)
 
-	logDir := os.Getenv("VIPCTL_E2E_LOGDIR")
-	if logDir == "" {
-		logDir = t.TempDir()
-	}
-	consolePath := filepath.Join(logDir, "cluster-worker-ipvs-console.log")
-	console, err := os.Create(consolePath)
-	require.NoError(t, err)
-	defer console.Close()
+	console, consolePath := consoleFile(t, "cluster-worker-ipvs-console.log")
 	var build bytes.Buffer
 	t0 := time.Now()
 	code, runErr := lab.RunWorkerVM(ctx, WorkerVM{
