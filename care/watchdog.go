@@ -491,7 +491,7 @@ func (w *Watchdog) observe(addr netip.AddrPort, r probe.Result) bool {
 		m.closed = false // it answers: whatever closed the sentinel, it lives
 	}
 	events := w.tracker.Observe(addr, health.Outcome{OK: r.OK, Fast: r.Fast, Status: r.Status, Reason: r.Reason, Latency: r.Latency,
-		Conclusive: conclusive, Retransmitted: r.Retransmits > 0}, now)
+		Conclusive: conclusive, Retransmitted: retransmitTimedOut(r)}, now)
 	w.emit(events)
 	m.due = now.Add(w.tracker.NextProbe(addr, w.rnd()))
 	m.status = r.Status
@@ -889,4 +889,18 @@ func (l *errLimiter) allow(stage, msg string, now time.Time) bool {
 	}
 	l.last[stage] = errLogged{msg: msg, at: now}
 	return true
+}
+
+// tcpMinRTO is Linux's floor of the TCP retransmission timeout
+// (TCP_RTO_MIN).
+const tcpMinRTO = 200 * time.Millisecond
+
+// retransmitTimedOut tells whether a probe's answer needed a TCP
+// retransmission and took at least the kernel's shortest retransmission
+// timeout: a segment was lost and the exchange waited for the timer, as
+// on a link that flaps. A retransmission that cost less (a tail loss
+// probe or a fast retransmit, which a busy or emulated host sends for
+// nothing now and then) is no sign of a lossy link.
+func retransmitTimedOut(r probe.Result) bool {
+	return r.Retransmits > 0 && r.Latency >= tcpMinRTO
 }

@@ -549,12 +549,57 @@ func TestRetransmittedAnswerMakesAMasterSuspect(t *testing.T) {
 	f.advance(cfg.FastRetry).probe(mA, refused())
 	assert.Equal(t, Down, f.phase(mA), "2 of the last 3 probes failed")
 
-	// After a fall (here mB's kill) a retransmitted answer is no failure
-	// either: a restarted master on a loaded host comes back.
+	// After a fall (here mB's kill, with mA down too: no master serves) a
+	// retransmitted answer counts towards Rise: capacity first.
 	f.advance(time.Second).probe(mB, refused()).probe(mB, refused())
 	require.Equal(t, Down, f.phase(mB))
 	f.advance(time.Second).probe(mB, retransmitted).advance(time.Second).probe(mB, retransmitted)
-	assert.Equal(t, Up, f.phase(mB), "back after Rise answers, retransmitted or not")
+	assert.Equal(t, Up, f.phase(mB), "back after Rise answers, retransmitted or not, when fewer than a majority serve")
+}
+
+// After a fall, while the others carry the load, an answer that needed a
+// retransmission timeout does not count towards Rise: a master whose link
+// flaps answers so between its lost SYNs, and came back on two of them. A
+// repaired master whose first answers were slow comes back after Rise
+// clean ones, with no hold-down; a slow answer after a clean one is a
+// relapse (the hold-down starts); fewer than a majority serving, slow
+// answers count.
+func TestSlowedAnswerAfterAFallIsNoRise(t *testing.T) {
+	cfg := DefaultConfig()
+	slowed := Outcome{OK: true, Status: 200, Reason: "HTTP 200", Retransmitted: true}
+	f := newFixture(t, cfg, mA, mB, mC)
+	for _, m := range []netip.AddrPort{mA, mB, mC} {
+		f.probe(m, ok())
+	}
+	f.advance(time.Second).probe(mB, timedOut()).probe(mB, timedOut())
+	require.Equal(t, Down, f.phase(mB))
+	for range 3 {
+		f.advance(time.Second).probe(mB, slowed)
+	}
+	assert.Equal(t, Down, f.phase(mB), "slowed answers are no rise while mA and mC serve")
+	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, ok())
+	assert.Equal(t, Up, f.phase(mB), "back after Rise clean answers")
+	assert.True(t, f.tr.Snapshot()[1].HoldUntil.IsZero() || !f.tr.Snapshot()[1].HoldUntil.After(f.now), "with no hold-down")
+
+	// A minute later (its fall forgotten) it falls again and relapses.
+	f.advance(time.Minute).probe(mB, timedOut()).probe(mB, timedOut())
+	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, slowed)
+	relapse := f.now
+	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, ok())
+	assert.Equal(t, Down, f.phase(mB), "held down after a slowed answer that followed a clean one")
+	assert.Equal(t, relapse.Add(cfg.HoldDown), f.tr.Snapshot()[1].HoldUntil)
+
+	// A slowed answer again: no longer past Rise. Then mA and mC fall:
+	// slowed answers count, and mB is waived back on them.
+	f.advance(time.Second).probe(mB, slowed)
+	require.Zero(t, f.tr.Snapshot()[1].Successes)
+	f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
+	f.advance(time.Second).probe(mC, refused()).probe(mC, refused())
+	f.advance(time.Second).probe(mB, slowed)
+	require.Equal(t, Down, f.phase(mB), "one slowed answer")
+	assert.Equal(t, 1, f.tr.Snapshot()[1].Successes, "counted: nothing serves")
+	f.advance(time.Second).probe(mB, slowed)
+	assert.Equal(t, Up, f.phase(mB), "back on slowed answers while nothing else serves")
 }
 
 // A fleet whose watchdogs all start at once (a restart across the nodes)
@@ -597,4 +642,83 @@ func TestFleetStartedAtOnceIsSpreadFromTheSecondProbe(t *testing.T) {
 		}
 		assert.Less(t, peak, 2.0, "period %d: %v", p+1, b)
 	}
+}
+
+// A master that fell once, answered healthy again and then failed before it
+// passed Rise relapsed: a repaired master fails until it is repaired and
+// then answers, a flapping one alternates. The relapse starts the hold-down
+// as a second fall would, so a link that flaps is kept out instead of
+// coming back after two lucky probes. A repaired master, however its
+// failures ended (refused, timed out, unhealthy), still comes back after
+// Rise, and a relapsed master is still waived back when fewer than a
+// majority serve.
+func TestRelapseBeforeRiseStartsTheHoldDown(t *testing.T) {
+	cfg := DefaultConfig()
+	for _, fail := range []Outcome{timedOut(), refused(), status500()} {
+		t.Run(fail.Reason, func(t *testing.T) {
+			f := newFixture(t, cfg, mA, mB, mC)
+			for _, m := range []netip.AddrPort{mA, mB, mC} {
+				f.probe(m, ok())
+			}
+			f.reconcile()
+
+			// Repaired: fails until repaired, then answers.
+			f.advance(time.Second).probe(mA, fail).probe(mA, fail)
+			require.Equal(t, Down, f.phase(mA))
+			f.advance(time.Second).probe(mA, fail).advance(time.Second).probe(mA, fail)
+			f.advance(time.Second).probe(mA, ok()).advance(time.Second).probe(mA, ok())
+			assert.Equal(t, Up, f.phase(mA), "a repaired master is back after Rise")
+
+			// Relapsed: fell, answered, failed again.
+			f.advance(time.Minute).probe(mB, fail).probe(mB, fail)
+			require.Equal(t, Down, f.phase(mB))
+			f.advance(time.Second).probe(mB, ok())
+			f.advance(time.Second).probe(mB, fail)
+			relapse := f.now
+			f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, ok())
+			assert.Equal(t, Down, f.phase(mB), "held down after the relapse, though it passed Rise")
+			st := f.tr.Snapshot()[1]
+			assert.True(t, st.HeldDown)
+			assert.Equal(t, relapse.Add(cfg.HoldDown), st.HoldUntil, "the hold-down runs from the relapse")
+			for f.now.Before(relapse.Add(cfg.HoldDown)) {
+				f.advance(time.Second).probe(mB, ok())
+			}
+			assert.Equal(t, Up, f.phase(mB), "back once healthy for the whole hold-down")
+
+			// Relapsed again, while mC is down too: capacity first.
+			f.advance(time.Minute).probe(mB, fail).probe(mB, fail)
+			f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, fail)
+			f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, ok())
+			require.Equal(t, Down, f.phase(mB), "held down while mA and mC carry the load")
+			f.advance(100*time.Millisecond).probe(mC, fail).probe(mC, fail)
+			f.reconcile()
+			assert.Equal(t, Up, f.phase(mB), "waived back: only mA would serve")
+		})
+	}
+}
+
+// A link that flaps loses a segment of most exchanges: an up master with a
+// failure and an answer that waited for a TCP retransmission timeout among
+// its last 2*Fall-1 probes falls as flapping (hold-down at once), while the
+// others carry the load. Slowed answers alone never take it out, and with
+// fewer than a majority left it takes Fall failures as before.
+func TestFailureAndSlowedAnswersFallAsFlapping(t *testing.T) {
+	cfg := DefaultConfig()
+	slowed := Outcome{OK: true, Status: 200, Reason: "HTTP 200", Retransmitted: true}
+	f := newFixture(t, cfg, mA, mB, mC)
+	for _, m := range []netip.AddrPort{mA, mB, mC} {
+		f.probe(m, ok())
+	}
+	f.advance(time.Second).probe(mB, slowed).advance(cfg.FastRetry).probe(mB, timedOut())
+	require.Equal(t, Down, f.phase(mB), "a slowed answer and a timeout")
+	st := f.tr.Snapshot()[1]
+	assert.Equal(t, 2, st.Flaps, "flapping: the hold-down starts with this fall")
+	assert.Equal(t, f.now.Add(cfg.HoldDown), st.HoldUntil)
+
+	// mB out, mA's fall would leave mC alone: its timeout and slowed
+	// answer are no fall, Fall failures are.
+	f.advance(time.Second).probe(mA, timedOut()).advance(cfg.FastRetry).probe(mA, slowed)
+	assert.Equal(t, Up, f.phase(mA), "it would leave fewer than a majority: Fall failures needed")
+	f.advance(cfg.FastRetry).probe(mA, timedOut())
+	assert.Equal(t, Down, f.phase(mA), "2 of the last 3 probes failed")
 }

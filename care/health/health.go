@@ -249,6 +249,7 @@ type master struct {
 	lossy      uint32    // as recent: 1 a healthy answer that needed TCP retransmissions
 	flaps      int       // recent falls: halved for every MaxHoldDown of quiet
 	lastFlap   time.Time // last fall, or last failed probe while held down
+	rebounded  bool      // answered healthy since its last fall
 	holdUntil  time.Time
 	heldTold   bool // a held-down event was emitted for the current hold
 	member     Membership
@@ -389,10 +390,19 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		}
 		return []Event{t.setPhase(m, Down, now, "first probe: "+o.Reason)}
 	case Up:
-		if o.OK || (m.failures < t.cfg.Fall && !o.Conclusive && t.recentFailures(m) < t.cfg.Fall) {
+		failed := !o.OK && (m.failures >= t.cfg.Fall || o.Conclusive || t.recentFailures(m) >= t.cfg.Fall)
+		// A link that flaps loses a segment of most exchanges: a failure
+		// and answers that waited for a retransmission timeout, Fall of
+		// them among the last probes, take the master out as flapping,
+		// but only while the others carry the load (a majority still
+		// serving without it). Slowed answers alone never do.
+		lossy := !failed && (!o.OK || o.Retransmitted) && t.recentFailures(m) > 0 &&
+			t.recentBad(m) >= t.cfg.Fall && t.serving()-1 >= t.majority()
+		if !failed && !lossy {
 			return nil
 		}
 		m.flaps++
+		m.successes = 0 // a slowed answer that took it out is no step towards Rise
 		flapping := !o.Conclusive && m.failures < t.cfg.Fall
 		if flapping {
 			// Failing every other probe is flapping already: the hold-down
@@ -406,6 +416,8 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		switch {
 		case o.Conclusive && m.failures < t.cfg.Fall:
 			why = o.Reason + " after the master closed the sentinel connection"
+		case lossy:
+			why = fmt.Sprintf("%s (%d of the last %d probes failed or waited for a TCP retransmission: flapping)", o.Reason, t.recentBad(m), t.window())
 		case flapping:
 			why = fmt.Sprintf("%s (%d of the last %d probes failed: flapping)", o.Reason, t.recentFailures(m), t.window())
 		}
@@ -417,11 +429,39 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		// Its place may fall to a healthy master that is held down.
 		return append([]Event{e}, t.waive(now)...)
 	case Down:
-		if !o.OK && t.holdDown(m.flaps) > 0 {
+		// After a fall, an answer that needed a retransmission timeout is
+		// no steady health: it does not count towards Rise (a master
+		// whose link flaps answers so between its lost SYNs), unless
+		// fewer than a majority serve (capacity first).
+		lossy := o.OK && o.Retransmitted && m.flaps > 0 && !t.short()
+		if lossy {
+			m.successes = 0
+		}
+		switch {
+		case o.OK && !lossy:
+			m.rebounded = true
+		case m.rebounded && m.flaps == 1:
+			// Fallen once, healthy again, then failing (or answering
+			// only after a retransmission timeout) before it passed
+			// Rise: a repaired master does not do that (killed, cut off
+			// or unhealthy, it fails until it is repaired and then
+			// answers), a master whose link or process flaps does. Its
+			// hold-down starts now, as for a second fall, instead of
+			// after it came back and fell again. Capacity first still
+			// applies.
+			m.flaps = 2
+			m.heldTold = false
+		}
+		if (!o.OK || o.Retransmitted) && t.holdDown(m.flaps) > 0 {
 			// A flapping master must be steadily healthy for the whole
 			// hold-down: every failure while down starts it again, so a
 			// master that keeps flapping stays out instead of flapping the
-			// kernel, and keeps its count of recent falls.
+			// kernel, and keeps its count of recent falls. So does a
+			// healthy answer that needed TCP retransmissions: a link that
+			// flaps loses part of most exchanges. It still counts towards
+			// Rise, so capacity first brings the master back all the same,
+			// and a master with one recent fall (a restart) has no
+			// hold-down to start.
 			m.lastFlap = now
 			if until := now.Add(t.holdDown(m.flaps)); until.After(m.holdUntil) {
 				m.holdUntil = until
@@ -453,6 +493,12 @@ func (t *Tracker) window() int { return min(2*t.cfg.Fall-1, 32) }
 // recentFailures counts the failures among m's last window() probes since
 // it last went Up.
 func (t *Tracker) recentFailures(m *master) int { return bits.OnesCount32(m.recent & t.windowMask()) }
+
+// recentBad counts the failures and the healthy answers that needed a
+// TCP retransmission among m's last window() probes since it last went Up.
+func (t *Tracker) recentBad(m *master) int {
+	return bits.OnesCount32((m.recent | m.lossy) & t.windowMask())
+}
 
 // recentlyLossy tells whether one of m's last window() probes since it
 // last went Up was a healthy answer that needed TCP retransmissions.
@@ -563,6 +609,7 @@ func (t *Tracker) holdDown(n int) time.Duration {
 func (t *Tracker) setPhase(m *master, p Phase, now time.Time, reason string) Event {
 	e := Event{Kind: EventTransition, Master: m.addr, From: string(m.phase), To: string(p), Reason: reason, At: now}
 	m.phase, m.since = p, now
+	m.rebounded = false
 	if p == Up {
 		m.recent, m.lossy = 0, 0 // only its probes since it is Up count towards Fall
 	}

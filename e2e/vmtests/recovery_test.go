@@ -69,9 +69,9 @@ func benchCareLab(t *testing.T, n int, bin string) (*lab.Lab, *lab.Care) {
 	l := lab.New(t, n)
 	var c *lab.Care
 	if bin == "" {
-		c = l.StartCare()
+		c = l.StartCare(benchCareFlags()...)
 	} else {
-		c = l.StartCareBin(bin)
+		c = l.StartCareBin(bin, benchCareFlags()...)
 	}
 	// Generous: on a loaded host the first probes time out and the
 	// masters come in after Rise probes.
@@ -81,10 +81,11 @@ func benchCareLab(t *testing.T, n int, bin string) (*lab.Lab, *lab.Care) {
 
 // printDecisions prints the watchdog's decisions (transitions, hold-downs,
 // membership changes) to the console, prefixed "care| ", so that a figure
-// can be explained from the console log.
+// can be explained from the console log; and every probe's outcome when
+// the watchdog logs them (VIPCTL_BENCH_CARE_FLAGS=--log-level=debug).
 func printDecisions(c *lab.Care) {
 	for _, line := range strings.Split(c.Log(), "\n") {
-		for _, k := range []string{`"msg":"master `, `"msg":"held-down"`, `"msg":"admit"`, `"msg":"drain"`, `"msg":"fail-open`} {
+		for _, k := range []string{`"msg":"master `, `"msg":"probe"`, `"msg":"held-down"`, `"msg":"admit"`, `"msg":"drain"`, `"msg":"fail-open`} {
 			if strings.Contains(line, k) {
 				fmt.Println("care| " + line)
 				break

@@ -30,7 +30,7 @@ func benchRecovery(ctx context.Context, root string, assets vm.Assets, trials st
 		return err
 	}
 	defer os.RemoveAll(share)
-	env := map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trials}
+	env := map[string]string{"VIPCTL_BENCH": "1", "VIPCTL_BENCH_TRIALS": trials, "VIPCTL_BENCH_CARE_FLAGS": os.Getenv("VIPCTL_BENCH_CARE_FLAGS")}
 	old := os.Getenv("VIPCTL_BENCH_OLD")
 	if old != "" {
 		fmt.Fprintf(os.Stderr, "vmlab: building the watchdog of %s to compare with\n", old)
