@@ -36,7 +36,8 @@ const (
 	Unknown = carestatus.Unknown
 	// Up: healthy. Leaves after Fall consecutive failures, or Fall
 	// failures among its last 2*Fall-1 probes (a master that flaps faster
-	// than the re-probing).
+	// than the re-probing), or Fall failures and slowed answers among them
+	// (a link that flaps; see Outcome.Retransmitted).
 	Up = carestatus.Up
 	// Down: unhealthy, or healthy but held down. Leaves after Rise
 	// consecutive successes, and not before its hold-down ends unless fewer
@@ -86,10 +87,12 @@ type Config struct {
 	// that the re-probes cannot stay in phase with a master that flaps.
 	FastRetry time.Duration
 	// HoldDown is the hold-down of a master that falls while it has one
-	// recent fall already: after it passes Rise again it stays out until
-	// HoldDown after its last failed probe. It doubles with every further
-	// recent fall, up to MaxHoldDown. A master with no recent fall has
-	// none, so a plain restart of an apiserver recovers after Rise probes.
+	// recent fall already, or that relapses after its first (answers, then
+	// fails again before it passed Rise): after it passes Rise again it
+	// stays out until HoldDown after its last failed (or slowed, see
+	// Outcome.Retransmitted) probe. It doubles with every further recent
+	// fall, up to MaxHoldDown. A master with no recent fall has none, so a
+	// plain restart of an apiserver recovers after Rise probes.
 	//
 	// Every fall (Up to Down) adds one to the master's recent falls; the
 	// count halves for every MaxHoldDown in which the master neither fell
@@ -180,12 +183,16 @@ type Outcome struct {
 	// connection the confirmation. Timeouts, resets and unhealthy
 	// statuses are never conclusive.
 	Conclusive bool
-	// Retransmitted marks a healthy answer that TCP had to retransmit
-	// segments for: the link to the master lost packets, or was slow
-	// enough for a retransmission timer to fire. It is not a failure (a
-	// loaded host retransmits too), but makes the master suspect (see
-	// MayFlap): a kept connection rides out a link that flaps, so the
-	// next probes are soon and on new connections, as a new client's.
+	// Retransmitted marks a healthy answer that waited for a TCP
+	// retransmission timeout (a slowed answer): the link to the master
+	// lost packets, or was slow enough for a retransmission timer to
+	// fire. It is not a failure (a loaded host retransmits too), but makes
+	// the master suspect (see MayFlap): a kept connection rides out a link
+	// that flaps, so the next probes are soon and on new connections, as a
+	// new client's. With a failure, Fall of them among an Up master's last
+	// probes take it out as flapping while a majority serves without it;
+	// after a fall one does not count towards Rise unless fewer than a
+	// majority serve, and restarts a hold-down as a failure does.
 	Retransmitted bool
 }
 
