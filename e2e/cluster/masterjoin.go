@@ -39,8 +39,7 @@ type MasterJoinSpec struct {
 	// JoinConfig is the harness's part of the JoinConfiguration
 	// (MasterJoinBaseConfig), given to vipctl join --config.
 	JoinConfig string `json:"joinConfig"`
-	// CareFlags are vipctl join's --care-flag (InitCareFlags: the same
-	// emulated machine).
+	// CareFlags are vipctl join's --care-flag (MasterJoinCareFlags).
 	CareFlags []string `json:"careFlags,omitempty"`
 }
 
@@ -54,6 +53,16 @@ func ReadMasterJoinSpec(dir string) (MasterJoinSpec, error) {
 	var s MasterJoinSpec
 	return s, readSpec(filepath.Join(dir, MasterJoinSpecFile), "master join spec", &s)
 }
+
+// MasterJoinCareFlags are the watchdog flags the VM master joins with
+// (vipctl join --care-flag). The first master's (InitCareFlags, a 4 s
+// probe timeout) were not enough here: the joining master's own apiserver,
+// under emulation beside its etcd catching up with the host members,
+// answered /readyz in more than 4 s for minutes on end (the first run:
+// 25 probes in a row timed out, the host masters' answered in under
+// 200 ms), and the watchdog kept it out. A user on a slow machine raises
+// the bound, and the interval with it.
+var MasterJoinCareFlags = []string{"--interval=10s", "--timeout=9s"}
 
 // MasterJoinBaseConfig is the harness's part of the joining master's
 // JoinConfiguration, which vipctl join completes (the endpoint, the
@@ -96,7 +105,7 @@ func (l *Lab) writeMasterJoinShare(ctx context.Context, dir string, v WorkerVM) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	s := MasterJoinSpec{Node: vmNodeSpec(MasterJoinName), CertKeyFile: "certificate-key", JoinConfig: "join-base.yaml", CareFlags: InitCareFlags}
+	s := MasterJoinSpec{Node: vmNodeSpec(MasterJoinName), CertKeyFile: "certificate-key", JoinConfig: "join-base.yaml", CareFlags: MasterJoinCareFlags}
 	if err := writeJoinInputs(dir, &s.Node, v.First, v.Masters, v.FaultMaster, v.Secrets); err != nil {
 		return err
 	}

@@ -126,7 +126,7 @@ func TestClusterInit(t *testing.T) {
 	// What a probe of the local apiserver costs here: /readyz on a new
 	// TLS connection with the kubelet's client certificate, as the
 	// watchdog's probe does.
-	probeLatency(t, self)
+	probeLatency(t, "cluster_init", self)
 	kc, _ := os.ReadFile("/etc/kubernetes/kubelet.conf")
 	for _, l := range strings.Split(string(kc), "\n") {
 		if strings.Contains(l, "server:") {
@@ -254,8 +254,8 @@ func TestClusterInit(t *testing.T) {
 
 // probeLatency times ten GETs of /readyz on self, each on a new TLS
 // connection with the kubelet's client certificate, and prints the median
-// and the longest as MEASURE lines.
-func probeLatency(t *testing.T, self string) {
+// and the longest as MEASURE lines <scenario>_readyz_fresh_tls_*.
+func probeLatency(t *testing.T, scenario, self string) {
 	t.Helper()
 	ca, err := os.ReadFile("/etc/kubernetes/pki/ca.crt")
 	require.NoError(t, err)
@@ -285,7 +285,7 @@ func probeLatency(t *testing.T, self string) {
 		return
 	}
 	slices.Sort(ds)
-	fmt.Printf("MEASURE cluster_init_readyz_fresh_tls_p50_ms=%d\nMEASURE cluster_init_readyz_fresh_tls_max_ms=%d\n", ds[len(ds)/2].Milliseconds(), ds[len(ds)-1].Milliseconds())
+	fmt.Printf("MEASURE %[1]s_readyz_fresh_tls_p50_ms=%[2]d\nMEASURE %[1]s_readyz_fresh_tls_max_ms=%[3]d\n", scenario, ds[len(ds)/2].Milliseconds(), ds[len(ds)-1].Milliseconds())
 	t.Logf("/readyz of %s on a new TLS connection, %d times: median %s, longest %s", self, len(ds), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
 }
 

@@ -110,6 +110,10 @@ func TestClusterMasterJoin(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(manifest), "--master="+self, "the watchdog lists this master")
 
+	// What a probe of the local apiserver costs here (the watchdog's
+	// --timeout must be above it).
+	probeLatency(t, w.scenario(), self)
+
 	// vipctl status: this master local, up, in service with the local
 	// weight; both host masters up and in service.
 	var st initStatus
