@@ -70,7 +70,11 @@ var MasterJoinCareFlags = []string{"--interval=10s", "--timeout=9s"}
 // node's name, the CRI socket, imagePullPolicy Never (every image is
 // imported beforehand and nothing may be pulled) and the longer wait for
 // the control plane's components (InitControlPlaneTimeout: under
-// emulation a kube-apiserver takes minutes to be healthy). The kubelet's
+// emulation a kube-apiserver takes minutes to be healthy), and the longer
+// wait for etcd (etcdAPICall, default 2m, which also bounds kubeadm's wait
+// for its new member to start before promoting it: in the second run, on
+// a loaded host, the VM's etcd had not started within 2m and kubeadm
+// failed with "the etcd member ... is not started"). The kubelet's
 // settings come from the cluster (its KubeletConfiguration: cgroupfs, no
 // swap check), as for any node that joins.
 func MasterJoinBaseConfig(name string) string {
@@ -81,7 +85,8 @@ nodeRegistration:
   criSocket: unix:///run/containerd/containerd.sock
   imagePullPolicy: Never
 timeouts:
-  controlPlaneComponentHealthCheck: %s
+  controlPlaneComponentHealthCheck: %[2]s
+  etcdAPICall: %[2]s
 `, name, InitControlPlaneTimeout)
 }
 
