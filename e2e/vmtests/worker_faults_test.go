@@ -749,7 +749,7 @@ func (iw *ipvsWatch) waitOut(t require.TestingT, d time.Duration) time.Time {
 		defer iw.mu.Unlock()
 		at = iw.out
 		return !at.IsZero()
-	}), "the watchdog never took %s out", iw.target)
+	}), "the watchdog never took %s out; IPVS and the watchdog meanwhile: %v", iw.target, iw.timeline())
 	return at
 }
 
