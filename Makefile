@@ -19,10 +19,11 @@ test:
 	scripts/test.sh
 
 ## cluster: the real-cluster e2e (docs/lab.md): kind-style masters on this host, the VM joined as a
-##          worker (faults, teardown, kube-proxy's ipvs mode) and as the first master by vipctl init;
-##          builds the node components and etcd 3.6 first (as root; ~27 min warm on 2 cores)
+##          worker (faults, teardown, kube-proxy's ipvs mode), as the first master by vipctl init
+##          and as a third master by vipctl join --control-plane; builds the node components and
+##          etcd 3.6 first (as root; ~40 min warm on 2 cores)
 cluster:
-	VIPCTL_CLUSTER=1 go test -count=1 -timeout 50m -v ./e2e/cluster
+	VIPCTL_CLUSTER=1 go test -count=1 -timeout 80m -v ./e2e/cluster
 
 ## unit: the tests that need no root, VM or built Kubernetes
 unit:

@@ -72,25 +72,13 @@ var InitCareFlags = []string{"--interval=5s", "--timeout=4s"}
 
 // WriteInitSpec writes s into dir/InitSpecFile.
 func WriteInitSpec(dir string, s InitSpec) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, InitSpecFile), b, 0o644)
+	return writeSpec(filepath.Join(dir, InitSpecFile), s)
 }
 
 // ReadInitSpec reads dir/InitSpecFile.
 func ReadInitSpec(dir string) (InitSpec, error) {
 	var s InitSpec
-	p := filepath.Join(dir, InitSpecFile)
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return s, fmt.Errorf("init spec: %w", err)
-	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("init spec %s: %w", p, err)
-	}
-	return s, nil
+	return s, readSpec(filepath.Join(dir, InitSpecFile), "init spec", &s)
 }
 
 // InitControlPlaneTimeout is kubeadm's wait for the control plane's
@@ -164,16 +152,8 @@ type InitVM struct {
 // the spec) and boots the VM on the lab bridge, under the lab lock. It
 // returns the in-VM scenario's exit code, as vm.Run does.
 func (l *Lab) RunInitVM(ctx context.Context, v InitVM) (int, error) {
-	env := map[string]string{"VIPCTL_E2E_CLUSTER_INIT": "1"}
-	for k, val := range v.Env {
-		env[k] = val
-	}
-	mem := v.Memory
-	if mem == "" {
-		mem = "6G"
-	}
-	return l.bootVM(ctx, vmBoot{Assets: v.Assets, Root: v.Root, Dir: InitDir, TestArgs: v.TestArgs, Env: env,
-		Console: v.Console, Memory: mem, Tap: InitTap}, func(dir string) error { return l.writeInitShare(ctx, dir, v) })
+	return l.bootVM(ctx, vmBoot{Assets: v.Assets, Root: v.Root, Dir: InitDir, TestArgs: v.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER_INIT", v.Env),
+		Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: InitTap}, func(dir string) error { return l.writeInitShare(ctx, dir, v) })
 }
 
 // writeInitShare fills dir with what the first master needs (see InitSpec).
@@ -181,11 +161,9 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	s := InitSpec{
-		Node: WorkerSpec{Name: InitNodeName, NodeIP: netip.PrefixFrom(InitIP, 24).String(), Gateway: gateway,
-			ServiceSubnet: "10.96.0.0/16", Masters: []string{netip.AddrPortFrom(InitIP, 6443).String()}},
-		VIP: v.VIP.String(), KubeadmConfig: "kubeadm-base.yaml", SkipPhases: l.skipPhases(), CareFlags: InitCareFlags,
-	}
+	s := InitSpec{Node: vmNodeSpec(InitNodeName), VIP: v.VIP.String(), KubeadmConfig: "kubeadm-base.yaml",
+		SkipPhases: l.skipPhases(), CareFlags: InitCareFlags}
+	s.Node.Masters = []string{netip.AddrPortFrom(InitIP, 6443).String()}
 	extra := ""
 	if v.Join != nil {
 		s.JoinName, s.JoinMaster = v.Join.Name, netip.AddrPortFrom(v.Join.IP, 6443).String()
@@ -197,20 +175,18 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 	if err := os.WriteFile(filepath.Join(dir, s.KubeadmConfig), []byte(InitBaseConfig(InitNodeName, InitIP, extra)), 0o600); err != nil {
 		return err
 	}
-	// Every control-plane image; kube-proxy's only when its phase runs.
-	img := func(ref string) bool {
-		return !strings.Contains(ref, "/kube-proxy:") || l.KubeProxyMode != ""
-	}
-	mods := workerModules
-	if l.KubeProxyMode != "" {
-		mods = append(append([]string(nil), mods...), kubeProxyModules...)
-	}
-	if err := l.writeVMNode(ctx, dir, vmNode{Assets: v.Assets, Root: v.Root, Cache: v.Cache, Log: v.Log, Modules: mods,
-		PodCIDR: PodCIDR(50), Image: img}, &s.Node); err != nil {
+	if err := l.writeVMNode(ctx, dir, vmNode{Assets: v.Assets, Root: v.Root, Cache: v.Cache, Log: v.Log, Modules: l.vmModules(),
+		PodCIDR: PodCIDR(50), Image: l.controlPlaneImage}, &s.Node); err != nil {
 		return err
 	}
 	s.Node.KubeProxyMode = l.KubeProxyMode
 	return WriteInitSpec(dir, s)
+}
+
+// controlPlaneImage reports whether a VM master gets the lab's image ref:
+// every control-plane image; kube-proxy's only when its phase runs.
+func (l *Lab) controlPlaneImage(ref string) bool {
+	return !strings.Contains(ref, "/kube-proxy:") || l.KubeProxyMode != ""
 }
 
 // InitCheckedLabel is the label the VM puts on its node (value "true") when

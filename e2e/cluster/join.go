@@ -53,6 +53,21 @@ func (s Secrets) initConfig() (string, error) {
 	return fmt.Sprintf("certificateKey: %s\nbootstrapTokens:\n  - token: %s\n    ttl: 1h0m0s\n", strings.TrimSpace(string(key)), s.Token), nil
 }
 
+// UploadCerts uploads first's control-plane certificates again, encrypted
+// under the key of s, with the real `kubeadm init phase upload-certs`: what
+// a user runs before a master joins more than two hours after init (kubeadm
+// deletes the uploaded certificates then). The key is read from the config
+// Init wrote (0600), never put on the command line, and kubeadm is told not
+// to print it.
+func (l *Lab) UploadCerts(ctx context.Context, first *Node) error {
+	out, err := first.Command(ctx, "/usr/local/bin/kubeadm", "init", "phase", "upload-certs", "--upload-certs",
+		"--skip-certificate-key-print", "--config", filepath.Join(first.Dir, "kubeadm.yaml")).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: kubeadm init phase upload-certs: %w\n%s", first.Name, err, out)
+	}
+	return nil
+}
+
 // CACertHash is kubeadm's discovery hash of the cluster CA that master
 // wrote: sha256 of its SubjectPublicKeyInfo.
 func CACertHash(n *Node) (string, error) {

@@ -68,6 +68,24 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error)
 	return vm.Run(ctx, vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap})
 }
 
+// withEnv is the in-VM test binary's environment: extra, and key=1 (the
+// variable that enables the role's scenario in e2e/vmtests).
+func withEnv(key string, extra map[string]string) map[string]string {
+	env := map[string]string{key: "1"}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// orDefault is v, or def when v is empty.
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
 // vmNode describes the files of a VM node, whatever its role.
 type vmNode struct {
 	Assets vm.Assets

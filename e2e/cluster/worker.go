@@ -52,7 +52,8 @@ var (
 		"nft_reject_ipv6", "nft_limit"}
 )
 
-// WorkerVM is one boot of the VM as the cluster's worker.
+// WorkerVM is one boot of the VM as a node joining the host masters: the
+// worker (RunWorkerVM) or a master (RunMasterJoinVM).
 type WorkerVM struct {
 	Assets vm.Assets
 	// Root is the module root: vipctl, the bundle and e2e/vmtests are built from it.
@@ -68,11 +69,11 @@ type WorkerVM struct {
 	// tells the VM.
 	FaultMaster *Node
 	// TestArgs are the in-VM test binary's flags (-test.run=...); Env its
-	// environment (VIPCTL_E2E_CLUSTER=1 is always set).
+	// environment (the Run function sets its role's variable).
 	TestArgs []string
 	Env      map[string]string
 	Console  io.Writer
-	// Memory of the VM; default 3G.
+	// Memory of the VM; the Run function's default when empty.
 	Memory string
 	// Log receives the builds' progress.
 	Log io.Writer
@@ -80,19 +81,12 @@ type WorkerVM struct {
 
 // RunWorkerVM builds the worker's share (the programs, the offline bundle,
 // the spec with the join's inputs), plugs a tap on the lab bridge and boots
-// the VM on it, under the lab lock. It returns the in-VM scenarios' exit
+// the VM on it, under the lab lock; VIPCTL_E2E_CLUSTER=1 is always in the
+// VM's environment, and the VM gets 3G unless w.Memory says otherwise. It returns the in-VM scenarios' exit
 // code, as vm.Run does.
 func (l *Lab) RunWorkerVM(ctx context.Context, w WorkerVM) (int, error) {
-	env := map[string]string{"VIPCTL_E2E_CLUSTER": "1"}
-	for k, v := range w.Env {
-		env[k] = v
-	}
-	mem := w.Memory
-	if mem == "" {
-		mem = "3G"
-	}
-	return l.bootVM(ctx, vmBoot{Assets: w.Assets, Root: w.Root, Dir: WorkerDir, TestArgs: w.TestArgs, Env: env,
-		Console: w.Console, Memory: mem, Tap: WorkerTap}, func(dir string) error { return l.writeWorkerShare(ctx, dir, w) })
+	return l.bootVM(ctx, vmBoot{Assets: w.Assets, Root: w.Root, Dir: WorkerDir, TestArgs: w.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER", w.Env),
+		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap}, func(dir string) error { return l.writeWorkerShare(ctx, dir, w) })
 }
 
 // writeWorkerShare fills dir with what the worker needs (see WorkerSpec).
@@ -100,21 +94,9 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	spec := WorkerSpec{
-		Name: "worker1", NodeIP: netip.PrefixFrom(WorkerIP, 24).String(), Gateway: gateway,
-		ServiceSubnet: "10.96.0.0/16", KubeProxyMode: l.KubeProxyMode, TokenFile: "token", AdminConf: "admin.conf",
-	}
-	for _, m := range w.Masters {
-		spec.Masters = append(spec.Masters, netip.AddrPortFrom(m.IP, 6443).String())
-	}
-	if w.FaultMaster != nil {
-		spec.FaultMaster = netip.AddrPortFrom(w.FaultMaster.IP, 6443).String()
-	}
-	var err error
-	if spec.CACertHash, err = CACertHash(w.First); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, spec.TokenFile), []byte(w.Secrets.Token+"\n"), 0o600); err != nil {
+	spec := vmNodeSpec("worker1")
+	spec.KubeProxyMode, spec.AdminConf = l.KubeProxyMode, "admin.conf"
+	if err := writeJoinInputs(dir, &spec, w.First, w.Masters, w.FaultMaster, w.Secrets); err != nil {
 		return err
 	}
 	admin, err := os.ReadFile(w.First.Path("/etc/kubernetes/admin.conf"))
@@ -125,6 +107,42 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 		return err
 	}
 	// The node's files; kube-proxy's image and modules when it runs.
+	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: l.vmModules(), PodCIDR: PodCIDR(50),
+		Image: func(ref string) bool { return l.KubeProxyMode != "" && strings.Contains(ref, "/kube-proxy:") }}, &spec); err != nil {
+		return err
+	}
+	return WriteWorkerSpec(dir, spec)
+}
+
+// vmNodeSpec is the VM node's part of a spec that does not depend on its
+// role: its name, its address on the lab bridge, the gateway and the
+// cluster's service subnet (what `vipctl kubeadm config` gives kubeadm).
+func vmNodeSpec(name string) WorkerSpec {
+	return WorkerSpec{Name: name, NodeIP: netip.PrefixFrom(WorkerIP, 24).String(), Gateway: gateway, ServiceSubnet: "10.96.0.0/16"}
+}
+
+// writeJoinInputs records in spec what a VM node joining the host masters'
+// cluster needs: every master's apiserver, the master the host's faults
+// hit (none when fault is nil), the discovery hash of first's CA, and the
+// bootstrap token of s in a file of mode 0600 (TokenFile).
+func writeJoinInputs(dir string, spec *WorkerSpec, first *Node, masters []*Node, fault *Node, s Secrets) error {
+	spec.TokenFile = "token"
+	for _, m := range masters {
+		spec.Masters = append(spec.Masters, netip.AddrPortFrom(m.IP, 6443).String())
+	}
+	if fault != nil {
+		spec.FaultMaster = netip.AddrPortFrom(fault.IP, 6443).String()
+	}
+	var err error
+	if spec.CACertHash, err = CACertHash(first); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, spec.TokenFile), []byte(s.Token+"\n"), 0o600)
+}
+
+// vmModules are the kernel modules a VM node loads from the share: the
+// worker's, and kube-proxy's when it runs (in ipvs mode, its IPVS ones too).
+func (l *Lab) vmModules() []string {
 	mods := workerModules
 	if l.KubeProxyMode != "" {
 		mods = append(append([]string(nil), mods...), kubeProxyModules...)
@@ -132,11 +150,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 	if l.KubeProxyMode == "ipvs" {
 		mods = append(mods, kubeProxyIPVSModules...)
 	}
-	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: mods, PodCIDR: PodCIDR(50),
-		Image: func(ref string) bool { return l.KubeProxyMode != "" && strings.Contains(ref, "/kube-proxy:") }}, &spec); err != nil {
-		return err
-	}
-	return WriteWorkerSpec(dir, spec)
+	return mods
 }
 
 // copyModules copies the modules mods and what they depend on, in load

@@ -64,25 +64,36 @@ type WorkerSpec struct {
 
 // WriteWorkerSpec writes s into dir/WorkerSpecFile.
 func WriteWorkerSpec(dir string, s WorkerSpec) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, WorkerSpecFile), b, 0o644)
+	return writeSpec(filepath.Join(dir, WorkerSpecFile), s)
 }
 
 // ReadWorkerSpec reads dir/WorkerSpecFile.
 func ReadWorkerSpec(dir string) (WorkerSpec, error) {
 	var s WorkerSpec
-	p := filepath.Join(dir, WorkerSpecFile)
+	return s, readSpec(filepath.Join(dir, WorkerSpecFile), "worker spec", &s)
+}
+
+// writeSpec writes a VM scenario's spec s, as JSON, into the file p of
+// the share (no secret is in a spec: they are files of their own).
+func writeSpec(p string, s any) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(p, b, 0o644)
+}
+
+// readSpec reads the spec in the file p into s; errors say what, the
+// spec's kind.
+func readSpec(p, what string, s any) error {
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return s, fmt.Errorf("worker spec: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("worker spec %s: %w", p, err)
+	if err := json.Unmarshal(b, s); err != nil {
+		return fmt.Errorf("%s %s: %w", what, p, err)
 	}
-	return s, nil
+	return nil
 }
 
 // WorkerContainerdConfig is the VM worker's containerd configuration: the

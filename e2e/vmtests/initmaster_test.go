@@ -48,37 +48,9 @@ func TestClusterInit(t *testing.T) {
 	// The machine as the worker's; no master to reach before init.
 	machine := spec.Node
 	machine.Masters = nil
-	w := &worker{t: t, spec: machine, dir: dir}
-	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
-	t.Cleanup(w.stop)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
-				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
-			}
-			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
-			t.Logf("ctr tasks ls:\n%s", o)
-		}
-	})
-	measure := func(name string, since time.Time) {
-		fmt.Printf("MEASURE cluster_init_%s=%.1f\n", name, time.Since(since).Seconds())
-	}
-
-	t0 := time.Now()
-	w.machine()
-	measure("machine_s", t0)
-	t0 = time.Now()
-	w.startContainerd(true)
-	measure("containerd_images_s", t0)
-	t0 = time.Now()
-	out := w.sh("mkdir -p /tmp/bundle && tar -xzf " + w.share(spec.Node.Bundle) + " -C /tmp/bundle && cd /tmp/bundle/* && sh ./install.sh --runtime containerd")
-	t.Logf("install.sh:\n%s", out)
-	measure("install_sh_s", t0)
-	w.superviseKubelet()
-	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
-	cni, err := os.ReadFile(w.share(spec.Node.CNIConfig))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.Node.CNIConfig, cni, 0o644))
+	w := &worker{t: t, spec: machine, dir: dir, name: "cluster_init"}
+	w.setUp("containerd_images_s")
+	measure := w.measure
 	// The harness's part of the kubeadm configuration (the node's name,
 	// the CRI socket, no pulls, the longer control-plane wait, cgroupfs),
 	// where a user keeps theirs.
@@ -154,7 +126,7 @@ func TestClusterInit(t *testing.T) {
 	// What a probe of the local apiserver costs here: /readyz on a new
 	// TLS connection with the kubelet's client certificate, as the
 	// watchdog's probe does.
-	probeLatency(t, self)
+	probeLatency(t, "cluster_init", self)
 	kc, _ := os.ReadFile("/etc/kubernetes/kubelet.conf")
 	for _, l := range strings.Split(string(kc), "\n") {
 		if strings.Contains(l, "server:") {
@@ -282,8 +254,8 @@ func TestClusterInit(t *testing.T) {
 
 // probeLatency times ten GETs of /readyz on self, each on a new TLS
 // connection with the kubelet's client certificate, and prints the median
-// and the longest as MEASURE lines.
-func probeLatency(t *testing.T, self string) {
+// and the longest as MEASURE lines <scenario>_readyz_fresh_tls_*.
+func probeLatency(t *testing.T, scenario, self string) {
 	t.Helper()
 	ca, err := os.ReadFile("/etc/kubernetes/pki/ca.crt")
 	require.NoError(t, err)
@@ -313,7 +285,7 @@ func probeLatency(t *testing.T, self string) {
 		return
 	}
 	slices.Sort(ds)
-	fmt.Printf("MEASURE cluster_init_readyz_fresh_tls_p50_ms=%d\nMEASURE cluster_init_readyz_fresh_tls_max_ms=%d\n", ds[len(ds)/2].Milliseconds(), ds[len(ds)-1].Milliseconds())
+	fmt.Printf("MEASURE %[1]s_readyz_fresh_tls_p50_ms=%[2]d\nMEASURE %[1]s_readyz_fresh_tls_max_ms=%[3]d\n", scenario, ds[len(ds)/2].Milliseconds(), ds[len(ds)-1].Milliseconds())
 	t.Logf("/readyz of %s on a new TLS connection, %d times: median %s, longest %s", self, len(ds), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
 }
 

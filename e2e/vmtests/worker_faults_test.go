@@ -37,10 +37,10 @@ import (
 // Ready condition and Lease are sampled through the VIP (nodeWatch).
 
 // faultFigures are one fault's measurements, printed as MEASURE lines
-// cluster_worker_fault_<name>_<figure>.
+// <scenario>_fault_<name>_<figure> (worker.scenario).
 type faultFigures struct {
-	name string
-	figs []figure
+	scenario, name string
+	figs           []figure
 }
 
 type figure struct {
@@ -51,7 +51,7 @@ type figure struct {
 
 func (f *faultFigures) add(key string, v float64, unit string) {
 	f.figs = append(f.figs, figure{key, v, unit})
-	fmt.Printf("MEASURE cluster_worker_fault_%s_%s=%.3f\n", f.name, key, v)
+	fmt.Printf("MEASURE %s_fault_%s_%s=%.3f\n", f.scenario, f.name, key, v)
 }
 
 func (f *faultFigures) dur(key string, d time.Duration) { f.add(key+"_s", d.Seconds(), "s") }
@@ -110,7 +110,7 @@ type faultRun struct {
 func (w *worker) begin(name string, nw *nodeWatch, clients *lab.Real, target string, flushes bool) *faultRun {
 	t := w.t
 	require.NoError(t, lab.Poll(2*time.Minute, w.allInIPVS), "%s: every master in IPVS before the fault", name)
-	fr := &faultRun{w: w, figs: &faultFigures{name: name}, nw: nw}
+	fr := &faultRun{w: w, figs: &faultFigures{scenario: w.scenario(), name: name}, nw: nw}
 	if clients == nil {
 		// No IPVS watch either during the reboot (it reads /proc, which
 		// is gone with the module; the boot's checks read it again).
@@ -140,7 +140,7 @@ func (fr *faultRun) end(recovered time.Time, mayBeNotReady bool) {
 	if fr.iw != nil {
 		ig = fr.iw.stop()
 	}
-	rep.Record(t, "cluster_worker_"+name)
+	rep.Record(t, fr.w.scenario()+"_"+name)
 	ns := fr.nw.between(fr.start, end)
 	fr.figs.dur("recovered", recovered.Sub(fr.start))
 	fr.figs.dur("lease_longest_gap", ns.leaseGap)
@@ -749,7 +749,7 @@ func (iw *ipvsWatch) waitOut(t require.TestingT, d time.Duration) time.Time {
 		defer iw.mu.Unlock()
 		at = iw.out
 		return !at.IsZero()
-	}), "the watchdog never took %s out", iw.target)
+	}), "the watchdog never took %s out; IPVS and the watchdog meanwhile: %v", iw.target, iw.timeline())
 	return at
 }
 

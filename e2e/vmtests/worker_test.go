@@ -39,45 +39,13 @@ func TestClusterWorker(t *testing.T) {
 	spec, err := cluster.ReadWorkerSpec(dir)
 	require.NoError(t, err)
 	w := &worker{t: t, spec: spec, dir: dir}
-	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
-	t.Cleanup(w.stop)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
-				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
-			}
-			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
-			t.Logf("ctr tasks ls:\n%s", o)
-		}
-	})
-
-	t0 := time.Now()
-	w.machine()
-	w.measure("machine_s", t0)
-
-	t0 = time.Now()
-	w.startContainerd(true)
-	w.measure("containerd_s", t0)
-
-	t0 = time.Now()
-	out := w.sh("mkdir -p /tmp/bundle && tar -xzf " + w.share(spec.Bundle) + " -C /tmp/bundle && cd /tmp/bundle/* && sh ./install.sh --runtime containerd")
-	t.Logf("install.sh:\n%s", out)
-	w.measure("install_sh_s", t0)
-
-	w.superviseKubelet()
-	require.NoError(t, os.MkdirAll("/etc/kubernetes/vipctl-join", 0o700))
-	tok, err := os.ReadFile(w.share(spec.TokenFile))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile("/etc/kubernetes/vipctl-join/token", tok, 0o600))
-	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
-	cni, err := os.ReadFile(w.share(spec.CNIConfig))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
+	w.setUp("containerd_s")
+	tokenFile, _ := w.installSecret(spec.TokenFile, "token")
 
 	// What vipctl reset must give back, byte for byte.
 	hostsBefore, err := os.ReadFile("/etc/hosts")
 	require.NoError(t, err)
-	args := []string{"join", "--token-file", "/etc/kubernetes/vipctl-join/token",
+	args := []string{"join", "--token-file", tokenFile,
 		"--node-ip", strings.Split(spec.NodeIP, "/")[0], "--service-subnet", spec.ServiceSubnet}
 	for _, m := range spec.Masters {
 		args = append(args, "--master", m)
@@ -225,6 +193,59 @@ func TestClusterWorker(t *testing.T) {
 	})
 }
 
+// setUp makes the VM a machine ready for kubeadm, as a user prepares one:
+// the machine, containerd with the spec's images, the offline bundle's
+// install.sh, the kubelet's supervisor (the harness's systemd) and the CNI
+// config. Each step is measured (containerd's as containerdFigure); the
+// kubelet and containerd are stopped when the test ends, and their logs
+// shown if it failed.
+func (w *worker) setUp(containerdFigure string) {
+	t, spec := w.t, w.spec
+	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	t.Cleanup(w.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
+				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
+			}
+			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+			t.Logf("ctr tasks ls:\n%s", o)
+		}
+	})
+
+	t0 := time.Now()
+	w.machine()
+	w.measure("machine_s", t0)
+
+	t0 = time.Now()
+	w.startContainerd(true)
+	w.measure(containerdFigure, t0)
+
+	t0 = time.Now()
+	out := w.sh("mkdir -p /tmp/bundle && tar -xzf " + w.share(spec.Bundle) + " -C /tmp/bundle && cd /tmp/bundle/* && sh ./install.sh --runtime containerd")
+	t.Logf("install.sh:\n%s", out)
+	w.measure("install_sh_s", t0)
+
+	w.superviseKubelet()
+	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
+	cni, err := os.ReadFile(w.share(spec.CNIConfig))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
+}
+
+// installSecret copies the share's secret file src to
+// /etc/kubernetes/vipctl-join/name (mode 0600, where vipctl init writes the
+// join's secrets) and returns that path and the secret.
+func (w *worker) installSecret(src, name string) (string, string) {
+	t := w.t
+	require.NoError(t, os.MkdirAll("/etc/kubernetes/vipctl-join", 0o700))
+	b, err := os.ReadFile(w.share(src))
+	require.NoError(t, err)
+	p := filepath.Join("/etc/kubernetes/vipctl-join", name)
+	require.NoError(t, os.WriteFile(p, b, 0o600))
+	return p, strings.TrimSpace(string(b))
+}
+
 // firstLines is the first n lines of s.
 func firstLines(s string, n int) string {
 	l := strings.SplitN(s, "\n", n+1)
@@ -322,6 +343,8 @@ type worker struct {
 	t    *testing.T
 	spec cluster.WorkerSpec
 	dir  string
+	// name is the scenario's name in its MEASURE lines (scenario()).
+	name string
 
 	containerd  *exec.Cmd
 	stopKubelet context.CancelFunc
@@ -332,8 +355,20 @@ type worker struct {
 
 func (w *worker) share(p string) string { return filepath.Join(w.dir, p) }
 
-func (w *worker) measure(name string, since time.Time) {
-	fmt.Printf("MEASURE cluster_worker_%s=%.1f\n", name, time.Since(since).Seconds())
+func (w *worker) measure(name string, since time.Time) { w.figure(name, time.Since(since)) }
+
+// figure prints a duration as the MEASURE line <scenario>_<name>, in seconds.
+func (w *worker) figure(name string, d time.Duration) {
+	fmt.Printf("MEASURE %s_%s=%.1f\n", w.scenario(), name, d.Seconds())
+}
+
+// scenario is the prefix of the node's MEASURE lines: cluster_worker unless
+// w.name says otherwise.
+func (w *worker) scenario() string {
+	if w.name != "" {
+		return w.name
+	}
+	return "cluster_worker"
 }
 
 // sh runs a shell command and returns its output; failing fails the test.

@@ -1,0 +1,337 @@
+package vmtests
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/vipctl/vipctl/e2e/cluster"
+	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vipctl/vipctl/ipvs"
+	"github.com/vipctl/vipctl/manifests"
+)
+
+// TestClusterMasterJoin is the VM's part of e2e/cluster TestClusterMasterJoin
+// (docs/lab.md, "A master by vipctl join --control-plane"): the VM joins the
+// host masters' cluster as a third master, as a user adds one: Debian's
+// containerd and runc, the offline bundle's install.sh, a real kubelet, and
+// `vipctl join --control-plane` driving the real `kubeadm join
+// --control-plane` (stacked etcd; the token and the certificate key from
+// files). The harness plays systemd for the kubelet. Then one fault: the
+// host kills master2's kube-apiserver. It runs only in the VM the host test
+// boots (VIPCTL_E2E_CLUSTER_CPJOIN=1); TestVM skips it.
+func TestClusterMasterJoin(t *testing.T) {
+	lab.Need(t)
+	if os.Getenv("VIPCTL_E2E_CLUSTER_CPJOIN") != "1" {
+		t.Skip("needs the host's cluster lab (VIPCTL_E2E_CLUSTER_CPJOIN=1): run by e2e/cluster's TestClusterMasterJoin")
+	}
+	start := time.Now()
+	dir := filepath.Join(lab.ShareDir, cluster.MasterJoinDir)
+	spec, err := cluster.ReadMasterJoinSpec(dir)
+	require.NoError(t, err)
+	nodeIP := strings.Split(spec.Node.NodeIP, "/")[0]
+	self := netip.AddrPortFrom(netip.MustParseAddr(nodeIP), 6443).String()
+	w := &worker{t: t, spec: spec.Node, dir: dir, name: "cluster_cpjoin"}
+	w.setUp("containerd_images_s")
+	tokenFile, token := w.installSecret(spec.Node.TokenFile, "token")
+	keyFile, key := w.installSecret(spec.CertKeyFile, "certificate-key")
+	require.NotEmpty(t, token)
+	require.NotEmpty(t, key)
+	// The harness's part of the JoinConfiguration (the node's name, the
+	// CRI socket, no pulls, the longer control-plane wait), where a user
+	// keeps theirs.
+	base, err := os.ReadFile(w.share(spec.JoinConfig))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/root/kubeadm-join.yaml", base, 0o600))
+
+	// Every write of /etc/hosts from here to the end of the checks is counted.
+	hw := watchHosts(t)
+	defer hw.stop()
+	before := lab.HostsIdentity(etcHosts)
+
+	args := []string{"join", "--control-plane", "--node-ip", nodeIP, "--service-subnet", spec.Node.ServiceSubnet,
+		"--token-file", tokenFile, "--certificate-key-file", keyFile, "--config", "/root/kubeadm-join.yaml"}
+	for _, m := range spec.Node.Masters {
+		args = append(args, "--master", m)
+	}
+	for _, f := range spec.CareFlags {
+		args = append(args, "--care-flag="+f)
+	}
+	args = append(args, "--", "--discovery-token-ca-cert-hash", spec.Node.CACertHash)
+	t.Logf("vipctl %s", strings.Join(args, " "))
+	join := time.Now()
+	healthy := watchReadyz(self)
+	defer healthy.stop()
+	b, err := exec.Command("/usr/local/bin/vipctl", args...).CombinedOutput()
+	t.Logf("vipctl join --control-plane (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
+	require.NoError(t, err, "vipctl join --control-plane")
+	w.measure("vipctl_join_s", join)
+	out := string(b)
+	assert.NotContains(t, out, token, "no token in vipctl join's output")
+	assert.NotContains(t, out, key, "no certificate key in vipctl join's output")
+	// kubeadm waited for the local apiserver; the poll saw it first.
+	require.NoError(t, lab.Poll(2*time.Minute, func() bool { return !healthy.first().IsZero() }), "%s/readyz never answered 200", self)
+	w.figure("join_to_local_apiserver_healthy_s", healthy.first().Sub(join))
+
+	// The name maps to the VIP, written by join (once: checked at the end).
+	assert.NotEqual(t, before, lab.HostsIdentity(etcHosts), "join wrote the hosts file")
+	assert.Equal(t, []netip.Addr{lab.VIP}, hostsMapping(t))
+	afterJoin := lab.HostsIdentity(etcHosts)
+	// The kubelet goes through the name, the VIP (vipctl turned kubeadm's
+	// ControlPlaneKubeletLocalMode off), and so do the admin's clients.
+	for _, f := range []string{"/etc/kubernetes/kubelet.conf", "/etc/kubernetes/admin.conf"} {
+		c, err := os.ReadFile(f)
+		require.NoError(t, err)
+		assert.Contains(t, string(c), "server: https://"+cluster.Hostname+":6443", "%s's server:\n%s", f, serverLines(c))
+	}
+	kubectl := func(a ...string) (string, error) {
+		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/etc/kubernetes/admin.conf", "--request-timeout", "20s"}, a...)...)
+		o, err := c.CombinedOutput()
+		return string(o), err
+	}
+
+	// The watchdog: its static pod, written by vipctl join after kubeadm.
+	require.NoError(t, lab.Poll(6*time.Minute, w.watchdogRunning), "the watchdog's container never ran")
+	w.measure("join_to_watchdog_running_s", join)
+	manifest, err := os.ReadFile(manifests.DefaultPath)
+	require.NoError(t, err)
+	assert.Contains(t, string(manifest), "--master="+self, "the watchdog lists this master")
+
+	// What a probe of the local apiserver costs here (the watchdog's
+	// --timeout must be above it).
+	probeLatency(t, w.scenario(), self)
+
+	// vipctl status: this master local, up, in service with the local
+	// weight; both host masters up and in service.
+	var st initStatus
+	var raw string
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
+		raw = string(o)
+		st = initStatus{}
+		if err != nil || json.Unmarshal(o, &st) != nil {
+			return false
+		}
+		m := st.master(self)
+		if m == nil || !m.Local || m.State != "up" || m.Membership != "in-service" || m.Kernel == nil || m.Kernel.Weight != ipvs.LocalWeight {
+			return false
+		}
+		for _, a := range spec.Node.Masters {
+			if h := st.master(a); h == nil || h.State != "up" || h.Membership != "in-service" || h.Kernel == nil || h.Kernel.Weight <= 0 {
+				return false
+			}
+		}
+		return true
+	}), "vipctl status never showed %s local, up and in service with weight %d, and %v up and in service:\n%s", self, ipvs.LocalWeight, spec.Node.Masters, raw)
+	w.measure("join_to_local_in_service_s", join)
+	table, err := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
+	require.NoError(t, err, string(table))
+	t.Logf("vipctl status:\n%s", table)
+	assert.Contains(t, string(table), "local apiserver: "+self+"; traffic local: yes")
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	rs := rd.RealServers()
+	rd.Close()
+	assert.Equal(t, ipvs.LocalWeight, rs[netip.MustParseAddrPort(self)], "IPVS: this master's weight (table %v)", rs)
+	for _, m := range spec.Node.Masters {
+		assert.Positive(t, rs[netip.MustParseAddrPort(m)], "IPVS real server %s (table %v)", m, rs)
+		assert.Less(t, rs[netip.MustParseAddrPort(m)], rs[netip.MustParseAddrPort(self)], "this master preferred (table %v)", rs)
+	}
+
+	// The node turns Ready, a control-plane node.
+	name := spec.Node.Name
+	err = lab.Poll(8*time.Minute, func() bool {
+		o, err := kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
+		return err == nil && strings.TrimSpace(o) == "True"
+	})
+	if err != nil {
+		o, _ := kubectl("describe", "node", name)
+		t.Logf("kubectl describe node %s:\n%s", name, o)
+	}
+	require.NoError(t, err, "node %s never Ready", name)
+	w.measure("join_to_ready_s", join)
+	o, err := kubectl("get", "node", name, "-o", "json")
+	require.NoError(t, err, o)
+	var node struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(o), &node))
+	assert.Contains(t, node.Metadata.Labels, "node-role.kubernetes.io/control-plane", "%s's labels", name)
+	// Through the VIP: the three masters.
+	o, err = kubectl("get", "nodes", "-o", "name")
+	require.NoError(t, err, o)
+	want := []string{"node/" + name}
+	for i := range spec.Node.Masters {
+		want = append(want, "node/master"+string(rune('1'+i)))
+	}
+	assert.ElementsMatch(t, want, strings.Fields(o), "kubectl get nodes through the VIP")
+	nodes, err := kubectl("get", "nodes", "-o", "wide")
+	require.NoError(t, err, nodes)
+	t.Logf("kubectl get nodes -o wide (through the VIP):\n%s", nodes)
+	pods, err := kubectl("get", "pods", "-n", "kube-system", "-o", "wide", "--field-selector", "spec.nodeName="+name)
+	require.NoError(t, err, pods)
+	t.Logf("pods on %s:\n%s", name, pods)
+	assert.Contains(t, pods, "vipctl-care-"+name, "the watchdog's mirror pod")
+
+	// etcd: three voting members (the learner this join added, promoted).
+	var members []etcdMember
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		members, err = etcdMembers()
+		if err != nil || len(members) != 1+len(spec.Node.Masters) {
+			return false
+		}
+		for _, m := range members {
+			if m.IsLearner {
+				return false
+			}
+		}
+		return true
+	}), "etcd never had %d voting members: %v (%v)", 1+len(spec.Node.Masters), members, err)
+	w.measure("join_to_etcd_voting_s", join)
+	t.Logf("etcd members (v3 cluster/member/list on the local etcd): %v", members)
+	assert.Contains(t, members, etcdMember{Name: name, PeerURLs: []string{"https://" + nodeIP + ":2380"}}, "this master's etcd member")
+
+	// /etc/hosts: written exactly once in the whole run, by vipctl join.
+	assert.Equal(t, afterJoin, lab.HostsIdentity(etcHosts), "the hosts file did not change after join")
+	assert.Equal(t, 1, hw.stop(), "writes of /etc/hosts from before vipctl join to the end of the checks")
+	w.measure("scenario_s", start)
+	if spec.Node.FaultMaster == "" || t.Failed() {
+		return
+	}
+
+	// One fault: the host kills master2's kube-apiserver; this master's
+	// watchdog takes it out, the clients through the VIP keep working,
+	// and it comes back after its restart (worker_faults_test.go).
+	admin, err := os.ReadFile("/etc/kubernetes/admin.conf")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile("/tmp/admin.conf", admin, 0o600))
+	nw := w.watchNode()
+	defer nw.stop()
+	clients := lab.Clients(t, "/usr/local/bin/kubectl", "/tmp/admin.conf")
+	t.Run("kill_apiserver", func(st *testing.T) {
+		w.t = st
+		defer func() { w.t = t }()
+		f := w.faultKillAPIServer(clients, nw, kubectl)
+		st.Logf("the fault: %v", f.figs)
+	})
+}
+
+// serverLines are the server: lines of a kubeconfig.
+func serverLines(kc []byte) string {
+	var out []string
+	for _, l := range strings.Split(string(kc), "\n") {
+		if strings.Contains(l, "server:") {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// readyzWatch polls an apiserver's /readyz and keeps the first time it
+// answered 200.
+type readyzWatch struct {
+	mu   sync.Mutex
+	at   time.Time
+	done chan struct{}
+	once sync.Once
+}
+
+// watchReadyz polls https://addr/readyz every 500 ms, as an anonymous client
+// (kube-apiserver lets anyone read it), verifying the server with the
+// cluster's CA once kubeadm has written it (before, nothing is served).
+func watchReadyz(addr string) *readyzWatch {
+	r := &readyzWatch{done: make(chan struct{})}
+	go func() {
+		tk := time.NewTicker(500 * time.Millisecond)
+		defer tk.Stop()
+		var c *http.Client
+		for {
+			select {
+			case <-r.done:
+				return
+			case <-tk.C:
+			}
+			if c == nil {
+				ca, err := os.ReadFile("/etc/kubernetes/pki/ca.crt")
+				pool := x509.NewCertPool()
+				if err != nil || !pool.AppendCertsFromPEM(ca) {
+					continue
+				}
+				c = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+					TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: strings.Split(addr, ":")[0]}}}
+			}
+			resp, err := c.Get("https://" + addr + "/readyz")
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				r.mu.Lock()
+				r.at = time.Now()
+				r.mu.Unlock()
+				return
+			}
+		}
+	}()
+	return r
+}
+
+func (r *readyzWatch) first() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.at
+}
+
+func (r *readyzWatch) stop() { r.once.Do(func() { close(r.done) }) }
+
+// etcdMember is a member in etcd's v3 cluster/member/list answer.
+type etcdMember struct {
+	Name      string   `json:"name"`
+	PeerURLs  []string `json:"peerURLs"`
+	IsLearner bool     `json:"isLearner,omitempty"`
+}
+
+// etcdMembers asks the node's own etcd (kubeadm's stacked member,
+// 127.0.0.1:2379) for the cluster's members through etcd's JSON gateway,
+// with the apiserver's etcd client certificate: no etcdctl is needed.
+func etcdMembers() ([]etcdMember, error) {
+	ca, err := os.ReadFile("/etc/kubernetes/pki/etcd/ca.crt")
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	cert, err := tls.LoadX509KeyPair("/etc/kubernetes/pki/apiserver-etcd-client.crt", "/etc/kubernetes/pki/apiserver-etcd-client.key")
+	if err != nil {
+		return nil, err
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	resp, err := c.Post("https://127.0.0.1:2379/v3/cluster/member/list", "application/json", bytes.NewReader([]byte("{}")))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var l struct {
+		Members []etcdMember `json:"members"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&l); err != nil {
+		return nil, err
+	}
+	return l.Members, nil
+}
