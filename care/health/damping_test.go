@@ -566,15 +566,11 @@ func TestRetransmittedAnswerMakesAMasterSuspect(t *testing.T) {
 // answers count.
 func TestSlowedAnswerAfterAFallIsNoRise(t *testing.T) {
 	cfg := DefaultConfig()
-	slowed := Outcome{OK: true, Status: 200, Reason: "HTTP 200", Retransmitted: true}
-	f := newFixture(t, cfg, mA, mB, mC)
-	for _, m := range []netip.AddrPort{mA, mB, mC} {
-		f.probe(m, ok())
-	}
+	f := threeUp(t, cfg)
 	f.advance(time.Second).probe(mB, timedOut()).probe(mB, timedOut())
 	require.Equal(t, Down, f.phase(mB))
 	for range 3 {
-		f.advance(time.Second).probe(mB, slowed)
+		f.advance(time.Second).probe(mB, slowed())
 	}
 	assert.Equal(t, Down, f.phase(mB), "slowed answers are no rise while mA and mC serve")
 	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, ok())
@@ -583,7 +579,7 @@ func TestSlowedAnswerAfterAFallIsNoRise(t *testing.T) {
 
 	// A minute later (its fall forgotten) it falls again and relapses.
 	f.advance(time.Minute).probe(mB, timedOut()).probe(mB, timedOut())
-	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, slowed)
+	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, slowed())
 	relapse := f.now
 	f.advance(time.Second).probe(mB, ok()).advance(time.Second).probe(mB, ok())
 	assert.Equal(t, Down, f.phase(mB), "held down after a slowed answer that followed a clean one")
@@ -591,14 +587,14 @@ func TestSlowedAnswerAfterAFallIsNoRise(t *testing.T) {
 
 	// A slowed answer again: no longer past Rise. Then mA and mC fall:
 	// slowed answers count, and mB is waived back on them.
-	f.advance(time.Second).probe(mB, slowed)
+	f.advance(time.Second).probe(mB, slowed())
 	require.Zero(t, f.tr.Snapshot()[1].Successes)
 	f.advance(time.Second).probe(mA, refused()).probe(mA, refused())
 	f.advance(time.Second).probe(mC, refused()).probe(mC, refused())
-	f.advance(time.Second).probe(mB, slowed)
+	f.advance(time.Second).probe(mB, slowed())
 	require.Equal(t, Down, f.phase(mB), "one slowed answer")
 	assert.Equal(t, 1, f.tr.Snapshot()[1].Successes, "counted: nothing serves")
-	f.advance(time.Second).probe(mB, slowed)
+	f.advance(time.Second).probe(mB, slowed())
 	assert.Equal(t, Up, f.phase(mB), "back on slowed answers while nothing else serves")
 }
 
@@ -704,12 +700,8 @@ func TestRelapseBeforeRiseStartsTheHoldDown(t *testing.T) {
 // fewer than a majority left it takes Fall failures as before.
 func TestFailureAndSlowedAnswersFallAsFlapping(t *testing.T) {
 	cfg := DefaultConfig()
-	slowed := Outcome{OK: true, Status: 200, Reason: "HTTP 200", Retransmitted: true}
-	f := newFixture(t, cfg, mA, mB, mC)
-	for _, m := range []netip.AddrPort{mA, mB, mC} {
-		f.probe(m, ok())
-	}
-	f.advance(time.Second).probe(mB, slowed).advance(cfg.FastRetry).probe(mB, timedOut())
+	f := threeUp(t, cfg)
+	f.advance(time.Second).probe(mB, slowed()).advance(cfg.FastRetry).probe(mB, timedOut())
 	require.Equal(t, Down, f.phase(mB), "a slowed answer and a timeout")
 	st := f.tr.Snapshot()[1]
 	assert.Equal(t, 2, st.Flaps, "flapping: the hold-down starts with this fall")
@@ -717,8 +709,20 @@ func TestFailureAndSlowedAnswersFallAsFlapping(t *testing.T) {
 
 	// mB out, mA's fall would leave mC alone: its timeout and slowed
 	// answer are no fall, Fall failures are.
-	f.advance(time.Second).probe(mA, timedOut()).advance(cfg.FastRetry).probe(mA, slowed)
+	f.advance(time.Second).probe(mA, timedOut()).advance(cfg.FastRetry).probe(mA, slowed())
 	assert.Equal(t, Up, f.phase(mA), "it would leave fewer than a majority: Fall failures needed")
 	f.advance(cfg.FastRetry).probe(mA, timedOut())
 	assert.Equal(t, Down, f.phase(mA), "2 of the last 3 probes failed")
+}
+
+// slowed is a healthy answer that waited for a TCP retransmission timeout.
+func slowed() Outcome { return Outcome{OK: true, Status: 200, Reason: "HTTP 200", Retransmitted: true} }
+
+// threeUp is a fixture with mA, mB and mC probed healthy once.
+func threeUp(t *testing.T, cfg Config) *fixture {
+	f := newFixture(t, cfg, mA, mB, mC)
+	for _, m := range []netip.AddrPort{mA, mB, mC} {
+		f.probe(m, ok())
+	}
+	return f
 }
