@@ -35,10 +35,7 @@ import (
 // kubelet. It runs only in the VM the host test boots
 // (VIPCTL_E2E_CLUSTER_INIT=1); TestVM skips it.
 func TestClusterInit(t *testing.T) {
-	lab.Need(t)
-	if os.Getenv("VIPCTL_E2E_CLUSTER_INIT") != "1" {
-		t.Skip("needs the host's cluster lab (VIPCTL_E2E_CLUSTER_INIT=1): run by e2e/cluster's TestClusterInit")
-	}
+	needClusterLab(t, "VIPCTL_E2E_CLUSTER_INIT", "TestClusterInit")
 	start := time.Now()
 	dir := filepath.Join(lab.ShareDir, cluster.InitDir)
 	spec, err := cluster.ReadInitSpec(dir)
@@ -54,9 +51,7 @@ func TestClusterInit(t *testing.T) {
 	// The harness's part of the kubeadm configuration (the node's name,
 	// the CRI socket, no pulls, the longer control-plane wait, cgroupfs),
 	// where a user keeps theirs.
-	base, err := os.ReadFile(w.share(spec.KubeadmConfig))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile("/root/kubeadm.yaml", base, 0o600))
+	w.copyPrivate(spec.KubeadmConfig, "/root/kubeadm.yaml")
 
 	// Every write of /etc/hosts from here to the end is counted.
 	hw := watchHosts(t)

@@ -34,10 +34,7 @@ import (
 // host kills master2's kube-apiserver. It runs only in the VM the host test
 // boots (VIPCTL_E2E_CLUSTER_CPJOIN=1); TestVM skips it.
 func TestClusterMasterJoin(t *testing.T) {
-	lab.Need(t)
-	if os.Getenv("VIPCTL_E2E_CLUSTER_CPJOIN") != "1" {
-		t.Skip("needs the host's cluster lab (VIPCTL_E2E_CLUSTER_CPJOIN=1): run by e2e/cluster's TestClusterMasterJoin")
-	}
+	needClusterLab(t, "VIPCTL_E2E_CLUSTER_CPJOIN", "TestClusterMasterJoin")
 	start := time.Now()
 	dir := filepath.Join(lab.ShareDir, cluster.MasterJoinDir)
 	spec, err := cluster.ReadMasterJoinSpec(dir)
@@ -53,9 +50,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	// The harness's part of the JoinConfiguration (the node's name, the
 	// CRI socket, no pulls, the longer control-plane wait), where a user
 	// keeps theirs.
-	base, err := os.ReadFile(w.share(spec.JoinConfig))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile("/root/kubeadm-join.yaml", base, 0o600))
+	w.copyPrivate(spec.JoinConfig, "/root/kubeadm-join.yaml")
 
 	// Every write of /etc/hosts from here to the end of the checks is counted.
 	hw := watchHosts(t)

@@ -31,10 +31,7 @@ import (
 // VIP. The harness plays systemd for the kubelet. It runs only in the VM the
 // host test boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
 func TestClusterWorker(t *testing.T) {
-	lab.Need(t)
-	if os.Getenv("VIPCTL_E2E_CLUSTER") != "1" {
-		t.Skip("needs the real cluster on the host (VIPCTL_E2E_CLUSTER=1): run by e2e/cluster's TestClusterWorker")
-	}
+	needClusterLab(t, "VIPCTL_E2E_CLUSTER", "TestClusterWorker")
 	dir := filepath.Join(lab.ShareDir, cluster.WorkerDir)
 	spec, err := cluster.ReadWorkerSpec(dir)
 	require.NoError(t, err)
@@ -75,9 +72,7 @@ func TestClusterWorker(t *testing.T) {
 	hosts, err := os.ReadFile("/etc/hosts")
 	require.NoError(t, err)
 	require.Contains(t, string(hosts), lab.VIP.String()+" apiserver.cluster.local")
-	admin, err := os.ReadFile(w.share(spec.AdminConf))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile("/tmp/admin.conf", admin, 0o600))
+	w.copyPrivate(spec.AdminConf, "/tmp/admin.conf")
 	kubectl := func(a ...string) (string, error) {
 		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/tmp/admin.conf", "--request-timeout", "20s"}, a...)...)
 		o, err := c.CombinedOutput()
@@ -239,11 +234,27 @@ func (w *worker) setUp(containerdFigure string) {
 func (w *worker) installSecret(src, name string) (string, string) {
 	t := w.t
 	require.NoError(t, os.MkdirAll("/etc/kubernetes/vipctl-join", 0o700))
-	b, err := os.ReadFile(w.share(src))
-	require.NoError(t, err)
 	p := filepath.Join("/etc/kubernetes/vipctl-join", name)
-	require.NoError(t, os.WriteFile(p, b, 0o600))
-	return p, strings.TrimSpace(string(b))
+	return p, strings.TrimSpace(string(w.copyPrivate(src, p)))
+}
+
+// copyPrivate copies the share's file src to the path to, mode 0600 (a
+// secret, or a configuration with one), and returns its content.
+func (w *worker) copyPrivate(src, to string) []byte {
+	b, err := os.ReadFile(w.share(src))
+	require.NoError(w.t, err)
+	require.NoError(w.t, os.WriteFile(to, b, 0o600))
+	return b
+}
+
+// needClusterLab skips a scenario that only runs in the VM that the host
+// test hostTest of e2e/cluster boots, with env=1 in the VM's environment.
+func needClusterLab(t *testing.T, env, hostTest string) {
+	t.Helper()
+	lab.Need(t)
+	if os.Getenv(env) != "1" {
+		t.Skipf("needs the host's cluster lab (%s=1): run by e2e/cluster's %s", env, hostTest)
+	}
 }
 
 // firstLines is the first n lines of s.
