@@ -403,9 +403,9 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		// them among the last probes, take the master out as flapping,
 		// but only while the others carry the load (a majority still
 		// serving without it). Slowed answers alone never do.
-		lossy := !failed && (!o.OK || o.Retransmitted) && t.recentFailures(m) > 0 &&
+		lossyFall := !failed && (!o.OK || o.Retransmitted) && t.recentFailures(m) > 0 &&
 			t.recentBad(m) >= t.cfg.Fall && t.serving()-1 >= t.majority()
-		if !failed && !lossy {
+		if !failed && !lossyFall {
 			return nil
 		}
 		m.flaps++
@@ -423,7 +423,7 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		switch {
 		case o.Conclusive && m.failures < t.cfg.Fall:
 			why = o.Reason + " after the master closed the sentinel connection"
-		case lossy:
+		case lossyFall:
 			why = fmt.Sprintf("%s (%d of the last %d probes failed or waited for a TCP retransmission: flapping)", o.Reason, t.recentBad(m), t.window())
 		case flapping:
 			why = fmt.Sprintf("%s (%d of the last %d probes failed: flapping)", o.Reason, t.recentFailures(m), t.window())
@@ -440,12 +440,12 @@ func (t *Tracker) Observe(addr netip.AddrPort, o Outcome, now time.Time) []Event
 		// no steady health: it does not count towards Rise (a master
 		// whose link flaps answers so between its lost SYNs), unless
 		// fewer than a majority serve (capacity first).
-		lossy := o.OK && o.Retransmitted && m.flaps > 0 && !t.short()
-		if lossy {
+		slowed := o.OK && o.Retransmitted && m.flaps > 0 && !t.short()
+		if slowed {
 			m.successes = 0
 		}
 		switch {
-		case o.OK && !lossy:
+		case o.OK && !slowed:
 			m.rebounded = true
 		case m.rebounded && m.flaps == 1:
 			// Fallen once, healthy again, then failing (or answering
