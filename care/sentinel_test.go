@@ -87,3 +87,26 @@ func TestKilledAPIServerOutWithinASecond(t *testing.T) {
 	assert.Less(t, took, time.Second)
 	assert.Equal(t, 1, r.weights()[mB])
 }
+
+// The sentinel's redial wait: kube-apiserver ends an idle connection after
+// ~90 s, which is a kept connection however long the probe interval; only
+// short sessions and failed dials back off.
+func TestSentinelBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		name                    string
+		prev, interval, heldFor time.Duration
+		established             bool
+		want                    time.Duration
+	}{
+		{"idle timeout, 1 s interval", time.Second, time.Second, 90 * time.Second, true, time.Second},
+		{"idle timeout, 10 s interval (a slow machine's)", 40 * time.Second, 10 * time.Second, 90 * time.Second, true, 10 * time.Second},
+		{"a server that closes at once", time.Second, time.Second, 2 * time.Second, true, 2 * time.Second},
+		{"a short session, 10 s interval", 10 * time.Second, 10 * time.Second, 5 * time.Second, true, 20 * time.Second},
+		{"a failed dial", 4 * time.Second, time.Second, 0, false, 8 * time.Second},
+		{"capped", 4 * time.Minute, time.Second, 0, false, 5 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, sentinelBackoff(tc.prev, tc.interval, tc.heldFor, tc.established))
+		})
+	}
+}

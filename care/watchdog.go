@@ -827,7 +827,6 @@ func (w *Watchdog) startSentinel(ctx context.Context, addr netip.AddrPort) {
 // connections) and failed dials back off; a kick (the master came up)
 // redials at once.
 func (w *Watchdog) sentinel(ctx context.Context, addr netip.AddrPort, kick <-chan struct{}) {
-	const maxBackoff = 5 * time.Minute
 	interval := w.cfg.Health.Interval
 	backoff := interval
 	for {
@@ -850,11 +849,7 @@ func (w *Watchdog) sentinel(ctx context.Context, addr netip.AddrPort, kick <-cha
 		} else {
 			w.log.Debug("sentinel connection failed", zap.Stringer("master", addr), zap.Error(err))
 		}
-		if established && heldFor >= 10*interval {
-			backoff = interval
-		} else {
-			backoff = min(backoff*2, maxBackoff)
-		}
+		backoff = sentinelBackoff(backoff, interval, heldFor, established)
 		t := w.clock.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -866,6 +861,28 @@ func (w *Watchdog) sentinel(ctx context.Context, addr netip.AddrPort, kick <-cha
 		}
 		t.Stop()
 	}
+}
+
+// sentinelSteady is the hold after which a sentinel session counts as a
+// kept connection whatever the interval: kube-apiserver closes idle
+// connections after ~90 s, which must not back the sentinel off when the
+// interval is long (10 s on a slow machine).
+const sentinelSteady = 30 * time.Second
+
+// sentinelMaxBackoff caps the wait before a sentinel redials.
+const sentinelMaxBackoff = 5 * time.Minute
+
+// sentinelBackoff is the wait before the sentinel redials, after a session
+// held for heldFor (established: a connection was made) and the previous
+// wait prev. A session held for ten intervals, or for sentinelSteady, was a
+// kept connection ended by its idle timeout or by the master: redial after
+// one interval. A shorter one (a server that does not keep connections) or
+// a failed dial doubles the wait, up to sentinelMaxBackoff.
+func sentinelBackoff(prev, interval, heldFor time.Duration, established bool) time.Duration {
+	if established && heldFor >= min(10*interval, sentinelSteady) {
+		return interval
+	}
+	return min(max(prev, interval)*2, sentinelMaxBackoff)
 }
 
 type errLogged struct {
