@@ -83,7 +83,9 @@ type lineLogger struct{ t *testing.T }
 
 func (w lineLogger) Write(b []byte) (int, error) {
 	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		if strings.HasPrefix(l, "MEASURE ") || strings.HasPrefix(l, "LAB") || strings.HasPrefix(l, "--- ") ||
+		// The VM's test output (indented under its === RUN) and the
+		// lab's markers; not the kernel's and the services' lines.
+		if strings.HasPrefix(l, "MEASURE ") || strings.HasPrefix(l, "LAB") || strings.HasPrefix(l, "--- ") || strings.HasPrefix(l, "    ") ||
 			strings.Contains(l, "worker_test.go") || strings.Contains(l, "worker_faults_test.go") || strings.Contains(l, "worker_teardown_test.go") ||
 			strings.Contains(l, "worker_ipvs_test.go") || strings.Contains(l, "initmaster_test.go") || strings.Contains(l, "masterjoin_test.go") {
 			w.t.Log("VM: " + l)

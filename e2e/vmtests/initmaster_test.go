@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -273,7 +274,7 @@ func probeLatency(t *testing.T, scenario, self string) {
 		resp.Body.Close()
 		ds = append(ds, time.Since(t0))
 		if resp.StatusCode != http.StatusOK {
-			t.Logf("GET /readyz: HTTP %d", resp.StatusCode)
+			t.Logf("GET /readyz: HTTP %d; the checks that fail: %s", resp.StatusCode, failingChecks(c, self))
 		}
 	}
 	if len(ds) == 0 {
@@ -282,6 +283,24 @@ func probeLatency(t *testing.T, scenario, self string) {
 	slices.Sort(ds)
 	fmt.Printf("MEASURE %[1]s_readyz_fresh_tls_p50_ms=%[2]d\nMEASURE %[1]s_readyz_fresh_tls_max_ms=%[3]d\n", scenario, ds[len(ds)/2].Milliseconds(), ds[len(ds)-1].Milliseconds())
 	t.Logf("/readyz of %s on a new TLS connection, %d times: median %s, longest %s", self, len(ds), ds[len(ds)/2].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
+}
+
+// failingChecks are the checks an apiserver's /readyz?verbose reports as
+// failed (the lines that start with "[-]"), for the log of a slow master.
+func failingChecks(c *http.Client, addr string) string {
+	resp, err := c.Get("https://" + addr + "/readyz?verbose")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var failed []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "[-]") {
+			failed = append(failed, l)
+		}
+	}
+	return strings.Join(failed, "; ")
 }
 
 // initStatus is the part of `vipctl status -o json` the scenario reads.
@@ -301,8 +320,11 @@ type initStatusMaster struct {
 	LastSeenInAPI string `json:"lastSeenInAPI"`
 	Local         bool   `json:"local"`
 	LastProbe     *struct {
-		OK         bool `json:"ok"`
-		HTTPStatus int  `json:"httpStatus"`
+		Time       string  `json:"time"`
+		OK         bool    `json:"ok"`
+		HTTPStatus int     `json:"httpStatus"`
+		Reason     string  `json:"reason"`
+		Latency    float64 `json:"latencySeconds"`
 	} `json:"lastProbe"`
 	Kernel *struct {
 		Weight int `json:"weight"`

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
@@ -113,6 +114,10 @@ func TestClusterMasterJoin(t *testing.T) {
 	// weight; both host masters up and in service.
 	var st initStatus
 	var raw string
+	// The local master's probes while it is not yet in service, one line
+	// per probe (vipctl status shows the last): why the watchdog keeps it
+	// out, if it does.
+	var localProbes []string
 	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
 		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
 		raw = string(o)
@@ -121,6 +126,12 @@ func TestClusterMasterJoin(t *testing.T) {
 			return false
 		}
 		m := st.master(self)
+		if m != nil && m.LastProbe != nil {
+			p := fmt.Sprintf("%s ok=%v %s %.1fs", m.LastProbe.Time, m.LastProbe.OK, m.LastProbe.Reason, m.LastProbe.Latency)
+			if len(localProbes) == 0 || localProbes[len(localProbes)-1] != p {
+				localProbes = append(localProbes, p)
+			}
+		}
 		if m == nil || !m.Local || m.State != "up" || m.Membership != "in-service" || m.Kernel == nil || m.Kernel.Weight != ipvs.LocalWeight {
 			return false
 		}
@@ -130,7 +141,9 @@ func TestClusterMasterJoin(t *testing.T) {
 			}
 		}
 		return true
-	}), "vipctl status never showed %s local, up and in service with weight %d, and %v up and in service:\n%s", self, ipvs.LocalWeight, spec.Node.Masters, raw)
+	}), "vipctl status never showed %s local, up and in service with weight %d, and %v up and in service; the local master's probes:\n%s\nthe last status:\n%s",
+		self, ipvs.LocalWeight, spec.Node.Masters, strings.Join(localProbes, "\n"), raw)
+	t.Logf("the local master's probes until it was in service:\n%s", strings.Join(localProbes, "\n"))
 	w.measure("join_to_local_in_service_s", join)
 	table, err := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
 	require.NoError(t, err, string(table))

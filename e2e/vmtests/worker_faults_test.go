@@ -606,6 +606,7 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 		defer close(iw.fin)
 		var notAllSince, emptySince, openSince time.Time
 		prev := map[netip.AddrPort]bool{}
+		lastProbe := map[string]string{} // each master's last probe time seen
 		tk := time.NewTicker(20 * time.Millisecond)
 		defer tk.Stop()
 		for i := 0; ; i++ {
@@ -616,11 +617,33 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 				if resp, err := status.Get("http://" + lab.MetricsAddr + "/status"); err == nil {
 					var st struct {
 						FailOpen bool `json:"failOpen"`
+						Masters  []struct {
+							Address   string `json:"address"`
+							LastProbe *struct {
+								Time    string  `json:"time"`
+								OK      bool    `json:"ok"`
+								Reason  string  `json:"reason"`
+								Latency float64 `json:"latencySeconds"`
+							} `json:"lastProbe"`
+						} `json:"masters"`
 					}
 					err := json.NewDecoder(resp.Body).Decode(&st)
 					resp.Body.Close()
 					now := time.Now()
 					iw.mu.Lock()
+					// The probes the watchdog's status shows: each of the
+					// target's, and every other master's failures (a probe
+					// between two reads of /status is not seen).
+					for _, m := range st.Masters {
+						if m.LastProbe == nil || lastProbe[m.Address] == m.LastProbe.Time {
+							continue
+						}
+						lastProbe[m.Address] = m.LastProbe.Time
+						if i > 0 && (!m.LastProbe.OK || (iw.haveTarget && m.Address == iw.target.String())) {
+							iw.events = append(iw.events, fmt.Sprintf("+%s probe %s ok=%v %s (%.2fs)", now.Sub(start).Round(10*time.Millisecond),
+								m.Address, m.LastProbe.OK, m.LastProbe.Reason, m.LastProbe.Latency))
+						}
+					}
 					switch {
 					case err == nil && st.FailOpen && openSince.IsZero():
 						openSince = now

@@ -205,6 +205,15 @@ func (w *worker) setUp(containerdFigure string) {
 			}
 			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
 			t.Logf("ctr tasks ls:\n%s", o)
+			// The watchdog's own account (its static pod's log, as the
+			// kubelet keeps it): probes, falls, rises, fail-open.
+			o, _ = exec.Command("sh", "-c", "for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; grep -v '\"msg\":\"probe\"' $f | tail -n 80; done").CombinedOutput()
+			t.Logf("the watchdog's log:\n%s", o)
+			// Why a static pod restarted: the kubelet's probe results and
+			// kills, and the last words of the control plane's containers.
+			o, _ = exec.Command("sh", "-c", "grep -E 'prober.go|Killing container|Probe failed' /tmp/kubelet.log | tail -n 30; "+
+				"for f in /var/log/pods/kube-system_kube-apiserver-*/*/*.log /var/log/pods/kube-system_etcd-*/*/*.log; do echo == $f; tail -n 15 $f; done").CombinedOutput()
+			t.Logf("the kubelet's probes and kills; the apiserver's and etcd's logs:\n%s", o)
 		}
 	})
 
