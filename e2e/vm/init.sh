@@ -73,17 +73,22 @@ else
   echo "LAB: cannot mount the 9p share"; rc=1
 fi
 cd /
+reboot=""
+[ "$rc" = 0 ] && [ -e /run/lab-reboot ] && reboot=1
 if [ -n "$disk" ]; then
-  # A machine's shutdown: every process asked to end, then killed; the
-  # disk written and remounted read-only.
+  # A machine's shutdown: every process asked to end, then killed; every
+  # mount but the kernel's undone (deepest first), the disk written and
+  # remounted read-only.
   kill -TERM -1 2>/dev/null
   sleep 1
   kill -KILL -1 2>/dev/null
-  umount /mnt/share 2>/dev/null
+  awk '$2 != "/" && $2 !~ "^/(proc|sys|dev)(/|$)" {print $2}' /proc/mounts | sort -r | while read -r m; do
+    umount "$m" 2>/dev/null || umount -l "$m"
+  done
   sync
   mount -o remount,ro / || echo "LAB: cannot remount the disk read-only"
 fi
-if [ "$rc" = 0 ] && [ -e /run/lab-reboot ]; then
+if [ -n "$reboot" ]; then
   echo "LAB REBOOT"
   reboot -f
 fi

@@ -335,18 +335,36 @@ func (w *worker) faultWatchdog(clients *lab.Real, nw *nodeWatch, kubectl func(..
 	return fr.figs
 }
 
-// faultReboot plays the worker's reboot (docs/lab.md says what and why):
-// everything a power cycle loses on a machine with a disk, then its boot.
-// The clients fail while the VIP is gone (excused as no master).
+// faultReboot reboots the worker (docs/lab.md says what and why): for
+// real when the VM's / is a disk (requestReboot, then
+// TestClusterWorkerAfterReboot in the next boot), else played on the
+// running VM: everything a power cycle loses on a machine with a disk,
+// then its boot. The clients fail while the VIP is gone (excused as no
+// master).
 func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
-	t := w.t
 	// The node's clients die with it: they start again once the boot has
 	// put the VIP back, and must then see no failure.
 	fr := w.begin("reboot", nw, nil, "", false)
+	if rootOnDisk() {
+		w.requestReboot(fr)
+		return fr.figs
+	}
 	w.shutdown()
 	boot := time.Now()
 	fr.figs.dur("shutdown", boot.Sub(fr.start))
 	w.boot()
+	w.afterBoot(fr, clients, kubectl, boot)
+	return fr.figs
+}
+
+// afterBoot waits for the VIP with every master back after the boot at
+// boot, starts the clients, waits for the node Ready as the kubelet posts
+// it after the boot, and ends the fault (fr.end: a Lease renewal after the
+// rules are back, no unexcused failure). kube-proxy's start after the boot
+// flushes IPVS, which the watchdog restores: each period with no real
+// server is excused, as in its restart's fault.
+func (w *worker) afterBoot(fr *faultRun, clients *lab.Real, kubectl func(...string) (string, error), boot time.Time) {
+	t := w.t
 	if err := lab.Poll(5*time.Minute, w.allInIPVS); err != nil {
 		w.bootDiagnostics()
 		require.NoError(t, err, "the VIP with every master after the boot")
@@ -354,6 +372,7 @@ func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...s
 	rules := time.Now()
 	fr.figs.dur("boot_to_rules", rules.Sub(boot))
 	fr.tr = clients.StartTraffic()
+	fr.iw = w.watchIPVS("", fr.tr, true)
 	// Ready as the kubelet posts it after the boot: the condition True
 	// with a heartbeat after the boot (the API kept the old one).
 	var readyAt time.Time
@@ -370,7 +389,6 @@ func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...s
 	fr.figs.dur("boot_to_ready", readyAt.Sub(boot))
 	time.Sleep(5 * time.Second) // the clients' run after the boot, at least
 	fr.end(rules, true)
-	return fr.figs
 }
 
 // shutdown is what a power cycle takes from the worker: every process (the
@@ -482,6 +500,8 @@ func (w *worker) boot() {
 	require.NotEmpty(t, mods, "modules to load at boot in %v", files)
 	for _, m := range mods {
 		w.sh("modprobe " + m)
+		_, err := os.Stat("/sys/module/" + m)
+		require.NoError(t, err, "module %s loaded", m)
 	}
 	t.Logf("reboot: booting; loaded %v from %v", mods, files)
 	w.startContainerd(false)
