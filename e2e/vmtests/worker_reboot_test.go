@@ -151,3 +151,79 @@ func TestClusterWorkerAfterReboot(t *testing.T) {
 		w.teardown(hostsBefore)
 	})
 }
+
+// afterBoot waits for the VIP with every master back after the boot at
+// boot, starts the clients, waits for the node Ready as the kubelet posts
+// it after the boot, and ends the fault (fr.end: a Lease renewal after the
+// rules are back, no unexcused failure). kube-proxy's start after the boot
+// flushes IPVS, which the watchdog restores: each period with no real
+// server is excused, as in its restart's fault.
+func (w *worker) afterBoot(fr *faultRun, clients *lab.Real, kubectl func(...string) (string, error), boot time.Time) {
+	t := w.t
+	if err := lab.Poll(5*time.Minute, w.allInIPVS); err != nil {
+		w.bootDiagnostics()
+		require.NoError(t, err, "the VIP with every master after the boot")
+	}
+	rules := time.Now()
+	fr.figs.dur("boot_to_rules", rules.Sub(boot))
+	fr.tr = clients.StartTraffic()
+	fr.iw = w.watchIPVS("", fr.tr, true)
+	// Ready as the kubelet posts it after the boot: the condition True
+	// with a heartbeat after the boot (the API kept the old one).
+	var readyAt time.Time
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		o, err := kubectl("get", "node", w.spec.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
+		f := strings.Fields(o)
+		if err != nil || len(f) != 2 || f[0] != "True" {
+			return false
+		}
+		hb, err := time.Parse(time.RFC3339, f[1])
+		readyAt = time.Now()
+		return err == nil && !hb.Before(boot.Truncate(time.Second))
+	}), "node %s never Ready after the boot", w.spec.Name)
+	fr.figs.dur("boot_to_ready", readyAt.Sub(boot))
+	time.Sleep(5 * time.Second) // the clients' run after the boot, at least
+	fr.end(rules, true)
+}
+
+// boot is what the worker's init system does at boot: the modules named in
+// /etc/modules-load.d (systemd-modules-load), containerd, the kubelet.
+func (w *worker) boot() {
+	t := w.t
+	files, _ := filepath.Glob("/etc/modules-load.d/*.conf")
+	var mods []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ";") {
+				mods = append(mods, l)
+			}
+		}
+	}
+	require.NotEmpty(t, mods, "modules to load at boot in %v", files)
+	for _, m := range mods {
+		w.sh("modprobe " + m)
+		_, err := os.Stat("/sys/module/" + m)
+		require.NoError(t, err, "module %s loaded", m)
+	}
+	t.Logf("reboot: booting; loaded %v from %v", mods, files)
+	w.startContainerd(false)
+	w.superviseKubelet()
+}
+
+// bootDiagnostics logs what the node runs after a boot that did not bring
+// the VIP back: containerd's containers and tasks, the watchdog's
+// container logs, the links and the IPVS modules.
+func (w *worker) bootDiagnostics() {
+	t := w.t
+	for _, c := range []string{
+		"ctr -n k8s.io containers ls", "ctr -n k8s.io tasks ls", "ip -o link", "grep -E '^(ip_vs|dummy)' /proc/modules",
+		"ls -la /etc/kubernetes/manifests /var/lib/vipctl",
+		"for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; tail -n 30 $f; done",
+		"grep -i vipctl-care /tmp/kubelet.log | tail -n 30",
+	} {
+		o, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
+		t.Logf("after the boot: %s (%v):\n%s", c, err, o)
+	}
+}

@@ -433,6 +433,13 @@ func (w *worker) machine() {
 	w.network()
 	w.sh("cp -a " + w.share(s.Root) + "/. /")
 	w.shareModules()
+	if rootOnDisk() {
+		// The bundle's install.sh checks the IPVS modules with `modprobe
+		// -n`, which busybox's modprobe lacks: they are loaded now, as the
+		// initramfs loads them on a VM without a disk. After the reboot
+		// only /etc/modules-load.d loads them.
+		w.sh("for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh; do modprobe $m; done")
+	}
 	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
 	w.cgroups()
 	if rootOnDisk() {
