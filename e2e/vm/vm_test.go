@@ -37,7 +37,7 @@ func TestRebootKeepsTheDisk(t *testing.T) {
 	require.NoError(t, err, prep.String())
 	disk := filepath.Join(t.TempDir(), "disk.img")
 	require.NoError(t, NewDisk(ctx, disk, 1<<30))
-	lockLab(t)
+	lockLab(ctx, t)
 
 	share := t.TempDir()
 	boot := func(script string) (Result, string) {
@@ -82,8 +82,8 @@ echo "LAB-TEST modprobe=$(test -e /proc/net/ip_vs && echo loaded)"
 }
 
 // lockLab takes the lab lock the VM labs serialise on (e2e/cluster's
-// lockFile), released when t ends.
-func lockLab(t *testing.T) {
+// lockFile), released when t ends; it fails t when ctx ends first.
+func lockLab(ctx context.Context, t *testing.T) {
 	t.Helper()
 	f, err := os.OpenFile("/run/lock/vipctl-lab.lock", os.O_CREATE|os.O_RDWR, 0o644)
 	require.NoError(t, err)
@@ -94,6 +94,10 @@ func lockLab(t *testing.T) {
 			return
 		}
 		require.True(t, errors.Is(err, syscall.EWOULDBLOCK), "lab lock: %v", err)
-		time.Sleep(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Fatalf("lab lock: another lab is running: %v", ctx.Err())
+		case <-time.After(time.Second):
+		}
 	}
 }
