@@ -41,6 +41,9 @@ type rebootState struct {
 	Start time.Time `json:"start"`
 	// BootID is the first boot's kernel boot_id.
 	BootID string `json:"bootID"`
+	// LastRenewal is the node Lease's last renewal the first boot saw:
+	// the Lease's gap across the reboot starts there.
+	LastRenewal time.Time `json:"lastRenewal"`
 }
 
 // rootOnDisk reports whether the VM's / is a disk (vm.Config.Disk), not the
@@ -71,7 +74,13 @@ func bootID(t *testing.T) string {
 // binary then ends, and /init restarts the kernel.
 func (w *worker) requestReboot(fr *faultRun) {
 	t := w.t
-	b, err := json.Marshal(rebootState{Start: fr.start, BootID: bootID(t)})
+	st := rebootState{Start: fr.start, BootID: bootID(t)}
+	fr.nw.mu.Lock()
+	if n := len(fr.nw.renewals); n > 0 {
+		st.LastRenewal = fr.nw.renewals[n-1]
+	}
+	fr.nw.mu.Unlock()
+	b, err := json.Marshal(st)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(rebootFile, b, 0o644))
 	w.stop()
@@ -141,6 +150,7 @@ func TestClusterWorkerAfterReboot(t *testing.T) {
 		defer func() { w.t = t }()
 		fr := &faultRun{w: w, figs: &faultFigures{scenario: w.scenario(), name: "reboot"}, start: st.Start, nw: w.watchNode()}
 		defer fr.nw.stop()
+		fr.nw.seedRenewal(st.LastRenewal)
 		fr.figs.dur("down", boot.Sub(st.Start))
 		w.afterBoot(fr, lab.Clients(st2, "/usr/local/bin/kubectl", "/tmp/admin.conf"), kubectl, boot)
 		assert.True(st2, w.watchdogRunning(), "the watchdog's container, started by the kubelet from its static pod")
@@ -150,6 +160,16 @@ func TestClusterWorkerAfterReboot(t *testing.T) {
 		defer func() { w.t = t }()
 		w.teardown(hostsBefore)
 	})
+}
+
+// seedRenewal records a renewal of the node Lease seen before this watch
+// began (the first boot's last), so that the gap across the reboot counts.
+func (nw *nodeWatch) seedRenewal(at time.Time) {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	if !at.IsZero() && (len(nw.renewals) == 0 || at.Before(nw.renewals[0])) {
+		nw.renewals = append([]time.Time{at}, nw.renewals...)
+	}
 }
 
 // afterBoot waits for the VIP with every master back after the boot at
