@@ -47,7 +47,8 @@ const DiskSize = 8 << 30
 
 // bootVM builds the share (vipctl, the test binary, then fill's node
 // folder), plugs the tap on the lab bridge and boots the VM on it, under
-// the lab lock. It returns the in-VM scenarios' exit code, as vm.Run does.
+// the lab lock. It returns the in-VM scenarios' exit code, as vm.Run does
+// (with b.AfterReboot, the last boot's).
 func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error) (int, error) {
 	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
 	if err != nil {
