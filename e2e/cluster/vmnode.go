@@ -2,11 +2,13 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vipctl/vipctl/e2e/k8simage"
@@ -32,11 +34,21 @@ type vmBoot struct {
 	Memory   string
 	// Tap is the tap device in LabNS on the bridge, behind the VM's NIC.
 	Tap string
+	// AfterReboot, when set, gives the VM a disk (vm.Config.Disk, DiskSize)
+	// and is the in-VM test binary's flags after a reboot: when the first
+	// boot asks for one (vm.RebootRequest), the VM boots again on the same
+	// disk and tap, its run.sh rewritten to run them. One reboot at most.
+	AfterReboot []string
 }
+
+// DiskSize is the VM node's disk (sparse: only what the node writes takes
+// room on the host).
+const DiskSize = 8 << 30
 
 // bootVM builds the share (vipctl, the test binary, then fill's node
 // folder), plugs the tap on the lab bridge and boots the VM on it, under
-// the lab lock. It returns the in-VM scenarios' exit code, as vm.Run does.
+// the lab lock. It returns the in-VM scenarios' exit code, as vm.Run does
+// (with b.AfterReboot, the last boot's).
 func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error) (int, error) {
 	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
 	if err != nil {
@@ -65,7 +77,37 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error)
 		return -1, err
 	}
 	defer lock.Close()
-	return vm.Run(ctx, vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap})
+	cfg := vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap}
+	if b.AfterReboot == nil {
+		return vm.Run(ctx, cfg)
+	}
+	ddir, err := os.MkdirTemp("", "vipctl-cluster-disk-")
+	if err != nil {
+		return -1, err
+	}
+	defer os.RemoveAll(ddir)
+	cfg.Disk = filepath.Join(ddir, "disk.img")
+	if err := vm.NewDisk(ctx, cfg.Disk, DiskSize); err != nil {
+		return -1, err
+	}
+	r, err := vm.Boot(ctx, cfg)
+	if err != nil || !r.Reboot {
+		return r.Code, err
+	}
+	// The reboot: qemu has exited; the tap stays on the bridge, the
+	// masters run on. The next boot runs the scenarios after the reboot.
+	if out, err := exec.Command("ip", "-n", LabNS, "-o", "link", "show", "dev", b.Tap).CombinedOutput(); err != nil || !strings.Contains(string(out), " master "+bridge+" ") {
+		return -1, fmt.Errorf("the reboot: the tap %s is no longer on the bridge %s: %v: %s", b.Tap, bridge, err, out)
+	}
+	if err := vm.WriteRunScript(share, b.AfterReboot, b.Env); err != nil {
+		return -1, err
+	}
+	l.logf("cluster: VM reboot: booting again on its disk, with %v", b.AfterReboot)
+	r, err = vm.Boot(ctx, cfg)
+	if err == nil && r.Reboot {
+		return -1, errors.New("the VM asked for a second reboot")
+	}
+	return r.Code, err
 }
 
 // withEnv is the in-VM test binary's environment: extra, and key=1 (the

@@ -72,7 +72,10 @@ type WorkerVM struct {
 	// environment (the Run function sets its role's variable).
 	TestArgs []string
 	Env      map[string]string
-	Console  io.Writer
+	// AfterReboot, when set, boots the VM on a disk and is the test
+	// binary's flags after the reboot the first boot asks for (vmBoot).
+	AfterReboot []string
+	Console     io.Writer
 	// Memory of the VM; the Run function's default when empty.
 	Memory string
 	// Log receives the builds' progress.
@@ -82,11 +85,12 @@ type WorkerVM struct {
 // RunWorkerVM builds the worker's share (the programs, the offline bundle,
 // the spec with the join's inputs), plugs a tap on the lab bridge and boots
 // the VM on it, under the lab lock; VIPCTL_E2E_CLUSTER=1 is always in the
-// VM's environment, and the VM gets 3G unless w.Memory says otherwise. It returns the in-VM scenarios' exit
-// code, as vm.Run does.
+// VM's environment, and the VM gets 3G unless w.Memory says otherwise.
+// With w.AfterReboot the VM has a disk and may reboot once (vmBoot). It
+// returns the in-VM scenarios' exit code (the last boot's), as vm.Run does.
 func (l *Lab) RunWorkerVM(ctx context.Context, w WorkerVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: w.Assets, Root: w.Root, Dir: WorkerDir, TestArgs: w.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER", w.Env),
-		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap}, func(dir string) error { return l.writeWorkerShare(ctx, dir, w) })
+		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap, AfterReboot: w.AfterReboot}, func(dir string) error { return l.writeWorkerShare(ctx, dir, w) })
 }
 
 // writeWorkerShare fills dir with what the worker needs (see WorkerSpec).

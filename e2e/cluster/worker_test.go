@@ -19,7 +19,10 @@ import (
 // is e2e/vmtests TestClusterWorker. The masters stay on this host (no IPVS
 // here), made as TestCluster makes them: two unless VIPCTL_CLUSTER_MASTERS
 // says otherwise. The VM then runs the faults (docs/lab.md), asking the
-// host for those of a master (FaultDriver), and tears the worker down.
+// host for those of a master (FaultDriver); the last is a real reboot: the
+// VM boots on a disk, and again on it after the reboot, where
+// TestClusterWorkerAfterReboot checks the node's boot and tears the worker
+// down.
 func TestClusterWorker(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
@@ -52,7 +55,7 @@ func TestClusterWorker(t *testing.T) {
 	t0 := time.Now()
 	code, runErr := lab.RunWorkerVM(ctx, WorkerVM{
 		Assets: assets, Root: moduleRoot(t), Cache: cacheDir(), First: m1, Masters: lab.Nodes, Secrets: *sec, FaultMaster: fm,
-		TestArgs: []string{"-test.run=^TestClusterWorker$"}, Console: io.MultiWriter(append([]io.Writer{console, prefixed(t)}, drivers...)...), Log: &build,
+		TestArgs: []string{"-test.run=^TestClusterWorker$"}, AfterReboot: []string{"-test.run=^TestClusterWorkerAfterReboot$"}, Console: io.MultiWriter(append([]io.Writer{console, prefixed(t)}, drivers...)...), Log: &build,
 	})
 	t.Logf("VM (kernel %s) ran for %s, run.sh exit %d; console log %s", assets.KVer, time.Since(t0).Round(time.Second), code, consolePath)
 	if runErr != nil || code != 0 {
@@ -86,7 +89,7 @@ func (w lineLogger) Write(b []byte) (int, error) {
 		// The VM's test output (indented under its === RUN) and the
 		// lab's markers; not the kernel's and the services' lines.
 		if strings.HasPrefix(l, "MEASURE ") || strings.HasPrefix(l, "LAB") || strings.HasPrefix(l, "--- ") || strings.HasPrefix(l, "    ") ||
-			strings.Contains(l, "worker_test.go") || strings.Contains(l, "worker_faults_test.go") || strings.Contains(l, "worker_teardown_test.go") ||
+			strings.Contains(l, "worker_test.go") || strings.Contains(l, "worker_faults_test.go") || strings.Contains(l, "worker_teardown_test.go") || strings.Contains(l, "worker_reboot_test.go") ||
 			strings.Contains(l, "worker_ipvs_test.go") || strings.Contains(l, "initmaster_test.go") || strings.Contains(l, "masterjoin_test.go") {
 			w.t.Log("VM: " + l)
 		}

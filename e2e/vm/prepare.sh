@@ -3,7 +3,8 @@
 # Debian packages (qemu, static busybox, kmod, cpio, xz), Debian's kernel
 # package (which has IPVS as modules, unlike many CI and sandbox kernels),
 # its uncompressed vmlinux for fast direct boot, and an initramfs holding
-# busybox, the IPVS/dummy/veth/bridge/9p/virtio_net modules in load order and /init.
+# busybox, the IPVS/dummy/veth/bridge/9p/virtio_net modules in load order and /init,
+# and the modules a boot on a disk needs (virtio_blk, ext4) in their own list.
 #
 # Everything downloaded or built is cached in $VIPCTL_CACHE/vm (default
 # ~/.cache/vipctl/vm) and reused; a warm run takes well under a second.
@@ -85,9 +86,12 @@ fi
 MODS=(ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh dummy veth bridge
       virtio_pci 9pnet_virtio 9p virtio_net)
 ONDEMAND=(inet_diag tcp_diag)
-# The initramfs depends on the kernel, the module list and /init: rebuild
-# when any of them changes.
-key=$( { echo "$KVER ${MODS[*]} ${ONDEMAND[*]}"; cat "$HERE/init.sh" "$0"; } | sha256sum | cut -c1-16)
+# A boot with a disk (vm.Config.Disk) loads these first, in the order of
+# /etc/modules.disk, to mount it; a boot without one never loads them.
+DISKMODS=(virtio_pci virtio_blk ext4)
+# The initramfs depends on the kernel, the module lists, /init and this
+# script: rebuild when any of them changes.
+key=$( { echo "$KVER ${MODS[*]} ${ONDEMAND[*]} ${DISKMODS[*]}"; cat "$HERE/init.sh" "$0"; } | sha256sum | cut -c1-16)
 INITRD=$CACHE/initramfs-$KVER-$key.gz
 if [ ! -s "$INITRD" ]; then
   log "building initramfs"
@@ -113,6 +117,15 @@ if [ ! -s "$INITRD" ]; then
     rel=${path#"$KROOT"/lib/modules/"$KVER"/}
     mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
     cp -n "$path" "$root/lib/modules/$KVER/$rel"
+  done
+  : > "$root/etc/modules.disk"
+  for m in "${DISKMODS[@]}"; do
+    modprobe -C /dev/null -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
+  done | awk '!seen[$0]++' | while read -r path; do
+    rel=${path#"$KROOT"/lib/modules/"$KVER"/}
+    mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
+    cp -n "$path" "$root/lib/modules/$KVER/$rel"
+    echo "$rel" >> "$root/etc/modules.disk"
   done
   cp "$KROOT/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$KVER/"
   depmod -b "$root" "$KVER"   # so modprobe (moby/ipvs runs it) finds the modules

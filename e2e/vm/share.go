@@ -28,6 +28,14 @@ func BuildShare(ctx context.Context, root, dir string, testArgs []string, env ma
 	if err := addNginx(dir); err != nil {
 		return err
 	}
+	return WriteRunScript(dir, testArgs, env)
+}
+
+// WriteRunScript writes the share's run.sh: it copies the binaries to the
+// VM's /tmp and runs the test binary with testArgs and env (BuildShare).
+// A caller that reboots the VM (Boot) may write it again between boots to
+// run other scenarios on the same share.
+func WriteRunScript(dir string, testArgs []string, env map[string]string) error {
 	var b strings.Builder
 	// Executing straight from 9p is slow under TCG (every page fault is a
 	// round trip: ~3 s per vipctl run); a copy in tmpfs starts in ~0.15 s.

@@ -79,6 +79,12 @@ type Config struct {
 	// (the default): no network device at all.
 	NetNS string
 	Tap   string
+	// Disk, when set, is a raw ext4 image (NewDisk) given to the VM as a
+	// virtio disk that becomes its root: /init fills it from the initramfs
+	// on the first boot and keeps everything but /tmp, /run, /proc, /sys
+	// and /dev from one boot to the next (init.sh). Empty (the default):
+	// the VM runs from its initramfs and keeps nothing.
+	Disk string
 }
 
 // MAC is the address of the VM's NIC when Config.Tap is set.
@@ -87,13 +93,46 @@ const MAC = "52:54:00:76:69:70"
 // ErrNoExit means the VM ended without /init reporting run.sh's exit code.
 var ErrNoExit = errors.New("VM ended without a LAB EXIT line")
 
+// RebootRequest is the file a program in the VM creates to have the VM
+// rebooted once run.sh has ended with 0 (as `systemctl reboot` asks
+// systemd): /init then prints RebootLine and restarts the kernel, and qemu
+// (run with -no-reboot) exits. Only a VM with a Config.Disk keeps anything
+// across it.
+const RebootRequest = "/run/lab-reboot"
+
+// RebootLine is the console line by which /init reports a reboot asked
+// for with RebootRequest.
+const RebootLine = "LAB REBOOT"
+
 // Run boots the VM, streams its console to cfg.Console and returns run.sh's
 // exit code as /init reported it ("LAB EXIT n"). By default the VM has no
 // network device (-nic none): the lab's networks live in namespaces inside
-// it; see Config.Tap for the one exception.
+// it; see Config.Tap for the one exception. A VM that asks for a reboot
+// (RebootRequest) is an error here: see Boot.
 func Run(ctx context.Context, cfg Config) (int, error) {
+	r, err := Boot(ctx, cfg)
+	if err == nil && r.Reboot {
+		return -1, errors.New("the VM asked for a reboot (use vm.Boot)")
+	}
+	return r.Code, err
+}
+
+// Result is how one boot ended: run.sh's exit code as /init reported it,
+// or Reboot when run.sh ended with 0 having asked for a reboot
+// (RebootRequest; Code is then 0).
+type Result struct {
+	Code   int
+	Reboot bool
+}
+
+// Boot boots the VM once, as Run does, and reports how it ended: with run.sh's
+// exit code, or with a reboot asked for. The caller reboots the VM by
+// calling Boot again with the same Disk (and Tap): a new kernel, the
+// disk's files.
+func Boot(ctx context.Context, cfg Config) (Result, error) {
+	res := Result{Code: -1}
 	if _, err := os.Stat(filepath.Join(cfg.Share, "run.sh")); err != nil {
-		return -1, fmt.Errorf("share %s: %w", cfg.Share, err)
+		return res, fmt.Errorf("share %s: %w", cfg.Share, err)
 	}
 	mem, cpus := cfg.Memory, cfg.CPUs
 	if mem == "" {
@@ -102,20 +141,33 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	if cpus == 0 {
 		cpus = 2
 	}
+	cmdline := "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1 clocksource=tsc tsc=reliable"
+	if cfg.Disk != "" {
+		cmdline += " vipctl.disk=/dev/vda" // the only virtio disk
+	}
 	args := []string{
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
 		"-m", mem, "-smp", fmt.Sprint(cpus),
 		"-accel", accel(), "-cpu", "max",
 		"-kernel", cfg.Assets.Kernel, "-initrd", cfg.Assets.Initrd,
-		// loglevel=5: warnings, and so the stacks of a lockup report, reach
+		// The kernel's command line: loglevel=5: warnings, and so the stacks of a lockup report, reach
 		// the console. softlockup_panic=1 with panic=-1 and -no-reboot: a
 		// kernel stuck for 20 s ends the VM at once with its report
 		// (KernelLockup) instead of hanging until the harness's timeout.
-		"-append", "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1 softlockup_all_cpu_backtrace=1 clocksource=tsc tsc=reliable",
+		"-append", cmdline,
 		"-virtfs", "local,path=" + cfg.Share + ",mount_tag=share,security_model=none,readonly=on",
 	}
 	if (cfg.Tap == "") != (cfg.NetNS == "") {
-		return -1, fmt.Errorf("VM config: Tap %q and NetNS %q: set both or neither", cfg.Tap, cfg.NetNS)
+		return res, fmt.Errorf("VM config: Tap %q and NetNS %q: set both or neither", cfg.Tap, cfg.NetNS)
+	}
+	if cfg.Disk != "" {
+		if _, err := os.Stat(cfg.Disk); err != nil {
+			return res, fmt.Errorf("VM config: Disk: %w", err)
+		}
+		// cache=unsafe: the guest's flushes are not passed to the host's
+		// disk. The image lives for one test; what the guest wrote is in
+		// it once qemu has exited, which is all a reboot needs.
+		args = append(args, "-drive", "file="+cfg.Disk+",format=raw,if=virtio,cache=unsafe")
 	}
 	if cfg.Tap == "" {
 		args = append(args, "-nic", "none")
@@ -136,9 +188,9 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
-		return -1, fmt.Errorf("start qemu: %w", err)
+		return res, fmt.Errorf("start qemu: %w", err)
 	}
-	code := -1
+	code, reboot := -1, false
 	scanDone := make(chan struct{})
 	go func() {
 		defer close(scanDone)
@@ -149,6 +201,9 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 			if rest, ok := strings.CutPrefix(line, "LAB EXIT "); ok {
 				fmt.Sscan(rest, &code)
 			}
+			if line == RebootLine {
+				reboot = true
+			}
 			if cfg.Console != nil {
 				fmt.Fprintln(cfg.Console, line)
 			}
@@ -158,16 +213,46 @@ func Run(ctx context.Context, cfg Config) (int, error) {
 	werr := cmd.Wait()
 	pw.Close()
 	<-scanDone
+	res.Code = code
+	if reboot && code < 0 {
+		res.Code, res.Reboot = 0, true
+	}
 	if ctx.Err() != nil {
-		return code, fmt.Errorf("VM: %w", ctx.Err())
+		return res, fmt.Errorf("VM: %w", ctx.Err())
 	}
 	if werr != nil {
-		return code, fmt.Errorf("qemu: %w", werr)
+		return res, fmt.Errorf("qemu: %w", werr)
 	}
-	if code < 0 {
-		return code, ErrNoExit
+	if res.Code < 0 {
+		return res, ErrNoExit
 	}
-	return code, nil
+	return res, nil
+}
+
+// NewDisk creates path, a sparse raw image of size bytes with an empty
+// ext4 file system, for Config.Disk. It needs mkfs.ext4 (e2fsprogs); no
+// mount, no loop device.
+func NewDisk(ctx context.Context, path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("VM disk: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("VM disk %s: %w", path, err)
+	}
+	// The inode tables and the journal written now, on the host, rather
+	// than by the guest's ext4lazyinit thread under emulation.
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", "vipctl-lab", "-E", "lazy_itable_init=0,lazy_journal_init=0", path).CombinedOutput()
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("mkfs.ext4 %s: %w: %s", path, err, bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 // accel picks KVM only where it can run a stock kernel. Sandboxes often

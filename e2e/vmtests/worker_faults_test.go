@@ -7,14 +7,10 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,7 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vipctl/vipctl/e2e/cluster"
 	"github.com/vipctl/vipctl/e2e/lab"
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -112,8 +107,8 @@ func (w *worker) begin(name string, nw *nodeWatch, clients *lab.Real, target str
 	require.NoError(t, lab.Poll(2*time.Minute, w.allInIPVS), "%s: every master in IPVS before the fault", name)
 	fr := &faultRun{w: w, figs: &faultFigures{scenario: w.scenario(), name: name}, nw: nw}
 	if clients == nil {
-		// No IPVS watch either during the reboot (it reads /proc, which
-		// is gone with the module; the boot's checks read it again).
+		// No IPVS watch either during the reboot (the node goes down;
+		// the next boot watches again, afterBoot).
 		fr.start = time.Now()
 		t.Logf("fault %s: start", name)
 		return fr
@@ -335,208 +330,16 @@ func (w *worker) faultWatchdog(clients *lab.Real, nw *nodeWatch, kubectl func(..
 	return fr.figs
 }
 
-// faultReboot plays the worker's reboot (docs/lab.md says what and why):
-// everything a power cycle loses on a machine with a disk, then its boot.
-// The clients fail while the VIP is gone (excused as no master).
+// faultReboot reboots the worker for real (docs/lab.md says what and
+// why): the VM runs on a disk; requestReboot shuts the node down and asks
+// for the reboot, and TestClusterWorkerAfterReboot goes on in the next
+// boot. The node's clients die with it: they start again once the boot has
+// put the VIP back, and must then see no failure.
 func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
-	t := w.t
-	// The node's clients die with it: they start again once the boot has
-	// put the VIP back, and must then see no failure.
+	require.True(w.t, rootOnDisk(), "the worker's reboot needs the VM on a disk (e2e/cluster vmBoot.AfterReboot)")
 	fr := w.begin("reboot", nw, nil, "", false)
-	w.shutdown()
-	boot := time.Now()
-	fr.figs.dur("shutdown", boot.Sub(fr.start))
-	w.boot()
-	if err := lab.Poll(5*time.Minute, w.allInIPVS); err != nil {
-		w.bootDiagnostics()
-		require.NoError(t, err, "the VIP with every master after the boot")
-	}
-	rules := time.Now()
-	fr.figs.dur("boot_to_rules", rules.Sub(boot))
-	fr.tr = clients.StartTraffic()
-	// Ready as the kubelet posts it after the boot: the condition True
-	// with a heartbeat after the boot (the API kept the old one).
-	var readyAt time.Time
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
-		o, err := kubectl("get", "node", w.spec.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
-		f := strings.Fields(o)
-		if err != nil || len(f) != 2 || f[0] != "True" {
-			return false
-		}
-		hb, err := time.Parse(time.RFC3339, f[1])
-		readyAt = time.Now()
-		return err == nil && !hb.Before(boot.Truncate(time.Second))
-	}), "node %s never Ready after the boot", w.spec.Name)
-	fr.figs.dur("boot_to_ready", readyAt.Sub(boot))
-	time.Sleep(5 * time.Second) // the clients' run after the boot, at least
-	fr.end(rules, true)
+	w.requestReboot(fr)
 	return fr.figs
-}
-
-// shutdown is what a power cycle takes from the worker: every process (the
-// kubelet, the containers and their shims, containerd), what lives in
-// memory (/run, the pods' mounts and network namespaces, the CNI bridge,
-// vipctl0, the IPVS table) and the IPVS modules. What is on disk stays:
-// /etc, /var/lib/kubelet, /var/lib/containerd (tmpfs here, kept).
-func (w *worker) shutdown() {
-	t := w.t
-	w.stopKubelet()
-	<-w.kubeletDone
-	if o, err := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls", "-q").Output(); err == nil {
-		for _, id := range strings.Fields(string(o)) {
-			_ = exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
-		}
-	}
-	_ = w.containerd.Process.Signal(syscall.SIGKILL)
-	_ = w.containerd.Wait()
-	// What survives containerd: the shims, and the containers' processes
-	// should a task have escaped the kill.
-	procs := []string{"containerd-shim", "pause", "kube-proxy", "vipctl"}
-	require.NoError(t, lab.Poll(30*time.Second, func() bool {
-		left := 0
-		for _, comm := range procs {
-			for _, pid := range pidsOf(comm) {
-				left++
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		return left == 0
-	}), "every process of the node's runtime gone")
-	// Memory: the mounts under /run and the pods' volumes, /run's
-	// containerd state, the network namespaces and the CNI bridge.
-	mounts, err := os.ReadFile("/proc/mounts")
-	require.NoError(t, err)
-	var mps []string
-	for _, l := range strings.Split(string(mounts), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		for _, p := range []string{"/run/containerd/", "/run/netns/", "/var/lib/kubelet/pods/", "/var/lib/containerd/io.containerd.grpc.v1.cri/sandboxes/"} {
-			if strings.HasPrefix(f[1], p) {
-				mps = append(mps, f[1])
-			}
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(mps)))
-	for _, p := range mps {
-		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
-			t.Logf("umount %s: %v", p, err)
-		}
-	}
-	require.NoError(t, os.RemoveAll("/run/containerd"))
-	// The pods' namespaces die with their last process and mount; their
-	// veths with them.
-	if ents, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range ents {
-			_ = os.Remove(filepath.Join("/run/netns", e.Name()))
-		}
-	}
-	for _, name := range []string{"cni0", "vipctl0"} {
-		if l, err := netlink.LinkByName(name); err == nil {
-			require.NoError(t, netlink.LinkDel(l), "delete %s", name)
-		}
-	}
-	// The containers' cgroups, deepest first (a boot starts with none).
-	var cgs []string
-	_ = filepath.WalkDir("/sys/fs/cgroup", func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() && p != "/sys/fs/cgroup" {
-			cgs = append(cgs, p)
-		}
-		return nil
-	})
-	sort.Sort(sort.Reverse(sort.StringSlice(cgs)))
-	for _, p := range cgs {
-		_ = syscall.Rmdir(p)
-	}
-	lab.FlushIPVS(t)
-	// The modules: what the kernel has loaded of IPVS, schedulers first.
-	if err := lab.Poll(30*time.Second, func() bool {
-		for _, m := range ipvsModules() {
-			_ = exec.Command("rmmod", m).Run()
-		}
-		return len(ipvsModules()) == 0
-	}); err != nil {
-		// Reported, not fatal: the boot's modprobe then finds them loaded.
-		o, _ := exec.Command("rmmod", "ip_vs").CombinedOutput()
-		t.Logf("REBOOT NOT FAITHFUL: the IPVS modules could not be removed (left %v): %s", ipvsModules(), o)
-	}
-	t.Log("reboot: the worker is down (processes, mounts, namespaces, vipctl0, the IPVS table and modules gone)")
-}
-
-// boot is what the worker's init system does at boot: the modules named in
-// /etc/modules-load.d (systemd-modules-load), containerd, the kubelet.
-func (w *worker) boot() {
-	t := w.t
-	files, _ := filepath.Glob("/etc/modules-load.d/*.conf")
-	var mods []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		require.NoError(t, err)
-		for _, l := range strings.Split(string(b), "\n") {
-			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ";") {
-				mods = append(mods, l)
-			}
-		}
-	}
-	require.NotEmpty(t, mods, "modules to load at boot in %v", files)
-	for _, m := range mods {
-		w.sh("modprobe " + m)
-	}
-	t.Logf("reboot: booting; loaded %v from %v", mods, files)
-	w.startContainerd(false)
-	w.superviseKubelet()
-}
-
-// bootDiagnostics logs what the node runs after a boot that did not bring
-// the VIP back: containerd's containers and tasks, the watchdog's
-// container logs, the links and the IPVS modules.
-func (w *worker) bootDiagnostics() {
-	t := w.t
-	for _, c := range []string{
-		"ctr -n k8s.io containers ls", "ctr -n k8s.io tasks ls", "ip -o link", "grep -E '^(ip_vs|dummy)' /proc/modules",
-		"ls -la /etc/kubernetes/manifests /var/lib/vipctl",
-		"for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; tail -n 30 $f; done",
-		"grep -i vipctl-care /tmp/kubelet.log | tail -n 30",
-	} {
-		o, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
-		t.Logf("after the boot: %s (%v):\n%s", c, err, o)
-	}
-}
-
-// ipvsModules are the loaded modules named ip_vs*, those with no user first.
-func ipvsModules() []string {
-	b, _ := os.ReadFile("/proc/modules")
-	var free, used []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 3 || !strings.HasPrefix(f[0], "ip_vs") {
-			continue
-		}
-		if f[2] == "0" {
-			free = append(free, f[0])
-		} else {
-			used = append(used, f[0])
-		}
-	}
-	return append(free, used...)
-}
-
-// pidsOf are the processes whose command name starts with comm.
-func pidsOf(comm string) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/comm")
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), comm) {
-			out = append(out, pid)
-		}
-	}
-	return out
 }
 
 // runningContainer is the id of the running container whose image

@@ -17,9 +17,10 @@ import (
 //
 // The worker scenario reads the kernel's table so, not through netlink:
 // moby/ipvs resolves the IPVS generic netlink family once per process, and
-// the played reboot removes and reloads ip_vs, which gives the family a new
-// id: every netlink read of this process then fails, and would read as an
-// empty table (nor does /proc make the kernel load ip_vs again).
+// a reload of ip_vs (as the reboot once played on the running VM did) gives
+// the family a new id: every netlink read of this process then fails and
+// would read as an empty table; nor does reading /proc make the kernel
+// load ip_vs.
 func procRealServers() map[netip.AddrPort]int {
 	b, err := os.ReadFile("/proc/net/ip_vs")
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/vipctl/vipctl/e2e/cluster"
 	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vipctl/vipctl/e2e/vm"
 )
 
 // TestClusterWorker is the VM's part of the real-cluster e2e (e2e/cluster
@@ -39,9 +40,14 @@ func TestClusterWorker(t *testing.T) {
 	w.setUp("containerd_s")
 	tokenFile, _ := w.installSecret(spec.TokenFile, "token")
 
-	// What vipctl reset must give back, byte for byte.
+	// What vipctl reset must give back, byte for byte (kept on the disk
+	// for the teardown after the reboot).
 	hostsBefore, err := os.ReadFile("/etc/hosts")
 	require.NoError(t, err)
+	if rootOnDisk() {
+		require.NoError(t, os.MkdirAll(filepath.Dir(hostsBeforeFile), 0o755))
+		require.NoError(t, os.WriteFile(hostsBeforeFile, hostsBefore, 0o644))
+	}
 	args := []string{"join", "--token-file", tokenFile,
 		"--node-ip", strings.Split(spec.NodeIP, "/")[0], "--service-subnet", spec.ServiceSubnet}
 	for _, m := range spec.Masters {
@@ -179,8 +185,13 @@ func TestClusterWorker(t *testing.T) {
 	}
 
 	// The faults, one after the other (worker_faults_test.go), then the
-	// worker torn down as docs/join.md says.
+	// worker torn down as docs/join.md says. On a disk the last fault is a
+	// real reboot: TestClusterWorkerAfterReboot goes on after it.
 	w.runFaults(kubectl)
+	if _, err := os.Stat(vm.RebootRequest); err == nil {
+		t.Log("the worker reboots: TestClusterWorkerAfterReboot checks its boot and tears it down")
+		return
+	}
 	t.Run("teardown", func(st *testing.T) {
 		w.t = st
 		defer func() { w.t = t }()
@@ -197,25 +208,7 @@ func TestClusterWorker(t *testing.T) {
 func (w *worker) setUp(containerdFigure string) {
 	t, spec := w.t, w.spec
 	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
-	t.Cleanup(w.stop)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
-				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
-			}
-			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
-			t.Logf("ctr tasks ls:\n%s", o)
-			// The watchdog's own account (its static pod's log, as the
-			// kubelet keeps it): probes, falls, rises, fail-open.
-			o, _ = exec.Command("sh", "-c", "for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; grep -v '\"msg\":\"probe\"' $f | tail -n 80; done").CombinedOutput()
-			t.Logf("the watchdog's log:\n%s", o)
-			// Why a static pod restarted: the kubelet's probe results and
-			// kills, and the last words of the control plane's containers.
-			o, _ = exec.Command("sh", "-c", "grep -E 'prober.go|Killing container|Probe failed' /tmp/kubelet.log | tail -n 30; "+
-				"for f in /var/log/pods/kube-system_kube-apiserver-*/*/*.log /var/log/pods/kube-system_etcd-*/*/*.log; do echo == $f; tail -n 15 $f; done").CombinedOutput()
-			t.Logf("the kubelet's probes and kills; the apiserver's and etcd's logs:\n%s", o)
-		}
-	})
+	w.stopAtEnd()
 
 	t0 := time.Now()
 	w.machine()
@@ -235,6 +228,31 @@ func (w *worker) setUp(containerdFigure string) {
 	cni, err := os.ReadFile(w.share(spec.CNIConfig))
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
+}
+
+// stopAtEnd stops the kubelet and containerd when the test ends, and
+// shows their logs if it failed.
+func (w *worker) stopAtEnd() {
+	t := w.t
+	t.Cleanup(w.stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
+				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
+			}
+			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+			t.Logf("ctr tasks ls:\n%s", o)
+			// The watchdog's own account (its static pod's log, as the
+			// kubelet keeps it): probes, falls, rises, fail-open.
+			o, _ = exec.Command("sh", "-c", "for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; grep -v '\"msg\":\"probe\"' $f | tail -n 80; done").CombinedOutput()
+			t.Logf("the watchdog's log:\n%s", o)
+			// Why a static pod restarted: the kubelet's probe results and
+			// kills, and the last words of the control plane's containers.
+			o, _ = exec.Command("sh", "-c", "grep -E 'prober.go|Killing container|Probe failed' /tmp/kubelet.log | tail -n 30; "+
+				"for f in /var/log/pods/kube-system_kube-apiserver-*/*/*.log /var/log/pods/kube-system_etcd-*/*/*.log; do echo == $f; tail -n 15 $f; done").CombinedOutput()
+			t.Logf("the kubelet's probes and kills; the apiserver's and etcd's logs:\n%s", o)
+		}
+	})
 }
 
 // installSecret copies the share's secret file src to
@@ -421,6 +439,32 @@ func (w *worker) machine() {
 		require.NoError(t, os.WriteFile(p, []byte(c), 0o644))
 	}
 	w.sh("hostname " + s.Name)
+	w.network()
+	w.sh("cp -a " + w.share(s.Root) + "/. /")
+	w.shareModules()
+	if rootOnDisk() {
+		// The bundle's install.sh checks the IPVS modules with `modprobe
+		// -n`, which busybox's modprobe lacks: they are loaded now, as the
+		// initramfs loads them on a VM without a disk. After the reboot
+		// only /etc/modules-load.d loads them.
+		w.sh("for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh; do modprobe $m; done")
+	}
+	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
+	w.cgroups()
+	if rootOnDisk() {
+		return // the machine's disk: cAdvisor measures it
+	}
+	// containerd's and the kubelet's state on tmpfs: the initramfs's root
+	// is not a filesystem cAdvisor can measure.
+	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
+		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
+	}
+}
+
+// network gives the VM its address on the lab bridge and its default
+// route, with IP forwarding, and waits for every master to answer.
+func (w *worker) network() {
+	t, s := w.t, w.spec
 	w.sh(fmt.Sprintf("ip addr add %s dev eth0 && ip link set eth0 up && ip route add default via %s && sysctl -qw net.ipv4.ip_forward=1", s.NodeIP, s.Gateway))
 	for _, m := range s.Masters {
 		require.NoError(t, lab.Poll(30*time.Second, func() bool {
@@ -431,8 +475,12 @@ func (w *worker) machine() {
 			return err == nil
 		}), "master %s unreachable from the VM", m)
 	}
-	w.sh("cp -a " + w.share(s.Root) + "/. /")
-	for _, m := range s.Modules {
+}
+
+// shareModules loads the modules of the spec from the share (the VM's
+// modprobe knows only the initramfs's).
+func (w *worker) shareModules() {
+	for _, m := range w.spec.Modules {
 		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(m), ".ko"), "-", "_")
 		if _, err := os.Stat("/sys/module/" + name); err == nil {
 			continue
@@ -440,10 +488,14 @@ func (w *worker) machine() {
 		// A module the CPU cannot use (crc32c-intel without SSE4.2) fails
 		// harmlessly; one that matters fails the step that needs it.
 		if out, err := exec.Command("insmod", w.share(m)).CombinedOutput(); err != nil {
-			t.Logf("insmod %s: %v: %s", m, err, out)
+			w.t.Logf("insmod %s: %v: %s", m, err, out)
 		}
 	}
-	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
+}
+
+// cgroups mounts cgroup v2 and enables its controllers for the children.
+func (w *worker) cgroups() {
+	t := w.t
 	w.sh("grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup")
 	ctl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
 	require.NoError(t, err)
@@ -452,11 +504,6 @@ func (w *worker) machine() {
 		enable = append(enable, "+"+c)
 	}
 	require.NoError(t, os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(strings.Join(enable, " ")), 0o644))
-	// containerd's and the kubelet's state on tmpfs: the initramfs's root
-	// is not a filesystem cAdvisor can measure.
-	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
-		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
-	}
 }
 
 // startContainerd starts Debian's containerd with the lab's node config

@@ -1,0 +1,103 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestRebootKeepsTheDisk boots the VM twice on one disk: the first boot
+// writes files and asks for a reboot, the second reads what was kept. A
+// real reboot: another kernel (boot_id), / on the disk, /tmp and /run
+// fresh, and IPVS not loaded until the node loads it.
+func TestRebootKeepsTheDisk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the VM boots")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (prepare.sh installs qemu and the kernel package)")
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("needs mkfs.ext4 (e2fsprogs) for the VM's disk")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var prep bytes.Buffer
+	assets, err := Prepare(ctx, &prep)
+	require.NoError(t, err, prep.String())
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	require.NoError(t, NewDisk(ctx, disk, 1<<30))
+	lockLab(ctx, t)
+
+	share := t.TempDir()
+	boot := func(script string) (Result, string) {
+		require.NoError(t, os.WriteFile(filepath.Join(share, "run.sh"), []byte("#!/bin/sh\nset -e\n"+script), 0o755))
+		var console bytes.Buffer
+		r, err := Boot(ctx, Config{Assets: assets, Share: share, Console: &console, Memory: "512M", CPUs: 1, Disk: disk})
+		t.Logf("console:\n%s", console.String())
+		require.NoError(t, err)
+		return r, console.String()
+	}
+	r, _ := boot(`cat /proc/sys/kernel/random/boot_id > /etc/lab-boot-1
+mkdir -p /var/lib && echo kept > /var/lib/lab-kept
+echo gone > /tmp/lab-gone
+echo gone > /run/lab-gone
+touch ` + RebootRequest + "\n")
+	assert.Equal(t, Result{Code: 0, Reboot: true}, r, "the first boot asked for a reboot")
+
+	r, console := boot(`echo "LAB-TEST root=$(awk '$2=="/"{print $3}' /proc/mounts)"
+echo "LAB-TEST kept=$(cat /var/lib/lab-kept)"
+echo "LAB-TEST boot1=$(cat /etc/lab-boot-1)"
+echo "LAB-TEST boot2=$(cat /proc/sys/kernel/random/boot_id)"
+echo "LAB-TEST tmp=$(ls /tmp/lab-gone /run/lab-gone ` + RebootRequest + ` 2>/dev/null | tr '\n' ' ')"
+echo "LAB-TEST ipvs=$(test -e /proc/net/ip_vs && echo loaded)"
+modprobe ip_vs
+echo "LAB-TEST modprobe=$(test -e /proc/net/ip_vs && echo loaded)"
+`)
+	assert.Equal(t, Result{Code: 0}, r, "the second boot ended its run.sh with 0")
+	got := map[string]string{}
+	for _, l := range strings.Split(console, "\n") {
+		if kv, ok := strings.CutPrefix(strings.TrimSpace(l), "LAB-TEST "); ok {
+			k, v, _ := strings.Cut(kv, "=")
+			got[k] = strings.TrimSpace(v)
+		}
+	}
+	assert.Equal(t, "ext4", got["root"], "/ on the disk")
+	assert.Equal(t, "kept", got["kept"], "a file of /var/lib written in the first boot")
+	assert.NotEmpty(t, got["boot1"], "/etc/lab-boot-1 written in the first boot")
+	assert.NotEqual(t, got["boot1"], got["boot2"], "another kernel: another boot_id")
+	assert.Empty(t, got["tmp"], "/tmp and /run start empty")
+	assert.Empty(t, got["ipvs"], "IPVS not loaded at boot on a disk: the node loads it")
+	assert.Equal(t, "loaded", got["modprobe"], "IPVS loadable on demand")
+}
+
+// lockLab takes the lab lock the VM labs serialise on (e2e/cluster's
+// lockFile), released when t ends; it fails t when ctx ends first.
+func lockLab(ctx context.Context, t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile("/run/lock/vipctl-lab.lock", os.O_CREATE|os.O_RDWR, 0o644)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return
+		}
+		require.True(t, errors.Is(err, syscall.EWOULDBLOCK), "lab lock: %v", err)
+		select {
+		case <-ctx.Done():
+			t.Fatalf("lab lock: another lab is running: %v", ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}

@@ -1,0 +1,249 @@
+package vmtests
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/cluster"
+	"github.com/vipctl/vipctl/e2e/lab"
+	"github.com/vipctl/vipctl/e2e/vm"
+	"github.com/vishvananda/netlink"
+)
+
+// The worker's real reboot (docs/lab.md, "The reboot"). The host boots the
+// VM on a disk (vm.Config.Disk): TestClusterWorker's last fault shuts the
+// node down as a machine's shutdown does and asks for a reboot
+// (vm.RebootRequest); the kernel restarts, the host boots the VM again on
+// the same disk, and TestClusterWorkerAfterReboot plays the init system's
+// boot and checks that the node comes back, then tears it down. The test's
+// own memory across the reboot is on the disk, under stateDir.
+
+const (
+	stateDir = "/var/lib/vipctl-e2e"
+	// hostsBeforeFile is /etc/hosts before the join, for the teardown.
+	hostsBeforeFile = stateDir + "/hosts-before"
+	// rebootFile is the reboot's start (rebootState).
+	rebootFile = stateDir + "/reboot.json"
+)
+
+// rebootState is what the first boot tells the second about the reboot.
+type rebootState struct {
+	// Start is the fault's start, on the VM's clock (which each boot
+	// reads from the host's RTC: ±1 s across the reboot).
+	Start time.Time `json:"start"`
+	// BootID is the first boot's kernel boot_id.
+	BootID string `json:"bootID"`
+	// LastRenewal is the node Lease's last renewal the first boot saw:
+	// the Lease's gap across the reboot starts there.
+	LastRenewal time.Time `json:"lastRenewal"`
+}
+
+// rootOnDisk reports whether the VM's / is a disk (vm.Config.Disk), not the
+// initramfs: what the node writes survives a reboot.
+func rootOnDisk() bool {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 3 && f[1] == "/" && f[2] == "ext4" {
+			return true
+		}
+	}
+	return false
+}
+
+func bootID(t *testing.T) string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	require.NoError(t, err)
+	return strings.TrimSpace(string(b))
+}
+
+// requestReboot is the first half of the real reboot: the node's shutdown
+// as systemd makes it (the kubelet stopped, then containerd; what is left,
+// the shims and the containers, /init kills before it unmounts), the
+// reboot's start kept on the disk, and the reboot asked for. The test
+// binary then ends, and /init restarts the kernel.
+func (w *worker) requestReboot(fr *faultRun) {
+	t := w.t
+	st := rebootState{Start: fr.start, BootID: bootID(t)}
+	fr.nw.mu.Lock()
+	if n := len(fr.nw.renewals); n > 0 {
+		st.LastRenewal = fr.nw.renewals[n-1]
+	}
+	fr.nw.mu.Unlock()
+	b, err := json.Marshal(st)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(rebootFile, b, 0o644))
+	w.stop()
+	fr.figs.dur("shutdown", time.Since(fr.start))
+	require.NoError(t, os.WriteFile(vm.RebootRequest, nil, 0o644))
+	t.Log("reboot: the kubelet and containerd stopped, the reboot asked for")
+}
+
+// TestClusterWorkerAfterReboot is the second boot of TestClusterWorker's
+// VM, after its real reboot: a new kernel on the same disk. It plays what
+// the node's init system does at boot (the hostname, the network, cgroup
+// v2, the modules of /etc/modules-load.d, containerd, the kubelet) and
+// runs nothing of vipctl: the kubelet starts the watchdog from its static
+// pod, which must put the VIP back before the kubelet can reach the API
+// through it. Then the teardown.
+func TestClusterWorkerAfterReboot(t *testing.T) {
+	needClusterLab(t, "VIPCTL_E2E_CLUSTER", "TestClusterWorker")
+	up, err := os.ReadFile("/proc/uptime")
+	require.NoError(t, err)
+	f := strings.Fields(string(up))
+	require.NotEmpty(t, f)
+	secs, err := strconv.ParseFloat(f[0], 64)
+	require.NoError(t, err)
+	// The boot: the kernel's start, on this boot's clock.
+	boot := time.Now().Add(-time.Duration(secs * float64(time.Second)))
+	require.True(t, rootOnDisk(), "/ on the disk the first boot wrote")
+	dir := filepath.Join(lab.ShareDir, cluster.WorkerDir)
+	spec, err := cluster.ReadWorkerSpec(dir)
+	require.NoError(t, err)
+	w := &worker{t: t, spec: spec, dir: dir}
+	var st rebootState
+	b, err := os.ReadFile(rebootFile)
+	require.NoError(t, err, "the first boot's state on the disk")
+	require.NoError(t, json.Unmarshal(b, &st))
+	hostsBefore, err := os.ReadFile(hostsBeforeFile)
+	require.NoError(t, err)
+
+	// A real reboot: another kernel, and nothing of what lived in memory:
+	// no IPVS (the modules not loaded), no vipctl0.
+	require.NotEqual(t, st.BootID, bootID(t), "another kernel (boot_id)")
+	_, err = os.Stat("/proc/net/ip_vs")
+	require.ErrorIs(t, err, os.ErrNotExist, "IPVS loaded before the node's boot loaded it")
+	_, err = netlink.LinkByName("vipctl0")
+	require.Error(t, err, "vipctl0 after a reboot")
+	t.Logf("reboot: the kernel started %s after the reboot's start (±1 s: each boot reads the RTC); the harness's boot starts %.1f s after the kernel's",
+		boot.Sub(st.Start).Round(100*time.Millisecond), secs)
+
+	// The init system's boot; the kubelet and containerd are stopped when
+	// the test ends.
+	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	w.stopAtEnd()
+	name, err := os.ReadFile("/etc/hostname")
+	require.NoError(t, err)
+	w.sh("hostname " + strings.TrimSpace(string(name)))
+	w.network()
+	w.shareModules()
+	w.cgroups()
+	w.boot()
+	w.copyPrivate(spec.AdminConf, "/tmp/admin.conf")
+	kubectl := func(a ...string) (string, error) {
+		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/tmp/admin.conf", "--request-timeout", "20s"}, a...)...)
+		o, err := c.CombinedOutput()
+		return string(o), err
+	}
+	t.Run("reboot", func(st2 *testing.T) {
+		w.t = st2
+		defer func() { w.t = t }()
+		fr := &faultRun{w: w, figs: &faultFigures{scenario: w.scenario(), name: "reboot"}, start: st.Start, nw: w.watchNode()}
+		defer fr.nw.stop()
+		fr.nw.seedRenewal(st.LastRenewal)
+		fr.figs.dur("down", boot.Sub(st.Start))
+		w.afterBoot(fr, lab.Clients(st2, "/usr/local/bin/kubectl", "/tmp/admin.conf"), kubectl, boot)
+		assert.True(st2, w.watchdogRunning(), "the watchdog's container, started by the kubelet from its static pod")
+	})
+	t.Run("teardown", func(st2 *testing.T) {
+		w.t = st2
+		defer func() { w.t = t }()
+		w.teardown(hostsBefore)
+	})
+}
+
+// seedRenewal records a renewal of the node Lease seen before this watch
+// began (the first boot's last), so that the gap across the reboot counts.
+func (nw *nodeWatch) seedRenewal(at time.Time) {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	if !at.IsZero() && (len(nw.renewals) == 0 || at.Before(nw.renewals[0])) {
+		nw.renewals = append([]time.Time{at}, nw.renewals...)
+	}
+}
+
+// afterBoot waits for the VIP with every master back after the boot at
+// boot, starts the clients, waits for the node Ready as the kubelet posts
+// it after the boot, and ends the fault (fr.end: a Lease renewal after the
+// rules are back, no unexcused failure). kube-proxy's start after the boot
+// flushes IPVS, which the watchdog restores: each period with no real
+// server is excused, as in its restart's fault.
+func (w *worker) afterBoot(fr *faultRun, clients *lab.Real, kubectl func(...string) (string, error), boot time.Time) {
+	t := w.t
+	if err := lab.Poll(5*time.Minute, w.allInIPVS); err != nil {
+		w.bootDiagnostics()
+		require.NoError(t, err, "the VIP with every master after the boot")
+	}
+	rules := time.Now()
+	fr.figs.dur("boot_to_rules", rules.Sub(boot))
+	fr.tr = clients.StartTraffic()
+	fr.iw = w.watchIPVS("", fr.tr, true)
+	// Ready as the kubelet posts it after the boot: the condition True
+	// with a heartbeat after the boot (the API kept the old one).
+	var readyAt time.Time
+	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+		o, err := kubectl("get", "node", w.spec.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
+		f := strings.Fields(o)
+		if err != nil || len(f) != 2 || f[0] != "True" {
+			return false
+		}
+		hb, err := time.Parse(time.RFC3339, f[1])
+		readyAt = time.Now()
+		return err == nil && !hb.Before(boot.Truncate(time.Second))
+	}), "node %s never Ready after the boot", w.spec.Name)
+	fr.figs.dur("boot_to_ready", readyAt.Sub(boot))
+	time.Sleep(5 * time.Second) // the clients' run after the boot, at least
+	fr.end(rules, true)
+}
+
+// boot is what the worker's init system does at boot: the modules named in
+// /etc/modules-load.d (systemd-modules-load), containerd, the kubelet.
+func (w *worker) boot() {
+	t := w.t
+	files, _ := filepath.Glob("/etc/modules-load.d/*.conf")
+	var mods []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ";") {
+				mods = append(mods, l)
+			}
+		}
+	}
+	require.NotEmpty(t, mods, "modules to load at boot in %v", files)
+	for _, m := range mods {
+		w.sh("modprobe " + m)
+		_, err := os.Stat("/sys/module/" + m)
+		require.NoError(t, err, "module %s loaded", m)
+	}
+	t.Logf("reboot: booting; loaded %v from %v", mods, files)
+	w.startContainerd(false)
+	w.superviseKubelet()
+}
+
+// bootDiagnostics logs what the node runs after a boot that did not bring
+// the VIP back: containerd's containers and tasks, the watchdog's
+// container logs, the links and the IPVS modules.
+func (w *worker) bootDiagnostics() {
+	t := w.t
+	for _, c := range []string{
+		"ctr -n k8s.io containers ls", "ctr -n k8s.io tasks ls", "ip -o link", "grep -E '^(ip_vs|dummy)' /proc/modules",
+		"ls -la /etc/kubernetes/manifests /var/lib/vipctl",
+		"for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; tail -n 30 $f; done",
+		"grep -i vipctl-care /tmp/kubelet.log | tail -n 30",
+	} {
+		o, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
+		t.Logf("after the boot: %s (%v):\n%s", c, err, o)
+	}
+}
