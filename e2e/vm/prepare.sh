@@ -102,31 +102,24 @@ if [ ! -s "$INITRD" ]; then
   mkdir -p "$root/var"; ln -s ../run "$root/var/run"   # netns names live in /var/run/netns
   cp /bin/busybox "$root/bin/busybox"
   ln -s busybox "$root/bin/sh"
+  # copy_mods LIST MODULE...: the modules and their dependencies, in load
+  # order, into the initramfs; their paths appended to LIST (none: "").
+  copy_mods() {
+    local list=$1; shift
+    for m in "$@"; do
+      modprobe -C /dev/null -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
+    done | awk '!seen[$0]++' | while read -r path; do
+      rel=${path#"$KROOT"/lib/modules/"$KVER"/}
+      mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
+      cp -n "$path" "$root/lib/modules/$KVER/$rel"
+      [ -z "$list" ] || echo "$rel" >> "$list"
+    done
+  }
   : > "$root/etc/modules.order"
-  for m in "${MODS[@]}"; do
-    modprobe -C /dev/null -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
-  done | awk '!seen[$0]++' | while read -r path; do
-    rel=${path#"$KROOT"/lib/modules/"$KVER"/}
-    mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
-    cp "$path" "$root/lib/modules/$KVER/$rel"
-    echo "$rel" >> "$root/etc/modules.order"
-  done
-  for m in "${ONDEMAND[@]}"; do
-    modprobe -C /dev/null -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
-  done | while read -r path; do
-    rel=${path#"$KROOT"/lib/modules/"$KVER"/}
-    mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
-    cp -n "$path" "$root/lib/modules/$KVER/$rel"
-  done
+  copy_mods "$root/etc/modules.order" "${MODS[@]}"
+  copy_mods "" "${ONDEMAND[@]}"
   : > "$root/etc/modules.disk"
-  for m in "${DISKMODS[@]}"; do
-    modprobe -C /dev/null -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
-  done | awk '!seen[$0]++' | while read -r path; do
-    rel=${path#"$KROOT"/lib/modules/"$KVER"/}
-    mkdir -p "$root/lib/modules/$KVER/$(dirname "$rel")"
-    cp -n "$path" "$root/lib/modules/$KVER/$rel"
-    echo "$rel" >> "$root/etc/modules.disk"
-  done
+  copy_mods "$root/etc/modules.disk" "${DISKMODS[@]}"
   cp "$KROOT/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$KVER/"
   depmod -b "$root" "$KVER"   # so modprobe (moby/ipvs runs it) finds the modules
   cp "$HERE/init.sh" "$root/init"; chmod +x "$root/init"
