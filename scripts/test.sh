@@ -42,16 +42,3 @@ go vet ./...
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 [ -z "$unformatted" ] || { log "gofmt would change: $unformatted"; exit 1; }
 go test -count=1 -timeout 45m ./... 2>&1
-
-if [ "$(id -u)" = 0 ]; then
-  # The real cluster's worker scenario (docs/lab.md, issue 13): two
-  # kind-style masters on this host by the real kubeadm, the VM joined by
-  # `vipctl join` with the real kubeadm, kubelet, containerd and kube-proxy,
-  # the faults, a real reboot and the teardown. It builds what it needs
-  # (kubelet, kube-proxy, etcd, the images; cached). Run on its own: two
-  # emulated VMs at once on two cores fail on load. `make cluster` runs the
-  # other real-cluster scenarios.
-  t0=$(date +%s)
-  VIPCTL_CLUSTER=1 go test -count=1 -timeout 40m -run 'TestClusterWorker$' ./e2e/cluster 2>&1
-  log "the real cluster's worker scenario passed in $(( $(date +%s) - t0 ))s"
-fi
