@@ -11,6 +11,14 @@ import (
 // VIP). It serves scenarios whose control plane is not the real lab's, the
 // cluster worker's (e2e/vmtests TestClusterWorker), so that they run the
 // same clients and split their failures the same way.
+//
+// Its kubectl loop pauses ClusterKubectlPause after each run, like an
+// operator's `watch kubectl`: back to back, kubectl's start-up under
+// emulation kept one of the worker's two vCPUs busy, and the node's own
+// kubelet and watchdog starved (docs/lab.md, "The worker's CPU").
 func Clients(t testing.TB, kubectl, kubeconfig string) *Real {
-	return &Real{t: t, Kubectl: kubectl, Kubeconfig: kubeconfig, ctl: &http.Client{Timeout: 5 * time.Minute}}
+	return &Real{t: t, Kubectl: kubectl, Kubeconfig: kubeconfig, ctl: &http.Client{Timeout: 5 * time.Minute}, KubectlPause: ClusterKubectlPause}
 }
+
+// ClusterKubectlPause is the pause after each kubectl run of Clients.
+const ClusterKubectlPause = 2 * time.Second

@@ -417,9 +417,17 @@ func (l *Lab) Run(args ...string) (string, error) {
 
 // Poll calls cond every 20 ms until it returns true or timeout passes.
 func Poll(timeout time.Duration, cond func() bool) error {
+	return PollEvery(timeout, 20*time.Millisecond, cond)
+}
+
+// PollEvery calls cond every period until it returns true or timeout
+// passes. A condition that starts a process (kubectl, ctr) wants a period
+// of a second or so: under emulation each start costs the guest a second
+// or more of CPU, which a 20 ms poll takes from the node it watches.
+func PollEvery(timeout, period time.Duration, cond func() bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	tk := time.NewTicker(20 * time.Millisecond)
+	tk := time.NewTicker(period)
 	defer tk.Stop()
 	for {
 		if cond() {

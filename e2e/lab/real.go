@@ -38,7 +38,10 @@ type Real struct {
 	CAFile         string // the lab CA, for the watchdog
 	Kubeconfig     string // admin client certificate, server https://apiserver.cluster.local:6443
 	Kubectl        string
-	ctl            *http.Client
+	// KubectlPause is how long the traffic's kubectl loop waits after
+	// each run; zero runs them back to back.
+	KubectlPause time.Duration
+	ctl          *http.Client
 }
 
 // RealMaster is one real kube-apiserver, seen from the node.

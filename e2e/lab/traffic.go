@@ -31,6 +31,8 @@ import (
 //     `kubectl get namespace default` with the admin client certificate
 //     through https://apiserver.cluster.local:6443; each run is a new process
 //     and a new TCP connection, so IPVS spreads them over the masters.
+//     Real.KubectlPause is the pause after each run (none by default: back
+//     to back).
 //   - "kubelet": a client-go client set up like the kubelet's: one
 //     keep-alive HTTP/2 connection carrying a lease heartbeat (an update of
 //     a coordination.k8s.io Lease every 200 ms) and a long-lived watch of
@@ -60,6 +62,8 @@ type Traffic struct {
 	// dialed is when each of the client set's connections (by local
 	// address) was opened.
 	dialed map[string]time.Time
+	// kubectlCPU is the CPU time (user and system) of the kubectl runs.
+	kubectlCPU time.Duration
 }
 
 // Request is one client request.
@@ -222,7 +226,18 @@ func (tr *Traffic) kubectlLoop() {
 		if err != nil {
 			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 		}
+		if ps := cmd.ProcessState; ps != nil {
+			tr.mu.Lock()
+			tr.kubectlCPU += ps.UserTime() + ps.SystemTime()
+			tr.mu.Unlock()
+		}
 		tr.record("kubectl", start, err)
+		if tr.r.KubectlPause > 0 {
+			select {
+			case <-tr.ctx.Done():
+			case <-time.After(tr.r.KubectlPause):
+			}
+		}
 	}
 }
 
@@ -424,6 +439,8 @@ type Report struct {
 	// server or no service at all, and the longest such stretch.
 	IPVSSamples, IPVSEmpty, IPVSEmptyStretches int
 	IPVSLongestEmpty                           time.Duration
+	// KubectlCPU is the CPU time (user and system) kubectl's runs took.
+	KubectlCPU time.Duration
 }
 
 // ClientReport is one client's requests.
@@ -447,7 +464,7 @@ type ClientReport struct {
 }
 
 func (tr *Traffic) report() Report {
-	rep := Report{Duration: tr.stopped.Sub(tr.start)}
+	rep := Report{Duration: tr.stopped.Sub(tr.start), KubectlCPU: tr.kubectlCPU}
 	names := make([]string, 0, len(tr.reqs))
 	for n := range tr.reqs {
 		names = append(names, n)
@@ -600,6 +617,10 @@ func (rep Report) Record(t testing.TB, scenario string) {
 		fmt.Printf("MEASURE %s%s_slowest %.3f ms\n", p, c.Name, ms(c.Slowest))
 		fmt.Fprintf(&b, "  %-8s %4d requests, %3d failed (%d in flight at a fault, %d in an excused window, %d on a connection open at a fault, %d otherwise); longest outage %s\n",
 			c.Name, c.Attempted, c.Failed, c.InFlight, c.InWindow, c.OnBrokenConn, c.Unexcused, c.LongestOutage.Round(time.Millisecond))
+		if c.Name == "kubectl" {
+			fmt.Printf("MEASURE %skubectl_cpu %.3f ms\n", p, ms(rep.KubectlCPU))
+			fmt.Fprintf(&b, "           CPU of its runs %s\n", rep.KubectlCPU.Round(10*time.Millisecond))
+		}
 		if c.SlowestDetail != "" {
 			fmt.Fprintf(&b, "           slowest request %s\n", c.SlowestDetail)
 		}

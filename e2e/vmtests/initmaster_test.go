@@ -102,7 +102,7 @@ func TestClusterInit(t *testing.T) {
 
 	// The watchdog: its static pod, written by vipctl init after kubeadm.
 	last := time.Now()
-	require.NoError(t, lab.Poll(6*time.Minute, func() bool {
+	require.NoError(t, pollProc(6*time.Minute, func() bool {
 		if time.Since(last) > 30*time.Second {
 			last = time.Now()
 			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").CombinedOutput()
@@ -135,7 +135,7 @@ func TestClusterInit(t *testing.T) {
 	// authorised.
 	var st initStatus
 	var raw string
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+	require.NoError(t, pollProc(5*time.Minute, func() bool {
 		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
 		raw = string(o)
 		if err != nil || json.Unmarshal(o, &st) != nil {
@@ -165,7 +165,7 @@ func TestClusterInit(t *testing.T) {
 	assert.Len(t, rs, 1, "the VIP's real servers: this master alone (%v)", rs)
 
 	// The node turns Ready (the bridge CNI config is there).
-	err = lab.Poll(8*time.Minute, func() bool {
+	err = pollProc(8*time.Minute, func() bool {
 		o, err := kubectl("get", "node", spec.Node.Name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
 		return err == nil && strings.TrimSpace(o) == "True"
 	})
@@ -211,7 +211,7 @@ func TestClusterInit(t *testing.T) {
 	lb, err := kubectl("label", "node", spec.Node.Name, cluster.InitCheckedLabel+"=true")
 	require.NoError(t, err, lb)
 	jt := time.Now()
-	err = lab.Poll(15*time.Minute, func() bool {
+	err = pollProc(15*time.Minute, func() bool {
 		o, err := kubectl("get", "node", spec.JoinName, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
 		return err == nil && strings.TrimSpace(o) == "True"
 	})
@@ -221,7 +221,7 @@ func TestClusterInit(t *testing.T) {
 	}
 	require.NoError(t, err, "%s never Ready", spec.JoinName)
 	measure("then_second_master_ready_s", jt)
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+	require.NoError(t, pollProc(5*time.Minute, func() bool {
 		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
 		raw = string(o)
 		st = initStatus{}

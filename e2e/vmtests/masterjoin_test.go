@@ -104,7 +104,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	kubectlRead := func(a ...string) (string, error) {
 		var o string
 		var err error
-		_ = lab.Poll(time.Minute, func() bool {
+		_ = pollProc(time.Minute, func() bool {
 			o, err = kubectl(a...)
 			return err == nil
 		})
@@ -112,7 +112,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	}
 
 	// The watchdog: its static pod, written by vipctl join after kubeadm.
-	require.NoError(t, lab.Poll(6*time.Minute, w.watchdogRunning), "the watchdog's container never ran")
+	require.NoError(t, pollProc(6*time.Minute, w.watchdogRunning), "the watchdog's container never ran")
 	w.measure("join_to_watchdog_running_s", join)
 	manifest, err := os.ReadFile(manifests.DefaultPath)
 	require.NoError(t, err)
@@ -130,7 +130,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	// per probe (vipctl status shows the last): why the watchdog keeps it
 	// out, if it does.
 	var localProbes []string
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+	require.NoError(t, pollProc(5*time.Minute, func() bool {
 		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
 		raw = string(o)
 		st = initStatus{}
@@ -173,7 +173,7 @@ func TestClusterMasterJoin(t *testing.T) {
 
 	// The node turns Ready, a control-plane node.
 	name := spec.Node.Name
-	err = lab.Poll(8*time.Minute, func() bool {
+	err = pollProc(8*time.Minute, func() bool {
 		o, err := kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
 		return err == nil && strings.TrimSpace(o) == "True"
 	})

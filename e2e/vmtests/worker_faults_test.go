@@ -97,6 +97,7 @@ type faultRun struct {
 	iw    *ipvsWatch
 	nw    *nodeWatch
 	start time.Time
+	cpu   cpuSnap // the guest's CPU at the clients' start
 }
 
 // begin waits for the steady state (every master in IPVS), starts the
@@ -113,6 +114,7 @@ func (w *worker) begin(name string, nw *nodeWatch, clients *lab.Real, target str
 		t.Logf("fault %s: start", name)
 		return fr
 	}
+	fr.cpu = takeCPUSnap()
 	fr.tr = clients.StartTraffic()
 	fr.iw = w.watchIPVS(target, fr.tr, flushes)
 	time.Sleep(2 * time.Second) // a baseline of the clients before the fault
@@ -151,6 +153,12 @@ func (fr *faultRun) end(recovered time.Time, mayBeNotReady bool) {
 		fr.figs.dur("watchdog_fail_open_longest", ig.longestFailOpen)
 		t.Logf("fault %s: IPVS and the watchdog, from 2 s before the fault: %v", name, fr.iw.timeline())
 	}
+	if !fr.cpu.at.IsZero() {
+		g := cpuSince(fr.cpu)
+		fr.figs.add("guest_cpu_busy_pct", g.busyPct, "%")
+		t.Logf("fault %s: the guest's vCPUs %.0f%% busy over %s; CPU by process (with reaped children): %s",
+			name, g.busyPct, time.Since(fr.cpu.at).Round(time.Second), strings.Join(g.top, ", "))
+	}
 	for _, c := range rep.Clients {
 		fr.figs.add(c.Name+"_failed", float64(c.Failed), "")
 		fr.figs.add(c.Name+"_unexcused", float64(c.Unexcused), "")
@@ -180,7 +188,7 @@ func (fr *faultRun) hostFault(kubectl func(...string) (string, error), name stri
 	t := fr.w.t
 	fmt.Println(cluster.FaultLine(name))
 	var data map[string]string
-	require.NoError(t, lab.Poll(wait, func() bool {
+	require.NoError(t, pollProc(wait, func() bool {
 		o, err := kubectl("get", "configmap", "-n", "kube-system", cluster.FaultConfigMap(name), "-o", "jsonpath={.data}")
 		return err == nil && json.Unmarshal([]byte(o), &data) == nil
 	}), "the host never answered fault %s", name)
@@ -223,7 +231,7 @@ func (w *worker) faultCutOff(clients *lab.Real, nw *nodeWatch, kubectl func(...s
 	out := fr.iw.waitOut(t, time.Minute)
 	fr.tr.Excuse(lab.Window{From: fr.start, To: out, Why: "cut -> out"})
 	var data map[string]string
-	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+	require.NoError(t, pollProc(2*time.Minute, func() bool {
 		o, err := kubectl("get", "configmap", "-n", "kube-system", cluster.FaultConfigMap(cluster.FaultCutOff), "-o", "jsonpath={.data}")
 		return err == nil && json.Unmarshal([]byte(o), &data) == nil
 	}), "the host never answered fault %s", cluster.FaultCutOff)
@@ -255,7 +263,7 @@ func (w *worker) faultKubeProxy(clients *lab.Real, nw *nodeWatch, kubectl func(.
 	var running, healthy time.Time
 	var code int
 	var body string
-	err := lab.Poll(4*time.Minute, func() bool {
+	err := pollProc(4*time.Minute, func() bool {
 		if running.IsZero() {
 			if c := w.runningContainer("/kube-proxy:"); c == "" || c == old {
 				return false
@@ -307,13 +315,13 @@ func (w *worker) faultWatchdog(clients *lab.Real, nw *nodeWatch, kubectl func(..
 	fr := w.begin("watchdog_killed", nw, clients, "", false)
 	w.sh("ctr -n k8s.io tasks kill " + old)
 	var running time.Time
-	require.NoError(t, lab.Poll(4*time.Minute, func() bool {
+	require.NoError(t, pollProc(4*time.Minute, func() bool {
 		c := w.runningContainer("vipctl/vipctl:")
 		running = time.Now()
 		return c != "" && c != old
 	}), "the watchdog's container never ran again")
 	var st string
-	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+	require.NoError(t, pollProc(2*time.Minute, func() bool {
 		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").CombinedOutput()
 		st = string(o)
 		return err == nil && w.allMastersHealthy(o)

@@ -191,7 +191,7 @@ func (w *worker) afterBoot(fr *faultRun, clients *lab.Real, kubectl func(...stri
 	// Ready as the kubelet posts it after the boot: the condition True
 	// with a heartbeat after the boot (the API kept the old one).
 	var readyAt time.Time
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
+	require.NoError(t, pollProc(5*time.Minute, func() bool {
 		o, err := kubectl("get", "node", w.spec.Name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}`)
 		f := strings.Fields(o)
 		if err != nil || len(f) != 2 || f[0] != "True" {

@@ -84,7 +84,7 @@ func TestClusterWorker(t *testing.T) {
 		o, err := c.CombinedOutput()
 		return string(o), err
 	}
-	require.NoError(t, lab.Poll(3*time.Minute, func() bool {
+	require.NoError(t, pollProc(3*time.Minute, func() bool {
 		_, err := kubectl("get", "node", spec.Name)
 		return err == nil
 	}), "node %s never registered", spec.Name)
@@ -93,7 +93,7 @@ func TestClusterWorker(t *testing.T) {
 	// The watchdog: its static pod's container runs in containerd, and it
 	// keeps every master in the IPVS table.
 	last := time.Now()
-	require.NoError(t, lab.Poll(4*time.Minute, func() bool {
+	require.NoError(t, pollProc(4*time.Minute, func() bool {
 		if time.Since(last) > 30*time.Second {
 			last = time.Now()
 			o, _ := exec.Command("/usr/bin/ctr", "-n", "k8s.io", "containers", "ls").CombinedOutput()
@@ -103,7 +103,7 @@ func TestClusterWorker(t *testing.T) {
 	}), "the watchdog's container never ran")
 	w.measure("join_to_watchdog_running_s", join)
 	var st string
-	require.NoError(t, lab.Poll(2*time.Minute, func() bool {
+	require.NoError(t, pollProc(2*time.Minute, func() bool {
 		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").CombinedOutput()
 		st = string(o)
 		return err == nil && w.allMastersHealthy(o)
@@ -121,7 +121,7 @@ func TestClusterWorker(t *testing.T) {
 	// The node turns Ready once the kubelet has a CNI config and the
 	// runtime reports its network ready.
 	var nodes string
-	err = lab.Poll(5*time.Minute, func() bool {
+	err = pollProc(5*time.Minute, func() bool {
 		o, err := kubectl("get", "node", spec.Name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
 		return err == nil && strings.TrimSpace(o) == "True"
 	})
@@ -518,7 +518,7 @@ func (w *worker) startContainerd(images bool) {
 	w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
 	w.containerd.Stdout, w.containerd.Stderr = logf, logf
 	require.NoError(t, w.containerd.Start())
-	require.NoError(t, lab.Poll(60*time.Second, func() bool {
+	require.NoError(t, pollProc(60*time.Second, func() bool {
 		return exec.Command("/usr/bin/ctr", "version").Run() == nil
 	}), "containerd never answered")
 	for _, img := range w.spec.Images {
