@@ -41,7 +41,10 @@ type Real struct {
 	// KubectlPause is how long the traffic's kubectl loop waits after
 	// each run; zero runs them back to back.
 	KubectlPause time.Duration
-	ctl          *http.Client
+	// IPVSSampleEvery is the period of the traffic's IPVS sampler; zero
+	// is 10 ms.
+	IPVSSampleEvery time.Duration
+	ctl             *http.Client
 }
 
 // RealMaster is one real kube-apiserver, seen from the node.

@@ -339,7 +339,8 @@ func (tr *Traffic) watchLoop(cs *kubernetes.Clientset, ready chan struct{}) {
 	}
 }
 
-// sampleIPVS reads the VIP's service every 10 ms and counts the samples in
+// sampleIPVS reads the VIP's service every 10 ms (Real.IPVSSampleEvery)
+// and counts the samples in
 // which it is missing or has no real server with a weight above 0.
 func (tr *Traffic) sampleIPVS() {
 	defer tr.wg.Done()
@@ -350,7 +351,11 @@ func (tr *Traffic) sampleIPVS() {
 	}
 	defer h.Close()
 	key := &mobyipvs.Service{Address: VIP.AsSlice(), Port: VIPPort.Port(), Protocol: syscall.IPPROTO_TCP, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
-	tk := time.NewTicker(10 * time.Millisecond)
+	every := 10 * time.Millisecond
+	if tr.r.IPVSSampleEvery > 0 {
+		every = tr.r.IPVSSampleEvery
+	}
+	tk := time.NewTicker(every)
 	defer tk.Stop()
 	for {
 		select {
@@ -435,7 +440,7 @@ type Report struct {
 	WatchReopenWhy  string
 	WatchSilenceMax time.Duration
 	WatchOpenAtEnd  bool
-	// IPVS samples (every 10 ms) in which the VIP had no serving real
+	// IPVS samples (every 10 ms, or Real.IPVSSampleEvery) in which the VIP had no serving real
 	// server or no service at all, and the longest such stretch.
 	IPVSSamples, IPVSEmpty, IPVSEmptyStretches int
 	IPVSLongestEmpty                           time.Duration
