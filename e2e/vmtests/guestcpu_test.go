@@ -3,12 +3,16 @@ package vmtests
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"github.com/vipctl/vipctl/e2e/lab"
 )
 
@@ -73,7 +77,10 @@ func takeCPUSnap() cpuSnap {
 // guestCPU is what the guest's CPUs did between two snapshots.
 type guestCPU struct {
 	busyPct float64 // of every vCPU
-	top     []string
+	// byName is each process name's CPU (with its reaped children); top
+	// the eight names that used the most, as "name 1.2s".
+	byName map[string]time.Duration
+	top    []string
 }
 
 // cpuSince compares now with s: the busy share of the vCPUs, and the
@@ -93,9 +100,11 @@ func cpuSince(s cpuSnap) guestCPU {
 			by[p.comm] += p.ticks
 		}
 	}
+	g.byName = map[string]time.Duration{}
 	names := make([]string, 0, len(by))
-	for n := range by {
+	for n, ticks := range by {
 		names = append(names, n)
+		g.byName[n] = time.Duration(ticks) * time.Second / clockTicks
 	}
 	sort.Slice(names, func(i, j int) bool { return by[names[i]] > by[names[j]] })
 	for i, n := range names {
@@ -114,4 +123,28 @@ func cpuSince(s cpuSnap) guestCPU {
 // (docs/lab.md, "The worker's CPU").
 func pollProc(timeout time.Duration, cond func() bool) error {
 	return lab.PollEvery(timeout, time.Second, cond)
+}
+
+// TestCPUSinceCountsReapedChildren: a child that burns CPU and exits
+// counts in the test's own process (cutime), and the machine shows busy
+// time; the accounting the faults' guest_cpu figures rest on.
+func TestCPUSinceCountsReapedChildren(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skipf("no sh: %v", err)
+	}
+	before := takeCPUSnap()
+	require.Contains(t, before.procs, os.Getpid(), "this process in the snapshot")
+	cmd := exec.Command(sh, "-c", `i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done`)
+	require.NoError(t, cmd.Run())
+	child := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	require.Greater(t, child, 50*time.Millisecond, "the child burned too little CPU to measure")
+	g := cpuSince(before)
+	self := filepath.Base(os.Args[0])
+	if len(self) > 15 {
+		self = self[:15] // the kernel's comm
+	}
+	assert.GreaterOrEqual(t, g.byName[self], child-20*time.Millisecond,
+		"this process's CPU since the snapshot (top: %v) should include its reaped child's %v", g.top, child)
+	assert.Positive(t, g.busyPct, "the machine was busy while the child ran")
 }
