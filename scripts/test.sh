@@ -52,9 +52,9 @@ if [ "$(id -u)" = 0 ]; then
   # builds what it needs (kubelet, kube-proxy, etcd 3.6, the images;
   # cached). After `go test ./...`, on its own: two emulated VMs at once on
   # two cores fail on load. The VM as a third master by `vipctl join
-  # --control-plane` (TestClusterMasterJoin) stays in `make cluster`: an
-  # emulated etcd and apiserver take ~20 min when they struggle, and the
-  # last one failed on its own etcd's readiness (docs/lab.md).
+  # --control-plane` (TestClusterMasterJoin) stays in `make cluster`: its
+  # emulated etcd and apiserver failed one of its last four runs (its etcd
+  # never ready), after ~20 min, past CI's 45 (docs/lab.md).
   t0=$(date +%s)
   VIPCTL_CLUSTER=1 go test -count=1 -timeout 40m \
     -run 'TestClusterInit$|TestClusterWorker$|TestClusterWorkerIPVSMode$' ./e2e/cluster 2>&1
