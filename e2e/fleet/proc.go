@@ -6,35 +6,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
-)
 
-// clockTicks is USER_HZ, the unit of /proc/PID/stat's CPU times; Linux
-// fixes it at 100 on every architecture Go supports.
-const clockTicks = 100
+	"github.com/vipctl/vipctl/e2e/lab"
+)
 
 // cpuSeconds is the user and system CPU time process pid has used.
 func cpuSeconds(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name, field 2, may hold spaces: count from its ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')' in %q", pid, s)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state): utime is field 14, stime field 15.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
-	}
-	u, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
-	}
-	return float64(u+st) / clockTicks, nil
+	p, err := lab.ReadProcCPU(pid)
+	return p.Self.Seconds(), err
 }
 
 // rssMB is process pid's resident set in MB (10^6 bytes).

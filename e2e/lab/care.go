@@ -195,16 +195,8 @@ func (c *Care) RSS() (int64, error) {
 
 // CPUTime is the user+system CPU time the watchdog used so far.
 func (c *Care) CPUTime() (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Pid()))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// fields after "(comm) ": state is f[0]; utime is field 14 => f[11], stime f[12]
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100, nil // USER_HZ is 100
+	p, err := ReadProcCPU(c.Pid())
+	return p.Self, err
 }
 
 // RealServers reads the IPv4 VIP's real servers and weights from the

@@ -16,10 +16,6 @@ import (
 	"github.com/vipctl/vipctl/e2e/lab"
 )
 
-// clockTicks is the kernel's USER_HZ, the unit of /proc's CPU times (100
-// on every Linux this runs on; there is no sysconf without cgo).
-const clockTicks = 100
-
 // cpuSnap is the guest's CPU time at an instant: the whole machine's busy
 // ticks (/proc/stat) and each live process's own and reaped children's
 // ticks, so that a short-lived kubectl counts in the test that ran it.
@@ -30,8 +26,8 @@ type cpuSnap struct {
 }
 
 type procCPU struct {
-	comm  string
-	ticks uint64
+	comm string
+	cpu  time.Duration
 }
 
 func takeCPUSnap() cpuSnap {
@@ -48,28 +44,15 @@ func takeCPUSnap() cpuSnap {
 			}
 		}
 	}
-	ents, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, p := range ents {
-		b, err := os.ReadFile(p)
+	ents, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range ents {
+		pid, err := strconv.Atoi(filepath.Base(d))
 		if err != nil {
 			continue
 		}
-		st := string(b)
-		open, close := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
-		if open < 0 || close < open {
-			continue
+		if p, err := lab.ReadProcCPU(pid); err == nil {
+			s.procs[pid] = procCPU{comm: p.Comm, cpu: p.Self + p.Children}
 		}
-		f := strings.Fields(st[close+1:])
-		if len(f) < 15 {
-			continue
-		}
-		var ticks uint64
-		for _, i := range []int{11, 12, 13, 14} { // utime stime cutime cstime
-			v, _ := strconv.ParseUint(f[i], 10, 64)
-			ticks += v
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		s.procs[pid] = procCPU{comm: st[open+1 : close], ticks: ticks}
 	}
 	return s
 }
@@ -91,27 +74,25 @@ func cpuSince(s cpuSnap) guestCPU {
 	if d := (now.busy - s.busy) + (now.idle - s.idle); d > 0 {
 		g.busyPct = 100 * float64(now.busy-s.busy) / float64(d)
 	}
-	by := map[string]uint64{}
+	g.byName = map[string]time.Duration{}
 	for pid, p := range now.procs {
 		old, ok := s.procs[pid]
-		if ok && old.comm == p.comm && old.ticks <= p.ticks {
-			by[p.comm] += p.ticks - old.ticks
+		if ok && old.comm == p.comm && old.cpu <= p.cpu {
+			g.byName[p.comm] += p.cpu - old.cpu
 		} else if !ok {
-			by[p.comm] += p.ticks
+			g.byName[p.comm] += p.cpu
 		}
 	}
-	g.byName = map[string]time.Duration{}
-	names := make([]string, 0, len(by))
-	for n, ticks := range by {
+	names := make([]string, 0, len(g.byName))
+	for n := range g.byName {
 		names = append(names, n)
-		g.byName[n] = time.Duration(ticks) * time.Second / clockTicks
 	}
-	sort.Slice(names, func(i, j int) bool { return by[names[i]] > by[names[j]] })
+	sort.Slice(names, func(i, j int) bool { return g.byName[names[i]] > g.byName[names[j]] })
 	for i, n := range names {
-		if i == 8 || by[n] == 0 {
+		if i == 8 || g.byName[n] == 0 {
 			break
 		}
-		g.top = append(g.top, fmt.Sprintf("%s %.1fs", n, float64(by[n])/clockTicks))
+		g.top = append(g.top, fmt.Sprintf("%s %.1fs", n, g.byName[n].Seconds()))
 	}
 	return g
 }
