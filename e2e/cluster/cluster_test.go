@@ -126,6 +126,12 @@ func startMasters(ctx context.Context, t *testing.T, secrets bool, kubeProxyMode
 		logTail(t, filepath.Join(m1.Dir, "kubelet.log"))
 	}
 	require.NoError(t, err)
+	if sec != nil {
+		key, err := os.ReadFile(sec.CertKeyFile)
+		require.NoError(t, err)
+		require.NotContains(t, res.Output, sec.Token, "kubeadm init printed the token")
+		require.NotContains(t, res.Output, strings.TrimSpace(string(key)), "kubeadm init printed the certificate key")
+	}
 	t.Logf("kubeadm init took %s (kubelet started %d times)\n%s", res.Took.Round(time.Millisecond), m1.KubeletStarts, res.Output)
 	// kubeadm made this cluster, not `vipctl init` (no IPVS on this host):
 	// the watchdogs' master discovery gets its RBAC the way an existing

@@ -110,7 +110,9 @@ func (l *Lab) Init(ctx context.Context, n *Node, s *Secrets) (InitResult, error)
 		if extra, err = s.initConfig(); err != nil {
 			return r, err
 		}
-		args = append(args, "--upload-certs")
+		// As vipctl init: the token and the key are in the config (0600),
+		// and kubeadm is told not to print them, so that they reach no log.
+		args = append(args, "--upload-certs", "--skip-token-print", "--skip-certificate-key-print")
 	}
 	if err := n.writePatches(); err != nil {
 		return r, err
