@@ -129,3 +129,13 @@ func TestCPUSinceCountsReapedChildren(t *testing.T) {
 		"this process's CPU since the snapshot (top: %v) should include its reaped child's %v", g.top, child)
 	assert.Positive(t, g.busyPct, "the machine was busy while the child ran")
 }
+
+// reportCPU prints what the guest's CPUs did since s as the figure
+// <scenario>_<phase>_guest_cpu_busy_pct and logs the processes that used
+// the most: where the emulated node's CPU went in a phase.
+func (w *worker) reportCPU(phase string, s cpuSnap) {
+	g := cpuSince(s)
+	fmt.Printf("MEASURE %s_%s_guest_cpu_busy_pct=%.0f\n", w.scenario(), phase, g.busyPct)
+	w.t.Logf("%s: the guest's vCPUs %.0f%% busy over %s; CPU by process (with reaped children): %s",
+		phase, g.busyPct, time.Since(s.at).Round(time.Second), strings.Join(g.top, ", "))
+}

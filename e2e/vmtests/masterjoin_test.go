@@ -2,6 +2,7 @@ package vmtests
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -18,7 +19,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/e2e/cluster"
 	"github.com/vipctl/vipctl/e2e/lab"
 	"github.com/vipctl/vipctl/ipvs"
@@ -69,12 +75,15 @@ func TestClusterMasterJoin(t *testing.T) {
 	args = append(args, "--", "--discovery-token-ca-cert-hash", spec.Node.CACertHash)
 	t.Logf("vipctl %s", strings.Join(args, " "))
 	join := time.Now()
+	joinCPU := takeCPUSnap()
 	healthy := watchReadyz(self)
 	defer healthy.stop()
 	b, err := exec.Command("/usr/local/bin/vipctl", args...).CombinedOutput()
 	t.Logf("vipctl join --control-plane (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
 	require.NoError(t, err, "vipctl join --control-plane")
 	w.measure("vipctl_join_s", join)
+	w.reportCPU("join", joinCPU)
+	afterJoinCPU := takeCPUSnap()
 	out := string(b)
 	assert.NotContains(t, out, token, "no token in vipctl join's output")
 	assert.NotContains(t, out, key, "no certificate key in vipctl join's output")
@@ -112,7 +121,15 @@ func TestClusterMasterJoin(t *testing.T) {
 	}
 
 	// The watchdog: its static pod, written by vipctl join after kubeadm.
-	require.NoError(t, pollProc(6*time.Minute, w.watchdogRunning), "the watchdog's container never ran")
+	// Its /status is read in process: a ctr or a vipctl status a second
+	// costs the emulated master CPU its etcd and apiserver need while they
+	// catch up (docs/lab.md, "The master join's CPU").
+	sc := &http.Client{Timeout: 5 * time.Second}
+	require.NoError(t, lab.PollEvery(6*time.Minute, time.Second, func() bool {
+		_, err := watchdogStatus(sc)
+		return err == nil
+	}), "the watchdog never served /status")
+	require.True(t, w.watchdogRunning(), "the watchdog answers but its container is not running")
 	w.measure("join_to_watchdog_running_s", join)
 	manifest, err := os.ReadFile(manifests.DefaultPath)
 	require.NoError(t, err)
@@ -122,19 +139,22 @@ func TestClusterMasterJoin(t *testing.T) {
 	// --timeout must be above it).
 	probeLatency(t, w.scenario(), self)
 
-	// vipctl status: this master local, up, in service with the local
-	// weight; both host masters up and in service.
+	// The watchdog's view (its /status, in process) and the kernel's
+	// (IPVS, through netlink): this master local, up, in service with the
+	// local weight; both host masters up and in service. vipctl status
+	// shows the same once it is so, below.
+	rd, err := lab.NewIPVSReader()
+	require.NoError(t, err)
+	defer rd.Close()
 	var st initStatus
-	var raw string
+	var rs map[netip.AddrPort]int
 	// The local master's probes while it is not yet in service, one line
-	// per probe (vipctl status shows the last): why the watchdog keeps it
-	// out, if it does.
+	// per probe (/status shows the last): why the watchdog keeps it out,
+	// if it does.
 	var localProbes []string
-	require.NoError(t, pollProc(5*time.Minute, func() bool {
-		o, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
-		raw = string(o)
-		st = initStatus{}
-		if err != nil || json.Unmarshal(o, &st) != nil {
+	require.NoError(t, lab.PollEvery(5*time.Minute, time.Second, func() bool {
+		st, err = watchdogStatus(sc)
+		if err != nil {
 			return false
 		}
 		m := st.master(self)
@@ -144,27 +164,37 @@ func TestClusterMasterJoin(t *testing.T) {
 				localProbes = append(localProbes, p)
 			}
 		}
-		if m == nil || !m.Local || m.State != "up" || m.Membership != "in-service" || m.Kernel == nil || m.Kernel.Weight != ipvs.LocalWeight {
+		rs = rd.RealServers()
+		if m == nil || !m.Local || m.State != "up" || m.Membership != "in-service" || rs[netip.MustParseAddrPort(self)] != ipvs.LocalWeight {
 			return false
 		}
 		for _, a := range spec.Node.Masters {
-			if h := st.master(a); h == nil || h.State != "up" || h.Membership != "in-service" || h.Kernel == nil || h.Kernel.Weight <= 0 {
+			if h := st.master(a); h == nil || h.State != "up" || h.Membership != "in-service" || rs[netip.MustParseAddrPort(a)] <= 0 {
 				return false
 			}
 		}
 		return true
-	}), "vipctl status never showed %s local, up and in service with weight %d, and %v up and in service; the local master's probes:\n%s\nthe last status:\n%s",
-		self, ipvs.LocalWeight, spec.Node.Masters, strings.Join(localProbes, "\n"), raw)
+	}), "the watchdog never showed %s local, up and in service with weight %d, and %v up and in service; the local master's probes:\n%s\nthe last /status: %+v; IPVS: %v",
+		self, ipvs.LocalWeight, spec.Node.Masters, strings.Join(localProbes, "\n"), st, rs)
 	t.Logf("the local master's probes until it was in service:\n%s", strings.Join(localProbes, "\n"))
 	w.measure("join_to_local_in_service_s", join)
+	w.reportCPU("to_in_service", afterJoinCPU)
+	inServiceCPU := takeCPUSnap()
 	table, err := exec.Command("/usr/local/bin/vipctl", "status").CombinedOutput()
 	require.NoError(t, err, string(table))
 	t.Logf("vipctl status:\n%s", table)
 	assert.Contains(t, string(table), "local apiserver: "+self+"; traffic local: yes")
-	rd, err := lab.NewIPVSReader()
+	var cli initStatus
+	js, err := exec.Command("/usr/local/bin/vipctl", "status", "-o", "json").Output()
 	require.NoError(t, err)
-	rs := rd.RealServers()
-	rd.Close()
+	require.NoError(t, json.Unmarshal(js, &cli), "vipctl status -o json:\n%s", js)
+	if m := cli.master(self); assert.NotNil(t, m, "vipctl status -o json lists %s:\n%s", self, js) {
+		assert.True(t, m.Local && m.State == "up" && m.Membership == "in-service", "vipctl status -o json, %s: %+v", self, *m)
+		if assert.NotNil(t, m.Kernel, "vipctl status -o json, %s: the kernel's weight", self) {
+			assert.Equal(t, ipvs.LocalWeight, m.Kernel.Weight, "vipctl status -o json, %s's kernel weight", self)
+		}
+	}
+	rs = rd.RealServers()
 	assert.Equal(t, ipvs.LocalWeight, rs[netip.MustParseAddrPort(self)], "IPVS: this master's weight (table %v)", rs)
 	for _, m := range spec.Node.Masters {
 		assert.Positive(t, rs[netip.MustParseAddrPort(m)], "IPVS real server %s (table %v)", m, rs)
@@ -172,10 +202,23 @@ func TestClusterMasterJoin(t *testing.T) {
 	}
 
 	// The node turns Ready, a control-plane node.
+	// Read in process (client-go), not by a kubectl a second: each costs
+	// the emulated master one to three seconds of CPU.
 	name := spec.Node.Name
-	err = pollProc(8*time.Minute, func() bool {
-		o, err := kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}")
-		return err == nil && strings.TrimSpace(o) == "True"
+	cs := adminClient(t)
+	err = lab.PollEvery(8*time.Minute, time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				return c.Status == corev1.ConditionTrue
+			}
+		}
+		return false
 	})
 	if err != nil {
 		o, _ := kubectl("describe", "node", name)
@@ -183,6 +226,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	}
 	require.NoError(t, err, "node %s never Ready", name)
 	w.measure("join_to_ready_s", join)
+	w.reportCPU("to_ready", inServiceCPU)
 	o, err := kubectlRead("get", "node", name, "-o", "json")
 	require.NoError(t, err, o)
 	var node struct {
@@ -210,8 +254,10 @@ func TestClusterMasterJoin(t *testing.T) {
 
 	// etcd: three voting members (the learner this join added, promoted).
 	var members []etcdMember
-	require.NoError(t, lab.Poll(5*time.Minute, func() bool {
-		members, err = etcdMembers()
+	ec, err := etcdClient()
+	require.NoError(t, err)
+	require.NoError(t, lab.PollEvery(5*time.Minute, time.Second, func() bool {
+		members, err = etcdMembers(ec)
 		if err != nil || len(members) != 1+len(spec.Node.Masters) {
 			return false
 		}
@@ -271,13 +317,15 @@ type readyzWatch struct {
 	once sync.Once
 }
 
-// watchReadyz polls https://addr/readyz every 500 ms, as an anonymous client
-// (kube-apiserver lets anyone read it), verifying the server with the
-// cluster's CA once kubeadm has written it (before, nothing is served).
+// watchReadyz polls https://addr/readyz every second, as an anonymous
+// client (kube-apiserver lets anyone read it), verifying the server with
+// the cluster's CA once kubeadm has written it (before, nothing is
+// served). It keeps its connection: a new TLS handshake a poll would cost
+// the emulated master's starting apiserver CPU it needs.
 func watchReadyz(addr string) *readyzWatch {
 	r := &readyzWatch{done: make(chan struct{})}
 	go func() {
-		tk := time.NewTicker(500 * time.Millisecond)
+		tk := time.NewTicker(time.Second)
 		defer tk.Stop()
 		var c *http.Client
 		for {
@@ -292,7 +340,7 @@ func watchReadyz(addr string) *readyzWatch {
 				if err != nil || !pool.AppendCertsFromPEM(ca) {
 					continue
 				}
-				c = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+				c = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 					TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: strings.Split(addr, ":")[0]}}}
 			}
 			resp, err := c.Get("https://" + addr + "/readyz")
@@ -326,10 +374,10 @@ type etcdMember struct {
 	IsLearner bool     `json:"isLearner,omitempty"`
 }
 
-// etcdMembers asks the node's own etcd (kubeadm's stacked member,
-// 127.0.0.1:2379) for the cluster's members through etcd's JSON gateway,
-// with the apiserver's etcd client certificate: no etcdctl is needed.
-func etcdMembers() ([]etcdMember, error) {
+// etcdClient is an HTTPS client for the node's own etcd with the
+// apiserver's etcd client certificate; it keeps its connection, so that a
+// poll does not cost the emulated etcd a handshake.
+func etcdClient() (*http.Client, error) {
 	ca, err := os.ReadFile("/etc/kubernetes/pki/etcd/ca.crt")
 	if err != nil {
 		return nil, err
@@ -340,8 +388,14 @@ func etcdMembers() ([]etcdMember, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}, nil
+}
+
+// etcdMembers asks the node's own etcd (kubeadm's stacked member,
+// 127.0.0.1:2379) for the cluster's members through etcd's JSON gateway,
+// with c (etcdClient): no etcdctl is needed.
+func etcdMembers(c *http.Client) ([]etcdMember, error) {
 	resp, err := c.Post("https://127.0.0.1:2379/v3/cluster/member/list", "application/json", bytes.NewReader([]byte("{}")))
 	if err != nil {
 		return nil, err
@@ -354,4 +408,32 @@ func etcdMembers() ([]etcdMember, error) {
 		return nil, err
 	}
 	return l.Members, nil
+}
+
+// adminClient is a client-go clientset with the node's admin.conf (through
+// the name and the VIP, as kubectl).
+func adminClient(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", "/etc/kubernetes/admin.conf")
+	require.NoError(t, err)
+	cfg.Timeout = 10 * time.Second
+	cfg.UserAgent = "vipctl-e2e-master-join"
+	cs, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+	return cs
+}
+
+// watchdogStatus reads the node's watchdog's /status (its default
+// --metrics-addr, as vipctl status does) with c.
+func watchdogStatus(c *http.Client) (initStatus, error) {
+	var st initStatus
+	resp, err := c.Get("http://" + careconfig.DefaultMetricsAddr + "/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET /status: HTTP %d", resp.StatusCode)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
