@@ -15,14 +15,14 @@ build:
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) go build -trimpath -ldflags '$(LDFLAGS)' -o bin/vipctl ./cmd/vipctl
 
 ## test: every test — unit tests, the real kubeadm check, containerd import, the VM e2e on a real kernel,
-##       and the real cluster's scenarios (those of make cluster but the master join, after the rest)
+##       and the real cluster's scenarios (those of make cluster, after the rest)
 test:
 	scripts/test.sh
 
 ## cluster: the real-cluster e2e (docs/lab.md): kind-style masters on this host, the VM joined as a
 ##          worker (faults, teardown, kube-proxy's ipvs mode), as the first master by vipctl init
 ##          and as a third master by vipctl join --control-plane; builds the node components and
-##          etcd 3.6 first (as root; ~25-35 min warm on 2 cores; make test runs all but the master join)
+##          etcd 3.6 first (as root; ~25-35 min warm on 2 cores; make test runs them too)
 cluster:
 	VIPCTL_CLUSTER=1 go test -count=1 -timeout 80m -v ./e2e/cluster
 

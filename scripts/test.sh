@@ -46,17 +46,14 @@ go test -count=1 -timeout 45m ./... 2>&1
 if [ "$(id -u)" = 0 ]; then
   # The real cluster (docs/lab.md, "A real cluster", issue 13): kind-style
   # masters on this host by the real kubeadm; the VM as the first master by
-  # `vipctl init`, then as a worker joined by `vipctl join` (real kubeadm,
-  # kubelet, containerd, kube-proxy in nftables mode; the faults, a real
-  # reboot, the teardown), then kube-proxy's ipvs mode beside the VIP. It
-  # builds what it needs (kubelet, kube-proxy, etcd 3.6, the images;
-  # cached). After `go test ./...`, on its own: two emulated VMs at once on
-  # two cores fail on load. The VM as a third master by `vipctl join
-  # --control-plane` (TestClusterMasterJoin) stays in `make cluster`: its
-  # emulated etcd and apiserver failed one of its last four runs (its etcd
-  # never ready), after ~20 min, past CI's 45 (docs/lab.md).
+  # `vipctl init`, as a third master by `vipctl join --control-plane`, then
+  # as a worker joined by `vipctl join` (real kubeadm, kubelet, containerd,
+  # kube-proxy in nftables mode; the faults, a real reboot, the teardown),
+  # then kube-proxy's ipvs mode beside the VIP. It builds what it needs
+  # (kubelet, kube-proxy, etcd 3.6, the images; cached). After `go test
+  # ./...`, on its own: two emulated VMs at once on two cores fail on load.
   t0=$(date +%s)
-  VIPCTL_CLUSTER=1 go test -count=1 -timeout 40m \
-    -run 'TestClusterInit$|TestClusterWorker$|TestClusterWorkerIPVSMode$' ./e2e/cluster 2>&1
+  VIPCTL_CLUSTER=1 go test -count=1 -timeout 45m \
+    -run 'TestClusterInit$|TestClusterMasterJoin$|TestClusterWorker$|TestClusterWorkerIPVSMode$' ./e2e/cluster 2>&1
   log "the real cluster's scenarios passed in $(( $(date +%s) - t0 ))s"
 fi
