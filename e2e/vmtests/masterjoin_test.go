@@ -205,7 +205,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	// Read in process (client-go), not by a kubectl a second: each costs
 	// the emulated master one to three seconds of CPU.
 	name := spec.Node.Name
-	cs := adminClient(t)
+	cs := kubeClient(t, "/etc/kubernetes/admin.conf", 10*time.Second, "vipctl-e2e-master-join")
 	err = lab.PollEvery(8*time.Minute, time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -410,14 +410,15 @@ func etcdMembers(c *http.Client) ([]etcdMember, error) {
 	return l.Members, nil
 }
 
-// adminClient is a client-go clientset with the node's admin.conf (through
-// the name and the VIP, as kubectl).
-func adminClient(t *testing.T) kubernetes.Interface {
+// kubeClient is a client-go clientset with the kubeconfig at path
+// (admin.conf: through the name and the VIP, as kubectl), each request
+// bounded by timeout.
+func kubeClient(t *testing.T, path string, timeout time.Duration, userAgent string) kubernetes.Interface {
 	t.Helper()
-	cfg, err := clientcmd.BuildConfigFromFlags("", "/etc/kubernetes/admin.conf")
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
 	require.NoError(t, err)
-	cfg.Timeout = 10 * time.Second
-	cfg.UserAgent = "vipctl-e2e-master-join"
+	cfg.Timeout = timeout
+	cfg.UserAgent = userAgent
 	cs, err := kubernetes.NewForConfig(cfg)
 	require.NoError(t, err)
 	return cs

@@ -21,7 +21,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // The faults of the worker scenario (docs/lab.md, "Faults with the worker
@@ -655,12 +654,7 @@ type nodeFigures struct {
 
 func (w *worker) watchNode() *nodeWatch {
 	t := w.t
-	cfg, err := clientcmd.BuildConfigFromFlags("", "/tmp/admin.conf")
-	require.NoError(t, err)
-	cfg.Timeout = 5 * time.Second
-	cfg.UserAgent = "vipctl-e2e-node-watch"
-	cs, err := kubernetes.NewForConfig(cfg)
-	require.NoError(t, err)
+	cs := kubeClient(t, "/tmp/admin.conf", 5*time.Second, "vipctl-e2e-node-watch")
 	nw := &nodeWatch{cs: cs, done: make(chan struct{}), fin: make(chan struct{})}
 	name := w.spec.Name
 	go func() {
