@@ -334,16 +334,28 @@ func (m *RealMaster) LinkUp() { m.act("link-up") }
 
 // CareStatus is the watchdog's /status document.
 func CareStatus() (map[string]any, error) {
-	resp, err := http.Get("http://" + MetricsAddr + "/status")
+	var v map[string]any
+	return v, ReadCareStatus(nil, &v)
+}
+
+// ReadCareStatus decodes the watchdog's /status document (at MetricsAddr)
+// into v, with c (http.DefaultClient when nil).
+func ReadCareStatus(c *http.Client, v any) error {
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Get("http://" + MetricsAddr + "/status")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
-	var v map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return nil, fmt.Errorf("watchdog /status: %w", err)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("watchdog /status: HTTP %d", resp.StatusCode)
 	}
-	return v, nil
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("watchdog /status: %w", err)
+	}
+	return nil
 }
 
 // dialer for the clients: a bound connect time, no keep-alive probes.

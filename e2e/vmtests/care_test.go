@@ -317,13 +317,8 @@ func testCareAllMastersDownFailsOpen(t *testing.T, fam lab.Family) {
 // careStatus is the watchdog's /status document.
 func careStatus(t *testing.T) map[string]any {
 	t.Helper()
-	resp, err := http.Get("http://" + lab.MetricsAddr + "/status")
+	v, err := lab.CareStatus()
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	var v map[string]any
-	require.NoError(t, json.Unmarshal(b, &v), string(b))
 	return v
 }
 

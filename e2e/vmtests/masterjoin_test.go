@@ -24,7 +24,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/vipctl/vipctl/care/careconfig"
 	"github.com/vipctl/vipctl/e2e/cluster"
 	"github.com/vipctl/vipctl/e2e/lab"
 	"github.com/vipctl/vipctl/ipvs"
@@ -126,8 +125,8 @@ func TestClusterMasterJoin(t *testing.T) {
 	// catch up (docs/lab.md, "The master join's CPU").
 	sc := &http.Client{Timeout: 5 * time.Second}
 	require.NoError(t, lab.PollEvery(6*time.Minute, time.Second, func() bool {
-		_, err := watchdogStatus(sc)
-		return err == nil
+		var st initStatus
+		return lab.ReadCareStatus(sc, &st) == nil
 	}), "the watchdog never served /status")
 	require.True(t, w.watchdogRunning(), "the watchdog answers but its container is not running")
 	w.measure("join_to_watchdog_running_s", join)
@@ -153,8 +152,8 @@ func TestClusterMasterJoin(t *testing.T) {
 	// if it does.
 	var localProbes []string
 	require.NoError(t, lab.PollEvery(5*time.Minute, time.Second, func() bool {
-		st, err = watchdogStatus(sc)
-		if err != nil {
+		st = initStatus{}
+		if err := lab.ReadCareStatus(sc, &st); err != nil {
 			return false
 		}
 		m := st.master(self)
@@ -422,19 +421,4 @@ func kubeClient(t *testing.T, path string, timeout time.Duration, userAgent stri
 	cs, err := kubernetes.NewForConfig(cfg)
 	require.NoError(t, err)
 	return cs
-}
-
-// watchdogStatus reads the node's watchdog's /status (its default
-// --metrics-addr, as vipctl status does) with c.
-func watchdogStatus(c *http.Client) (initStatus, error) {
-	var st initStatus
-	resp, err := c.Get("http://" + careconfig.DefaultMetricsAddr + "/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /status: HTTP %d", resp.StatusCode)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
 }
