@@ -2,7 +2,6 @@ package vmtests
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -433,51 +432,48 @@ func (w *worker) watchIPVS(target string, tr *lab.Traffic, flushes bool) *ipvsWa
 			// judged down it serves them all, a dead one included; the
 			// clients' failures then are those of no master at all.
 			if i%10 == 0 {
-				if resp, err := status.Get("http://" + lab.MetricsAddr + "/status"); err == nil {
-					var st struct {
-						FailOpen bool `json:"failOpen"`
-						Masters  []struct {
-							Address   string `json:"address"`
-							LastProbe *struct {
-								Time    string  `json:"time"`
-								OK      bool    `json:"ok"`
-								Reason  string  `json:"reason"`
-								Latency float64 `json:"latencySeconds"`
-							} `json:"lastProbe"`
-						} `json:"masters"`
-					}
-					err := json.NewDecoder(resp.Body).Decode(&st)
-					resp.Body.Close()
-					now := time.Now()
-					iw.mu.Lock()
-					// The probes the watchdog's status shows: each of the
-					// target's, and every other master's failures (a probe
-					// between two reads of /status is not seen).
-					for _, m := range st.Masters {
-						if m.LastProbe == nil || lastProbe[m.Address] == m.LastProbe.Time {
-							continue
-						}
-						lastProbe[m.Address] = m.LastProbe.Time
-						if i > 0 && (!m.LastProbe.OK || (iw.haveTarget && m.Address == iw.target.String())) {
-							iw.events = append(iw.events, fmt.Sprintf("+%s probe %s ok=%v %s (%.2fs)", now.Sub(start).Round(10*time.Millisecond),
-								m.Address, m.LastProbe.OK, m.LastProbe.Reason, m.LastProbe.Latency))
-						}
-					}
-					switch {
-					case err == nil && st.FailOpen && openSince.IsZero():
-						openSince = now
-						iw.g.failOpen++
-						iw.events = append(iw.events, fmt.Sprintf("+%s fail-open", now.Sub(start).Round(10*time.Millisecond)))
-					case err == nil && !st.FailOpen && !openSince.IsZero():
-						iw.g.longestFailOpen = max(iw.g.longestFailOpen, now.Sub(openSince))
-						if tr != nil {
-							tr.Excuse(lab.Window{From: openSince.Add(-200 * time.Millisecond), To: now, Why: "the watchdog failed open (every master judged down)", NoMaster: true})
-						}
-						iw.events = append(iw.events, fmt.Sprintf("+%s fail-open ends", now.Sub(start).Round(10*time.Millisecond)))
-						openSince = time.Time{}
-					}
-					iw.mu.Unlock()
+				var st struct {
+					FailOpen bool `json:"failOpen"`
+					Masters  []struct {
+						Address   string `json:"address"`
+						LastProbe *struct {
+							Time    string  `json:"time"`
+							OK      bool    `json:"ok"`
+							Reason  string  `json:"reason"`
+							Latency float64 `json:"latencySeconds"`
+						} `json:"lastProbe"`
+					} `json:"masters"`
 				}
+				err := lab.ReadCareStatus(status, &st)
+				now := time.Now()
+				iw.mu.Lock()
+				// The probes the watchdog's status shows: each of the
+				// target's, and every other master's failures (a probe
+				// between two reads of /status is not seen).
+				for _, m := range st.Masters {
+					if m.LastProbe == nil || lastProbe[m.Address] == m.LastProbe.Time {
+						continue
+					}
+					lastProbe[m.Address] = m.LastProbe.Time
+					if i > 0 && (!m.LastProbe.OK || (iw.haveTarget && m.Address == iw.target.String())) {
+						iw.events = append(iw.events, fmt.Sprintf("+%s probe %s ok=%v %s (%.2fs)", now.Sub(start).Round(10*time.Millisecond),
+							m.Address, m.LastProbe.OK, m.LastProbe.Reason, m.LastProbe.Latency))
+					}
+				}
+				switch {
+				case err == nil && st.FailOpen && openSince.IsZero():
+					openSince = now
+					iw.g.failOpen++
+					iw.events = append(iw.events, fmt.Sprintf("+%s fail-open", now.Sub(start).Round(10*time.Millisecond)))
+				case err == nil && !st.FailOpen && !openSince.IsZero():
+					iw.g.longestFailOpen = max(iw.g.longestFailOpen, now.Sub(openSince))
+					if tr != nil {
+						tr.Excuse(lab.Window{From: openSince.Add(-200 * time.Millisecond), To: now, Why: "the watchdog failed open (every master judged down)", NoMaster: true})
+					}
+					iw.events = append(iw.events, fmt.Sprintf("+%s fail-open ends", now.Sub(start).Round(10*time.Millisecond)))
+					openSince = time.Time{}
+				}
+				iw.mu.Unlock()
 			}
 			rs := procRealServers()
 			now := time.Now()
@@ -665,11 +661,7 @@ func (w *worker) watchNode() *nodeWatch {
 			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 			s.failed = err != nil
 			if err == nil {
-				for _, c := range n.Status.Conditions {
-					if c.Type == corev1.NodeReady {
-						s.ready = c.Status == corev1.ConditionTrue
-					}
-				}
+				s.ready = nodeReady(n)
 			}
 			l, lerr := cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{})
 			cancel()
@@ -731,4 +723,14 @@ func (nw *nodeWatch) between(from, to time.Time) nodeFigures {
 		}
 	}
 	return f
+}
+
+// nodeReady is whether n's Ready condition is True.
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
