@@ -22,7 +22,7 @@ func hostTool(t *testing.T) string {
 	}
 	p, err = filepath.EvalSymlinks(p)
 	require.NoError(t, err)
-	interp, needed, err := elfDeps(p)
+	interp, needed, _, err := elfDeps(p)
 	require.NoError(t, err)
 	if interp == "" || len(needed) == 0 {
 		t.Skipf("%s is not dynamically linked", p)
@@ -56,7 +56,7 @@ func TestWithLibrariesAddsInterpreterAndLibc(t *testing.T) {
 	tool := hostTool(t)
 	files, err := WithLibraries([]File{{Dst: "/bin/true", Src: tool}}, []string{"/"})
 	require.NoError(t, err)
-	interp, needed, err := elfDeps(tool)
+	interp, needed, _, err := elfDeps(tool)
 	require.NoError(t, err)
 	dsts := map[string]bool{}
 	for _, f := range files {
@@ -74,6 +74,34 @@ func TestWithLibrariesAddsInterpreterAndLibc(t *testing.T) {
 		}
 		require.True(t, found, "%s in %v", lib, dsts)
 	}
+}
+
+// A library found only through the program's DT_RUNPATH (systemd's private
+// libsystemd-shared) is added at that folder, where the loader looks.
+func TestWithLibrariesFollowsRunpath(t *testing.T) {
+	const prog = "/lib/systemd/systemd"
+	_, _, runpath, err := elfDeps(prog)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(runpath) == 0) {
+		t.Skipf("%s with a DT_RUNPATH is not on this machine", prog)
+	}
+	require.NoError(t, err)
+	files, err := WithLibraries([]File{{Dst: prog, Src: prog}}, []string{"/"})
+	require.NoError(t, err)
+	_, needed, _, err := elfDeps(prog)
+	require.NoError(t, err)
+	dsts := map[string]bool{}
+	for _, f := range files {
+		dsts[f.Dst] = true
+	}
+	inRunpath := 0
+	for _, lib := range needed {
+		for _, d := range runpath {
+			if dsts[filepath.Join(d, lib)] {
+				inRunpath++
+			}
+		}
+	}
+	require.NotZero(t, inRunpath, "a library of %s in its runpath %v: %v", prog, runpath, dsts)
 }
 
 func TestWithLibrariesNamesTheMissingLibrary(t *testing.T) {

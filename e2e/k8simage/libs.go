@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 )
 
 // LibDirs are the folders, inside each root, where WithLibraries looks for a
@@ -20,15 +21,19 @@ var LibDirs = []string{
 // them (and, in turn, every library added), its program interpreter and the
 // libraries it names in DT_NEEDED, each at the path where it was found so
 // that the loader finds it there in the image too. Libraries are looked up in
-// LibDirs of each root in turn ("/" for this machine; an unpacked Debian
+// the file's DT_RUNPATH folders (absolute ones: systemd's private
+// libsystemd-shared), then LibDirs, of each root in turn ("/" for this machine; an unpacked Debian
 // package's folder for what the machine lacks). Files that are not ELF, and
 // static executables, add nothing. A library found nowhere is an error
 // wrapping ErrNotFound that names it and who needs it.
 func WithLibraries(files []File, roots []string) ([]File, error) {
 	out := append([]File(nil), files...)
-	have := map[string]bool{}
+	have, loaded := map[string]bool{}, map[string]bool{}
 	for _, f := range files {
 		have[f.Dst] = true
+		if b := path.Base(f.Dst); strings.HasSuffix(b, ".so") || strings.Contains(b, ".so.") {
+			loaded[b] = true // a library given, wherever it is
+		}
 	}
 	queue := append([]File(nil), files...)
 	for len(queue) > 0 {
@@ -37,7 +42,7 @@ func WithLibraries(files []File, roots []string) ([]File, error) {
 		if f.Src == "" {
 			continue
 		}
-		interp, needed, err := elfDeps(f.Src)
+		interp, needed, runpath, err := elfDeps(f.Src)
 		if err != nil {
 			return nil, fmt.Errorf("file %s (%s): %w", f.Dst, f.Src, err)
 		}
@@ -46,6 +51,7 @@ func WithLibraries(files []File, roots []string) ([]File, error) {
 				return
 			}
 			have[dst] = true
+			loaded[path.Base(dst)] = true
 			nf := File{Dst: dst, Src: src}
 			out = append(out, nf)
 			queue = append(queue, nf)
@@ -57,38 +63,46 @@ func WithLibraries(files []File, roots []string) ([]File, error) {
 			}
 			add(interp, src)
 		}
+		dirs := append(runpath, LibDirs...)
 	next:
 		for _, lib := range needed {
-			for _, d := range LibDirs {
+			if loaded[lib] {
+				// Added from another's runpath: the loader has it by
+				// this name already (libsystemd-core needs
+				// libsystemd-shared, found through systemd's runpath).
+				continue
+			}
+			for _, d := range dirs {
 				dst := path.Join(d, lib)
 				if have[dst] {
 					continue next
 				}
 			}
 			for _, r := range roots {
-				for _, d := range LibDirs {
+				for _, d := range dirs {
 					if src, ok := findIn([]string{r}, path.Join(d, lib)); ok {
 						add(path.Join(d, lib), src)
 						continue next
 					}
 				}
 			}
-			return nil, fmt.Errorf("file %s needs %s: %w in %v of %v", f.Dst, lib, ErrNotFound, LibDirs, roots)
+			return nil, fmt.Errorf("file %s needs %s: %w in %v of %v", f.Dst, lib, ErrNotFound, dirs, roots)
 		}
 	}
 	return out, nil
 }
 
-// elfDeps returns the interpreter and DT_NEEDED names of the ELF file at p;
-// both empty when p is not ELF or is static.
-func elfDeps(p string) (interp string, needed []string, err error) {
+// elfDeps returns the interpreter, the DT_NEEDED names and the absolute
+// DT_RUNPATH folders of the ELF file at p; all empty when p is not ELF or
+// is static. Runpaths with $ORIGIN or another token are left out.
+func elfDeps(p string) (interp string, needed, runpath []string, err error) {
 	ef, err := elf.Open(p)
 	if err != nil {
 		var fe *elf.FormatError
 		if errors.As(err, &fe) {
-			return "", nil, nil // not ELF
+			return "", nil, nil, nil // not ELF
 		}
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	defer ef.Close()
 	for _, prog := range ef.Progs {
@@ -97,7 +111,7 @@ func elfDeps(p string) (interp string, needed []string, err error) {
 		}
 		b := make([]byte, prog.Filesz)
 		if _, err := prog.ReadAt(b, 0); err != nil {
-			return "", nil, fmt.Errorf("read PT_INTERP: %w", err)
+			return "", nil, nil, fmt.Errorf("read PT_INTERP: %w", err)
 		}
 		for len(b) > 0 && b[len(b)-1] == 0 {
 			b = b[:len(b)-1]
@@ -106,9 +120,20 @@ func elfDeps(p string) (interp string, needed []string, err error) {
 	}
 	needed, err = ef.ImportedLibraries()
 	if err != nil {
-		return "", nil, fmt.Errorf("DT_NEEDED: %w", err)
+		return "", nil, nil, fmt.Errorf("DT_NEEDED: %w", err)
 	}
-	return interp, needed, nil
+	rp, err := ef.DynString(elf.DT_RUNPATH)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("DT_RUNPATH: %w", err)
+	}
+	for _, e := range rp {
+		for _, d := range strings.Split(e, ":") {
+			if strings.HasPrefix(d, "/") && !strings.Contains(d, "$") {
+				runpath = append(runpath, d)
+			}
+		}
+	}
+	return interp, needed, runpath, nil
 }
 
 // findIn returns root+p for the first root where it is a regular file
