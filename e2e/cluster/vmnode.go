@@ -142,7 +142,10 @@ type vmNode struct {
 	Modules []string
 	// PodCIDR is the node's range for its bridge CNI config.
 	PodCIDR string
-	Log     io.Writer
+	// Init, for a node that reboots, adds its init system (writeBootRoot)
+	// for the boots after the first.
+	Init bool
+	Log  io.Writer
 }
 
 // writeVMNode fills dir with what any VM node needs and records the files'
@@ -196,18 +199,12 @@ func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *Worke
 	if err != nil {
 		return err
 	}
-	for _, f := range files {
-		dst := filepath.Join(dir, spec.Root, f.Dst)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if f.Link != "" {
-			if err := os.Symlink(f.Link, dst); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := vm.LinkOrCopy(f.Src, dst); err != nil {
+	if err := writeRoot(filepath.Join(dir, spec.Root), files); err != nil {
+		return err
+	}
+	if n.Init {
+		spec.BootRoot = "bootroot"
+		if err := writeBootRoot(ctx, filepath.Join(dir, spec.BootRoot), n.Cache, spec, debRoot, log); err != nil {
 			return err
 		}
 	}

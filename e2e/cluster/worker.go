@@ -111,7 +111,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 		return err
 	}
 	// The node's files; kube-proxy's image and modules when it runs.
-	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: l.vmModules(), PodCIDR: PodCIDR(50),
+	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: l.vmModules(), PodCIDR: PodCIDR(50), Init: w.AfterReboot != nil,
 		Image: func(ref string) bool { return l.KubeProxyMode != "" && strings.Contains(ref, "/kube-proxy:") }}, &spec); err != nil {
 		return err
 	}

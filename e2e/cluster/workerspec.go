@@ -38,6 +38,10 @@ type WorkerSpec struct {
 	// Root is laid out as the worker's / : containerd, runc, the CNI
 	// plugins, kubelet, kubeadm, kubectl and the libraries they link.
 	Root string `json:"root"`
+	// BootRoot, for a worker that reboots, is laid out over / by its first
+	// boot: its init system (systemd, kmod, kubeadm's kubelet unit,
+	// Debian's containerd unit), which boots it after the reboot.
+	BootRoot string `json:"bootRoot,omitempty"`
 	// Modules are kernel modules the worker loads before containerd
 	// (overlay for its snapshotter, ...), in load order, relative paths.
 	Modules []string `json:"modules"`
@@ -111,19 +115,40 @@ func WorkerContainerdConfig(pause string) string {
 `
 }
 
-// KubeletArgs are the kubelet's arguments from kubeadm's systemd drop-in
-// (10-kubeadm.conf): the kubeconfigs, config.yaml and KUBELET_KUBEADM_ARGS
-// of flagsEnv, the content of /var/lib/kubelet/kubeadm-flags.env.
+// KubeletArgs are the kubelet's arguments as systemd runs it with
+// kubeadm's drop-in (KubeadmDropIn): its last ExecStart, each $VARIABLE
+// replaced by the drop-in's Environment= value or, for
+// KUBELET_KUBEADM_ARGS, by the one in flagsEnv, the content of
+// /var/lib/kubelet/kubeadm-flags.env (KUBELET_EXTRA_ARGS: none). The
+// harness's supervisor starts the kubelet with them where there is no
+// systemd.
 func KubeletArgs(flagsEnv []byte) []string {
-	args := []string{
-		"--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
-		"--kubeconfig=/etc/kubernetes/kubelet.conf",
-		"--config=/var/lib/kubelet/config.yaml",
-	}
-	for _, line := range strings.Split(string(flagsEnv), "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "KUBELET_KUBEADM_ARGS="); ok {
-			args = append(args, strings.Fields(strings.Trim(v, `"`))...)
+	env := map[string]string{}
+	var exec string
+	read := func(text string) {
+		for _, line := range strings.Split(text, "\n") {
+			line = strings.TrimSpace(line)
+			if v, ok := strings.CutPrefix(line, "Environment="); ok {
+				line = strings.Trim(v, `"`)
+			} else if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+				exec = v
+				continue
+			}
+			if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "KUBELET_") {
+				env[k] = strings.Trim(v, `"`)
+			}
 		}
+	}
+	read(KubeadmDropIn)
+	read(string(flagsEnv))
+	f := strings.Fields(exec)
+	var args []string
+	for _, a := range f[min(1, len(f)):] {
+		if v, ok := strings.CutPrefix(a, "$"); ok {
+			args = append(args, strings.Fields(env[v])...)
+			continue
+		}
+		args = append(args, a)
 	}
 	return args
 }

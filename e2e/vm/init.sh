@@ -14,8 +14,32 @@
 # /run/lab-reboot: once it has ended with 0, this script prints
 # "LAB REBOOT" and restarts the kernel (qemu, run with -no-reboot, exits;
 # the host boots it again on the same disk).
-/bin/busybox --install -s /bin
+#
+# A disk whose machine has an init system installed (systemd, as
+# /lib/systemd/systemd: the cluster worker's first boot installs it) boots
+# with it: this script loads the initramfs's modules, as an initramfs
+# would, and hands over to systemd. The machine's unit vipctl-lab.service
+# then runs "init lab": the share's run.sh, its exit reported as above,
+# then systemd's poweroff (or reboot when asked).
 export PATH=/bin:/sbin
+if [ "$1" = lab ]; then
+  exec >/dev/console 2>&1
+  rc=0
+  mkdir -p /mnt/share
+  if mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 share /mnt/share; then
+    cd /mnt/share && sh ./run.sh || rc=$?
+  else
+    echo "LAB: cannot mount the 9p share"; rc=1
+  fi
+  cd /
+  if [ "$rc" = 0 ] && [ -e /run/lab-reboot ]; then
+    echo "LAB REBOOT"
+    exec systemctl --no-block start reboot.target --job-mode=replace-irreversibly
+  fi
+  echo "LAB EXIT $rc"
+  exec systemctl --no-block start poweroff.target --job-mode=replace-irreversibly
+fi
+/bin/busybox --install -s /bin
 if [ "$1" != disk ]; then
   mount -t proc proc /proc
   mount -t sysfs sysfs /sys
@@ -55,12 +79,18 @@ if [ -n "$disk" ]; then
   grep -vxF -f /etc/modules.disk /etc/modules.order | grep -v '/ipvs/' > /tmp/modules.order
   order=/tmp/modules.order
 fi
+systemd=""
+[ "$1" = disk ] && [ -x /lib/systemd/systemd ] && systemd=1
 while read -r ko; do
   opts=""
   case $ko in */dummy.ko) opts="numdummies=0" ;; esac
   # crc32c-intel fails with ENODEV on CPUs without SSE4.2: harmless.
   insmod "/lib/modules/$kver/$ko" $opts 2>/tmp/insmod.err || echo "LAB: insmod $ko: $(cat /tmp/insmod.err)"
 done < $order
+if [ -n "$systemd" ]; then
+  echo "LAB: modules loaded at $(cut -d' ' -f1 /proc/uptime)s; starting the machine's init, systemd"
+  exec /lib/systemd/systemd
+fi
 # Let the kernel load modules on demand, as on a real node (busybox modprobe
 # reads the modules.dep and modules.alias depmod wrote).
 echo /bin/modprobe > /proc/sys/kernel/modprobe

@@ -15,7 +15,6 @@ import (
 	"github.com/vipctl/vipctl/e2e/cluster"
 	"github.com/vipctl/vipctl/e2e/lab"
 	"github.com/vipctl/vipctl/e2e/vm"
-	"github.com/vishvananda/netlink"
 )
 
 // The worker's real reboot (docs/lab.md, "The reboot"). The host boots the
@@ -118,27 +117,17 @@ func TestClusterWorkerAfterReboot(t *testing.T) {
 	hostsBefore, err := os.ReadFile(hostsBeforeFile)
 	require.NoError(t, err)
 
-	// A real reboot: another kernel, and nothing of what lived in memory:
-	// no IPVS (the modules not loaded), no vipctl0.
+	// A real reboot: another kernel (so nothing of what lived in memory:
+	// no IPVS table, no vipctl0), booted by the machine's init system,
+	// systemd, which the first boot installed: the modules of
+	// /etc/modules-load.d, the network, containerd's and the kubelet's
+	// units. The harness starts nothing of the node.
 	require.NotEqual(t, st.BootID, bootID(t), "another kernel (boot_id)")
-	_, err = os.Stat("/proc/net/ip_vs")
-	require.ErrorIs(t, err, os.ErrNotExist, "IPVS loaded before the node's boot loaded it")
-	_, err = netlink.LinkByName("vipctl0")
-	require.Error(t, err, "vipctl0 after a reboot")
-	t.Logf("reboot: the kernel started %s after the reboot's start (±1 s: each boot reads the RTC); the harness's boot starts %.1f s after the kernel's",
+	require.True(t, systemdBooted(), "systemd is PID 1 (the init system the first boot installed)")
+	t.Logf("reboot: the kernel started %s after the reboot's start (±1 s: each boot reads the RTC); the test starts %.1f s after the kernel",
 		boot.Sub(st.Start).Round(100*time.Millisecond), secs)
-
-	// The init system's boot; the kubelet and containerd are stopped when
-	// the test ends.
 	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
 	w.stopAtEnd()
-	name, err := os.ReadFile("/etc/hostname")
-	require.NoError(t, err)
-	w.sh("hostname " + strings.TrimSpace(string(name)))
-	w.network()
-	w.shareModules()
-	w.cgroups()
-	w.boot()
 	w.copyPrivate(spec.AdminConf, "/tmp/admin.conf")
 	kubectl := func(a ...string) (string, error) {
 		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/tmp/admin.conf", "--request-timeout", "20s"}, a...)...)
@@ -202,14 +191,25 @@ func (w *worker) afterBoot(fr *faultRun, clients *lab.Real, kubectl func(...stri
 		return err == nil && !hb.Before(boot.Truncate(time.Second))
 	}), "node %s never Ready after the boot", w.spec.Name)
 	fr.figs.dur("boot_to_ready", readyAt.Sub(boot))
+	w.systemdBoot(fr.figs, boot)
 	time.Sleep(5 * time.Second) // the clients' run after the boot, at least
 	fr.end(rules, true)
 }
 
-// boot is what the worker's init system does at boot: the modules named in
-// /etc/modules-load.d (systemd-modules-load), containerd, the kubelet.
-func (w *worker) boot() {
+// systemdBoot checks what systemd did at this boot and records when
+// (figures from boot, the kernel's start): systemd-modules-load loaded
+// every module of /etc/modules-load.d (its journal says "Inserted module"
+// for each one not built in), then containerd's and the kubelet's units
+// became active and stay so.
+func (w *worker) systemdBoot(figs *faultFigures, boot time.Time) {
 	t := w.t
+	mono := func(unit, prop string) time.Duration {
+		o := strings.TrimSpace(w.sh("systemctl show -p " + prop + " --value " + unit))
+		us, err := strconv.ParseInt(o, 10, 64)
+		require.NoError(t, err, "%s %s: %q", unit, prop, o)
+		require.NotZero(t, us, "%s %s", unit, prop)
+		return time.Duration(us) * time.Microsecond
+	}
 	files, _ := filepath.Glob("/etc/modules-load.d/*.conf")
 	var mods []string
 	for _, f := range files {
@@ -222,14 +222,20 @@ func (w *worker) boot() {
 		}
 	}
 	require.NotEmpty(t, mods, "modules to load at boot in %v", files)
+	assert.Equal(t, "active", strings.TrimSpace(w.sh("systemctl show -p ActiveState --value systemd-modules-load")), "systemd-modules-load")
+	journal := w.sh("journalctl -b -t systemd-modules-load -o cat --no-pager")
 	for _, m := range mods {
-		w.sh("modprobe " + m)
 		_, err := os.Stat("/sys/module/" + m)
 		require.NoError(t, err, "module %s loaded", m)
+		assert.Contains(t, journal, "Inserted module '"+m+"'", "systemd-modules-load loaded %s at boot", m)
 	}
-	t.Logf("reboot: booting; loaded %v from %v", mods, files)
-	w.startContainerd(false)
-	w.superviseKubelet()
+	figs.dur("boot_to_modules_loaded", mono("systemd-modules-load", "ExecMainExitTimestampMonotonic"))
+	for _, u := range []string{"containerd", "kubelet"} {
+		assert.Equal(t, "active", strings.TrimSpace(w.sh("systemctl show -p ActiveState --value "+u)), u)
+		figs.dur("boot_to_"+u+"_active", mono(u, "ActiveEnterTimestampMonotonic"))
+	}
+	t.Logf("reboot: systemd loaded %v from %v; its boot:\n%s", mods, files,
+		w.sh("systemd-analyze 2>&1 || true; systemctl list-units --failed --no-pager --no-legend 2>&1 || true"))
 }
 
 // bootDiagnostics logs what the node runs after a boot that did not bring
@@ -241,7 +247,8 @@ func (w *worker) bootDiagnostics() {
 		"ctr -n k8s.io containers ls", "ctr -n k8s.io tasks ls", "ip -o link", "grep -E '^(ip_vs|dummy)' /proc/modules",
 		"ls -la /etc/kubernetes/manifests /var/lib/vipctl",
 		"for f in /var/log/pods/kube-system_vipctl-care*/*/*.log; do echo == $f; tail -n 30 $f; done",
-		"grep -i vipctl-care /tmp/kubelet.log | tail -n 30",
+		"systemctl --no-pager status containerd kubelet systemd-modules-load 2>&1 | head -n 40",
+		"journalctl -b -u kubelet -o cat --no-pager | grep -i vipctl-care | tail -n 30",
 	} {
 		o, err := exec.Command("/bin/sh", "-c", c).CombinedOutput()
 		t.Logf("after the boot: %s (%v):\n%s", c, err, o)

@@ -237,6 +237,10 @@ func (w *worker) stopAtEnd() {
 	t.Cleanup(w.stop)
 	t.Cleanup(func() {
 		if t.Failed() {
+			if systemdBooted() {
+				// The units' output is in the journal.
+				_ = exec.Command("sh", "-c", "journalctl -u kubelet -o cat --no-pager > /tmp/kubelet.log; journalctl -u containerd -o cat --no-pager > /tmp/containerd.log").Run()
+			}
 			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
 				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
 			}
@@ -450,6 +454,9 @@ func (w *worker) machine() {
 		w.sh("for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh; do modprobe $m; done")
 	}
 	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
+	if rootOnDisk() && s.BootRoot != "" {
+		w.installInit()
+	}
 	w.cgroups()
 	if rootOnDisk() {
 		return // the machine's disk: cAdvisor measures it
@@ -459,6 +466,32 @@ func (w *worker) machine() {
 	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
 		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
 	}
+}
+
+// installInit installs the machine's init system for the boots after this
+// one (spec.BootRoot, laid out by the cluster package: systemd, kmod,
+// kubeadm's kubelet unit, Debian's containerd unit, the network, the
+// lab's unit), and puts the share's modules where a kernel package puts
+// them, /lib/modules/$(uname -r), indexed by kmod's depmod: after the
+// reboot, systemd-modules-load, containerd's unit (modprobe overlay) and
+// the kernel's own module requests find them there. This boot stays the
+// harness's (see superviseKubelet).
+func (w *worker) installInit() {
+	s := w.spec
+	w.sh("cp -af " + w.share(s.BootRoot) + "/. /")
+	extra := "/lib/modules/$(uname -r)/extra"
+	w.sh("mkdir -p " + extra)
+	for _, m := range s.Modules {
+		w.sh("cp " + w.share(m) + " " + extra + "/")
+	}
+	w.sh("/sbin/depmod -a")
+	w.t.Logf("the init system installed for the next boot: %s", strings.TrimSpace(w.sh("/lib/systemd/systemd --version | head -n 1")))
+}
+
+// systemdBooted reports whether systemd is this boot's init (PID 1).
+func systemdBooted() bool {
+	b, err := os.ReadFile("/proc/1/comm")
+	return err == nil && strings.TrimSpace(string(b)) == "systemd"
 }
 
 // network gives the VM its address on the lab bridge and its default
