@@ -63,10 +63,11 @@ ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $
 // kubeadm's kubelet unit, Debian's containerd unit (from containerdRoot),
 // the network (what the distribution's network configuration does: the
 // address on the lab bridge, the default route, IP forwarding by
-// systemd-sysctl), /etc/modules as kmod's postinst writes it, the lab's own unit (/init lab: the share's run.sh, the
-// test, then power off or reboot), the units enabled as their [Install]
-// says, the ones this console-less machine cannot run masked (logind
-// wants D-Bus; no getty on the lab's console), and a 20 s stop timeout.
+// systemd-sysctl), /etc/modules as kmod's postinst writes it, the lab's
+// own unit (/init lab: the share's run.sh, the test, then power off or
+// reboot), the units enabled as their [Install] says, the ones this
+// console-less machine cannot run masked (logind wants D-Bus; no getty on
+// the lab's console), and a 20 s stop timeout.
 func bootFiles(spec *WorkerSpec, containerdRoot string) map[string]string {
 	sys := "/etc/systemd/system/"
 	return map[string]string{
