@@ -21,9 +21,10 @@ import (
 // VM on a disk (vm.Config.Disk): TestClusterWorker's last fault shuts the
 // node down as a machine's shutdown does and asks for a reboot
 // (vm.RebootRequest); the kernel restarts, the host boots the VM again on
-// the same disk, and TestClusterWorkerAfterReboot plays the init system's
-// boot and checks that the node comes back, then tears it down. The test's
-// own memory across the reboot is on the disk, under stateDir.
+// the same disk, where systemd (installed by the first boot) boots the
+// node, and TestClusterWorkerAfterReboot, run by the lab's unit, checks
+// that the node comes back, then tears it down. The test's own memory
+// across the reboot is on the disk, under stateDir.
 
 const (
 	stateDir = "/var/lib/vipctl-e2e"
@@ -89,12 +90,13 @@ func (w *worker) requestReboot(fr *faultRun) {
 }
 
 // TestClusterWorkerAfterReboot is the second boot of TestClusterWorker's
-// VM, after its real reboot: a new kernel on the same disk. It plays what
-// the node's init system does at boot (the hostname, the network, cgroup
-// v2, the modules of /etc/modules-load.d, containerd, the kubelet) and
-// runs nothing of vipctl: the kubelet starts the watchdog from its static
-// pod, which must put the VIP back before the kubelet can reach the API
-// through it. Then the teardown.
+// VM, after its real reboot: a new kernel on the same disk, booted by the
+// node's systemd (the hostname, the network, the modules of
+// /etc/modules-load.d, containerd, the kubelet). It starts nothing of the
+// node and runs nothing of vipctl: the kubelet starts the watchdog from its
+// static pod, which must put the VIP back before the kubelet can reach the
+// API through it. It checks that, and what systemd did (systemdBoot). Then
+// the teardown.
 func TestClusterWorkerAfterReboot(t *testing.T) {
 	needClusterLab(t, "VIPCTL_E2E_CLUSTER", "TestClusterWorker")
 	up, err := os.ReadFile("/proc/uptime")

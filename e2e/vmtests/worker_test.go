@@ -29,7 +29,9 @@ import (
 // the real cluster whose masters run on the host, as a user makes one:
 // Debian's containerd and runc, the offline bundle's install.sh, a real
 // kubelet, and `vipctl join` driving the real `kubeadm join` through the
-// VIP. The harness plays systemd for the kubelet. It runs only in the VM the
+// VIP. On this first boot (the lab's initramfs, no init system) the harness
+// plays systemd for the kubelet; after the reboot systemd is real
+// (TestClusterWorkerAfterReboot). It runs only in the VM the
 // host test boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
 func TestClusterWorker(t *testing.T) {
 	needClusterLab(t, "VIPCTL_E2E_CLUSTER", "TestClusterWorker")
