@@ -59,6 +59,44 @@ ExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $
 `
 )
 
+// KubeletArgs are the kubelet's arguments as systemd runs it with
+// kubeadm's drop-in (KubeadmDropIn): its last ExecStart, each $VARIABLE
+// replaced by the drop-in's Environment= value or, for
+// KUBELET_KUBEADM_ARGS, by the one in flagsEnv, the content of
+// /var/lib/kubelet/kubeadm-flags.env (KUBELET_EXTRA_ARGS: none). The
+// harness's supervisor starts the kubelet with them where there is no
+// systemd.
+func KubeletArgs(flagsEnv []byte) []string {
+	env := map[string]string{}
+	var exec string
+	read := func(text string) {
+		for _, line := range strings.Split(text, "\n") {
+			line = strings.TrimSpace(line)
+			if v, ok := strings.CutPrefix(line, "Environment="); ok {
+				line = strings.Trim(v, `"`)
+			} else if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+				exec = v
+				continue
+			}
+			if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "KUBELET_") {
+				env[k] = strings.Trim(v, `"`)
+			}
+		}
+	}
+	read(KubeadmDropIn)
+	read(string(flagsEnv))
+	f := strings.Fields(exec)
+	var args []string
+	for _, a := range f[min(1, len(f)):] {
+		if v, ok := strings.CutPrefix(a, "$"); ok {
+			args = append(args, strings.Fields(env[v])...)
+			continue
+		}
+		args = append(args, a)
+	}
+	return args
+}
+
 // bootFiles are the files of the node's init system besides BootDebs':
 // kubeadm's kubelet unit, Debian's containerd unit (from containerdRoot),
 // the network (what the distribution's network configuration does: the

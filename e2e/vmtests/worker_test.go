@@ -481,12 +481,12 @@ func (w *worker) machine() {
 func (w *worker) installInit() {
 	s := w.spec
 	w.sh("cp -af " + w.share(s.BootRoot) + "/. /")
-	extra := "/lib/modules/$(uname -r)/extra"
-	w.sh("mkdir -p " + extra)
-	for _, m := range s.Modules {
-		w.sh("cp " + w.share(m) + " " + extra + "/")
+	mods := make([]string, len(s.Modules))
+	for i, m := range s.Modules {
+		mods[i] = w.share(m)
 	}
-	w.sh("/sbin/depmod -a")
+	extra := "/lib/modules/$(uname -r)/extra"
+	w.sh("mkdir -p " + extra + " && cp " + strings.Join(mods, " ") + " " + extra + "/ && /sbin/depmod -a")
 	w.t.Logf("the init system installed for the next boot: %s", strings.TrimSpace(w.sh("/lib/systemd/systemd --version | head -n 1")))
 }
 
