@@ -76,6 +76,19 @@ func TestWithLibrariesAddsInterpreterAndLibc(t *testing.T) {
 	}
 }
 
+// Files that are not programs, an empty one (a package's marker file) or a
+// short script, carry no library.
+func TestWithLibrariesSkipsWhatIsNotELF(t *testing.T) {
+	d := t.TempDir()
+	empty, script := filepath.Join(d, "dash"), filepath.Join(d, "x.sh")
+	require.NoError(t, os.WriteFile(empty, nil, 0o644))
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755))
+	in := []File{{Dst: "/usr/share/debianutils/shells.d/dash", Src: empty}, {Dst: "/bin/x", Src: script}}
+	files, err := WithLibraries(in, []string{"/"})
+	require.NoError(t, err)
+	require.Equal(t, in, files)
+}
+
 // A library found only through the program's DT_RUNPATH (systemd's private
 // libsystemd-shared) is added at that folder, where the loader looks.
 func TestWithLibrariesFollowsRunpath(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -99,8 +100,8 @@ func elfDeps(p string) (interp string, needed, runpath []string, err error) {
 	ef, err := elf.Open(p)
 	if err != nil {
 		var fe *elf.FormatError
-		if errors.As(err, &fe) {
-			return "", nil, nil, nil // not ELF
+		if errors.As(err, &fe) || errors.Is(err, io.EOF) {
+			return "", nil, nil, nil // not ELF (too short to be, as an empty file)
 		}
 		return "", nil, nil, err
 	}
