@@ -87,7 +87,7 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error)
 	}
 	defer os.RemoveAll(ddir)
 	cfg.Disk = filepath.Join(ddir, "disk.img")
-	if err := vm.NewDisk(ctx, cfg.Disk, DiskSize); err != nil {
+	if err := vm.NewDisk(ctx, cfg.Disk, DiskSize, ""); err != nil {
 		return -1, err
 	}
 	r, err := vm.Boot(ctx, cfg)

@@ -16,8 +16,8 @@
 # the host boots it again on the same disk).
 #
 # A disk whose machine has an init system installed (systemd, as
-# /lib/systemd/systemd: the cluster worker's first boot installs it) boots
-# with it: this script loads the initramfs's modules, as an initramfs
+# /lib/systemd/systemd: the host installs it on the cluster worker's disk,
+# /init included, so that disk is never filled here) boots with it: this script loads the initramfs's modules, as an initramfs
 # would, and hands over to systemd. The machine's unit vipctl-lab.service
 # then runs "init lab": the share's run.sh, its exit reported as above,
 # then systemd's poweroff (or reboot when asked).
@@ -51,6 +51,7 @@ if [ -n "$disk" ] && [ "$1" != disk ]; then
   while read -r ko; do
     e=$(insmod "/lib/modules/$kver/$ko" 2>&1) || echo "LAB: insmod $ko: $e"
   done < /etc/modules.disk
+  echo "LAB: initramfs: disk modules loaded at $(cut -d' ' -f1 /proc/uptime)s"
   i=0
   while [ ! -b "$disk" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
   mkdir -p /newroot
@@ -66,6 +67,7 @@ if [ -n "$disk" ] && [ "$1" != disk ]; then
     chmod 755 /newroot
     echo "LAB: disk $disk filled from the initramfs"
   fi
+  echo "LAB: initramfs: disk mounted at $(cut -d' ' -f1 /proc/uptime)s"
   for m in /proc /sys /dev; do mount --move "$m" "/newroot$m"; done
   exec switch_root /newroot /init disk
 fi

@@ -36,7 +36,7 @@ func TestRebootKeepsTheDisk(t *testing.T) {
 	assets, err := Prepare(ctx, &prep)
 	require.NoError(t, err, prep.String())
 	disk := filepath.Join(t.TempDir(), "disk.img")
-	require.NoError(t, NewDisk(ctx, disk, 1<<30))
+	require.NoError(t, NewDisk(ctx, disk, 1<<30, ""))
 	lockLab(ctx, t)
 
 	share := t.TempDir()
@@ -100,4 +100,84 @@ func lockLab(ctx context.Context, t *testing.T) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// A disk made from a folder holds that folder's files, modes and links:
+// the machine the host installs is the one the VM boots. debugfs (e2fsprogs,
+// like mkfs.ext4) reads the image back without mounting it.
+func TestNewDiskFromAFolder(t *testing.T) {
+	for _, p := range []string{"mkfs.ext4", "debugfs"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("needs %s (e2fsprogs)", p)
+		}
+	}
+	root := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "etc/kubernetes"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("worker1\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "etc/kubernetes/secret"), []byte("s\n"), 0o600))
+	require.NoError(t, os.Symlink("hostname", filepath.Join(root, "etc/name")))
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	ctx := context.Background()
+	require.NoError(t, NewDisk(ctx, disk, 64<<20, root))
+	debugfs := func(req string) string {
+		out, err := exec.Command("debugfs", "-R", req, disk).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		return string(out)
+	}
+	assert.Contains(t, debugfs("cat /etc/hostname"), "worker1\n")
+	assert.Contains(t, debugfs("stat /etc/kubernetes/secret"), "Mode:  0600")
+	assert.Contains(t, debugfs("stat /etc/name"), `Fast link dest: "hostname"`)
+
+	// Without a folder: an empty file system; an existing image is not overwritten.
+	empty := filepath.Join(t.TempDir(), "empty.img")
+	require.NoError(t, NewDisk(ctx, empty, 64<<20, ""))
+	out, _ := exec.Command("debugfs", "-R", "ls /", empty).CombinedOutput()
+	assert.NotContains(t, string(out), "etc")
+	assert.Error(t, NewDisk(ctx, disk, 64<<20, root), "an existing image")
+}
+
+// A boot whose kernel prints nothing of /init within the deadline is
+// powered off and booted again, once, and reported; two such boots are an
+// error. qemu here is a stand-in on PATH that hangs on the boots listed
+// in $FAKE_QEMU_HANG (by count) and otherwise prints what /init prints.
+func TestBootPowerCyclesAKernelHungAtBoot(t *testing.T) {
+	bin, share := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(share, "run.sh"), []byte("#!/bin/sh\n"), 0o755))
+	count := filepath.Join(t.TempDir(), "boots")
+	fake := `#!/bin/sh
+n=$(( $(cat "$FAKE_QEMU_COUNT" 2>/dev/null || echo 0) + 1 ))
+echo $n > "$FAKE_QEMU_COUNT"
+echo "SeaBIOS"
+case " $FAKE_QEMU_HANG " in *" $n "*) exec sleep 600 ;; esac
+echo "LAB: modules loaded at 3.1s"
+echo "LAB EXIT 0"
+`
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "qemu-system-x86_64"), []byte(fake), 0o755))
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	t.Setenv("FAKE_QEMU_COUNT", count)
+	boots := func() string { b, _ := os.ReadFile(count); return strings.TrimSpace(string(b)) }
+	ctx := context.Background()
+	cfg := Config{Share: share, BootDeadline: 300 * time.Millisecond}
+
+	t.Setenv("FAKE_QEMU_HANG", "")
+	r, err := Boot(ctx, cfg)
+	require.NoError(t, err)
+	assert.Equal(t, Result{Code: 0}, r, "a boot that reaches /init")
+	assert.Equal(t, "1", boots())
+
+	require.NoError(t, os.Remove(count))
+	t.Setenv("FAKE_QEMU_HANG", "1")
+	var console bytes.Buffer
+	cfg.Console = &console
+	r, err = Boot(ctx, cfg)
+	require.NoError(t, err)
+	assert.Equal(t, Result{Code: 0, PowerCycles: 1}, r, "hung once: booted again")
+	assert.Equal(t, "2", boots())
+	assert.Contains(t, console.String(), "the kernel hung at boot; powering the VM off and booting it again")
+
+	require.NoError(t, os.Remove(count))
+	t.Setenv("FAKE_QEMU_HANG", "1 2")
+	_, err = Boot(ctx, cfg)
+	assert.ErrorIs(t, err, ErrBootHung, "hung twice")
+	assert.Equal(t, "2", boots(), "booted twice, no more")
 }
