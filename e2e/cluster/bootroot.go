@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,12 +14,13 @@ import (
 	"github.com/vipctl/vipctl/e2e/vm"
 )
 
-// BootDebs are the Debian packages of the VM node's init system, for the
-// boots after the first (WorkerSpec.BootRoot): systemd, which boots the
+// BootDebs are the Debian packages of the VM node's init system, on the
+// disk the host installs (writeMachine): systemd, which boots the
 // machine, loads /etc/modules-load.d (systemd-modules-load) and runs
 // containerd's and the kubelet's units; kmod, the modprobe and depmod a
-// Debian node has.
-var BootDebs = []string{"systemd", "libsystemd-shared", "kmod", "libkmod2"}
+// Debian node has; dash, Debian's /bin/sh (busybox's sh runs its own
+// applets before PATH's programs: its modprobe, not kmod's).
+var BootDebs = []string{"systemd", "libsystemd-shared", "kmod", "libkmod2", "dash"}
 
 // bootSkip are the folders of BootDebs a machine without a user does not
 // need: documentation, translations, shell completions.
@@ -103,7 +105,7 @@ func KubeletArgs(flagsEnv []byte) []string {
 // address on the lab bridge, the default route, IP forwarding by
 // systemd-sysctl), /etc/modules as kmod's postinst writes it, the lab's
 // own unit (/init lab: the share's run.sh, the test, then power off or
-// reboot), the units enabled as their [Install] says, the ones this
+// reboot), dash as /bin/sh, the units enabled as their [Install] says, the ones this
 // console-less machine cannot run masked (logind wants D-Bus; no getty on
 // the lab's console), and a 20 s stop timeout.
 func bootFiles(spec *WorkerSpec, containerdRoot string) map[string]string {
@@ -151,6 +153,7 @@ WantedBy=multi-user.target
 		"/etc/sysctl.d/99-lab.conf":                             "net.ipv4.ip_forward = 1\n",
 		"/etc/systemd/system.conf.d/lab.conf":                   "[Manager]\nDefaultTimeoutStopSec=20s\n",
 		"/etc/systemd/journald.conf.d/lab.conf":                 "[Journal]\nStorage=volatile\nForwardToConsole=no\n",
+		"/bin/sh":                                               "->dash",
 		sys + "default.target":                                  "->/lib/systemd/system/multi-user.target",
 		sys + "multi-user.target.wants/containerd.service":      "->/lib/systemd/system/containerd.service",
 		sys + "multi-user.target.wants/kubelet.service":         "->" + sys + "kubelet.service",
@@ -162,14 +165,14 @@ WantedBy=multi-user.target
 	}
 }
 
-// writeBootRoot lays out in root the node's init system: BootDebs'
+// bootRootFiles are the files of the node's init system: BootDebs'
 // files (without bootSkip) and the libraries their programs link, and
-// bootFiles. A string of bootFiles starting with "->" is a symbolic link,
-// with "<" a copy of that host file.
-func writeBootRoot(ctx context.Context, root, cache string, spec *WorkerSpec, containerdRoot string, log io.Writer) error {
+// bootFiles; gen are the generated ones, by path. A string of bootFiles
+// starting with "->" is a symbolic link, with "<" a copy of that host file.
+func bootRootFiles(ctx context.Context, cache string, spec *WorkerSpec, containerdRoot string, log io.Writer) ([]k8simage.File, map[string]string, error) {
 	debRoot, err := FetchDebs(ctx, cache, BootDebs, log)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	var files []k8simage.File
 	err = filepath.WalkDir(debRoot, func(p string, d fs.DirEntry, err error) error {
@@ -198,10 +201,10 @@ func writeBootRoot(ctx context.Context, root, cache string, spec *WorkerSpec, co
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("the init system's packages: %w", err)
+		return nil, nil, fmt.Errorf("the init system's packages: %w", err)
 	}
 	if files, err = k8simage.WithLibraries(files, []string{debRoot, "/"}); err != nil {
-		return fmt.Errorf("the init system's libraries: %w", err)
+		return nil, nil, fmt.Errorf("the init system's libraries: %w", err)
 	}
 	gen := map[string]string{}
 	for dst, c := range bootFiles(spec, containerdRoot) {
@@ -214,26 +217,15 @@ func writeBootRoot(ctx context.Context, root, cache string, spec *WorkerSpec, co
 			gen[dst] = c
 		}
 	}
-	if err := writeRoot(root, files); err != nil {
-		return err
-	}
-	for dst, c := range gen {
-		p := filepath.Join(root, dst)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+	return files, gen, nil
 }
 
-// writeRoot lays files out under root, as the node's / .
+// writeRoot lays files out under root, as the node's / ; a file already
+// there is replaced (the later of two files with one path wins).
 func writeRoot(root string, files []k8simage.File) error {
 	for _, f := range files {
 		dst := filepath.Join(root, f.Dst)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		if err := replaceable(dst); err != nil {
 			return err
 		}
 		if f.Link != "" {
@@ -245,6 +237,34 @@ func writeRoot(root string, files []k8simage.File) error {
 		if err := vm.LinkOrCopy(f.Src, dst); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// writeContents writes each content of files (by path) under root, mode
+// 0644, replacing what is there.
+func writeContents(root string, files map[string]string) error {
+	for dst, c := range files {
+		p := filepath.Join(root, dst)
+		if err := replaceable(p); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replaceable makes p's folder and removes a file (or link) at p, so that
+// writing p creates a new file: a hard link into the cache is never written
+// through.
+func replaceable(p string) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replace %s: %w", p, err)
 	}
 	return nil
 }

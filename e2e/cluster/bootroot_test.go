@@ -1,11 +1,14 @@
 package cluster
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/vipctl/vipctl/e2e/k8simage"
 )
 
 // The harness's supervisor and systemd start the kubelet the same way:
@@ -33,7 +36,7 @@ func TestBootFilesEnableWhatTheyDefine(t *testing.T) {
 	files := bootFiles(spec, "/deb")
 	for dst, c := range files {
 		target, ok := strings.CutPrefix(c, "->")
-		if !ok || target == "/dev/null" || strings.HasPrefix(target, "/lib/") {
+		if !ok || !strings.HasPrefix(target, "/etc/") {
 			continue
 		}
 		_, defined := files[target]
@@ -43,4 +46,45 @@ func TestBootFilesEnableWhatTheyDefine(t *testing.T) {
 	assert.Contains(t, net, "ip addr add 10.31.0.50/24 dev eth0")
 	assert.Contains(t, net, "default via 10.31.0.1")
 	assert.Equal(t, "</deb/lib/systemd/system/containerd.service", files["/lib/systemd/system/containerd.service"])
+}
+
+// Installing a node replaces what is at a path, later files winning, and
+// never writes through a hard link into the cache it links from.
+func TestWriteRootReplacesWithoutWritingThrough(t *testing.T) {
+	cache, root := t.TempDir(), t.TempDir()
+	lib := filepath.Join(cache, "libc.so.6")
+	require.NoError(t, os.WriteFile(lib, []byte("cached"), 0o755))
+	other := filepath.Join(cache, "other")
+	require.NoError(t, os.WriteFile(other, []byte("other"), 0o644))
+	require.NoError(t, writeRoot(root, []k8simage.File{
+		{Dst: "/lib/libc.so.6", Src: lib},
+		{Dst: "/bin/sh", Link: "busybox"},
+		{Dst: "/etc/hosts", Src: other},
+	}))
+	require.NoError(t, writeRoot(root, []k8simage.File{{Dst: "/lib/libc.so.6", Src: lib}, {Dst: "/bin/sh", Link: "dash"}}))
+	l, err := os.Readlink(filepath.Join(root, "bin/sh"))
+	require.NoError(t, err)
+	assert.Equal(t, "dash", l, "the later link wins")
+	require.NoError(t, writeContents(root, map[string]string{"/etc/hosts": "127.0.0.1 localhost\n", "/etc/hostname": "worker1\n"}))
+	b, err := os.ReadFile(filepath.Join(root, "etc/hosts"))
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1 localhost\n", string(b))
+	b, err = os.ReadFile(other)
+	require.NoError(t, err)
+	assert.Equal(t, "other", string(b), "the cache's file, which /etc/hosts linked to, is untouched")
+	b, err = os.ReadFile(filepath.Join(root, "etc/hostname"))
+	require.NoError(t, err)
+	assert.Equal(t, "worker1\n", string(b))
+}
+
+// A node's own files: its name in hostname and hosts, and a machine ID of
+// its own each time.
+func TestMachineFilesNameTheNode(t *testing.T) {
+	spec := WorkerSpec{Name: "worker1", NodeIP: "10.31.0.50/24"}
+	a, b := MachineFiles(spec, "lab"), MachineFiles(spec, "lab")
+	assert.Equal(t, "worker1\n", a["/etc/hostname"])
+	assert.Contains(t, a["/etc/hosts"], "10.31.0.50 worker1\n")
+	assert.Contains(t, a["/etc/os-release"], `PRETTY_NAME="lab"`)
+	assert.Len(t, strings.TrimSpace(a["/etc/machine-id"]), 32)
+	assert.NotEqual(t, a["/etc/machine-id"], b["/etc/machine-id"])
 }

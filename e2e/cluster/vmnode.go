@@ -34,10 +34,14 @@ type vmBoot struct {
 	Memory   string
 	// Tap is the tap device in LabNS on the bridge, behind the VM's NIC.
 	Tap string
-	// AfterReboot, when set, gives the VM a disk (vm.Config.Disk, DiskSize)
-	// and is the in-VM test binary's flags after a reboot: when the first
-	// boot asks for one (vm.RebootRequest), the VM boots again on the same
-	// disk and tap, its run.sh rewritten to run them. One reboot at most.
+	// Disk gives the VM a disk (vm.Config.Disk, DiskSize) whose file
+	// system is made from the folder fill's machine argument names, where
+	// fill installs the node (writeMachine): a machine systemd boots.
+	Disk bool
+	// AfterReboot, with Disk, is the in-VM test binary's flags after a
+	// reboot: when the first boot asks for one (vm.RebootRequest), the VM
+	// boots again on the same disk and tap, its run.sh rewritten to run
+	// them. One reboot at most; none when AfterReboot is nil.
 	AfterReboot []string
 }
 
@@ -46,23 +50,50 @@ type vmBoot struct {
 const DiskSize = 8 << 30
 
 // bootVM builds the share (vipctl, the test binary, then fill's node
-// folder), plugs the tap on the lab bridge and boots the VM on it, under
-// the lab lock. It returns the in-VM scenarios' exit code, as vm.Run does
-// (with b.AfterReboot, the last boot's).
-func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error) (int, error) {
+// folder; with b.Disk, fill also installs the node in machine, the disk's
+// future /, which is "" otherwise), plugs the tap on the lab bridge and
+// boots the VM on it, under the lab lock. It returns the in-VM scenarios'
+// exit code, as vm.Run does (with b.AfterReboot, the last boot's).
+func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine string) error) (int, error) {
 	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
 	if err != nil {
 		return -1, err
 	}
 	defer os.RemoveAll(share)
+	var machine, disk string
+	if b.AfterReboot != nil && !b.Disk {
+		return -1, errors.New("VM boot: AfterReboot needs a Disk")
+	}
+	if b.Disk {
+		ddir, err := os.MkdirTemp("", "vipctl-cluster-disk-")
+		if err != nil {
+			return -1, err
+		}
+		defer os.RemoveAll(ddir)
+		machine, disk = filepath.Join(ddir, "root"), filepath.Join(ddir, "disk.img")
+		if err := os.Mkdir(machine, 0o755); err != nil {
+			return -1, err
+		}
+	}
 	t0 := time.Now()
 	if err := vm.BuildShare(ctx, b.Root, share, b.TestArgs, b.Env); err != nil {
 		return -1, err
 	}
-	if err := fill(filepath.Join(share, b.Dir)); err != nil {
+	if err := fill(filepath.Join(share, b.Dir), machine); err != nil {
 		return -1, err
 	}
 	l.logf("cluster: VM share %s built in %s", b.Dir, time.Since(t0).Round(time.Millisecond))
+	if disk != "" {
+		t0 = time.Now()
+		if err := vm.NewDisk(ctx, disk, DiskSize, machine); err != nil {
+			return -1, err
+		}
+		// The image holds it now: the folder's hard links into the cache go.
+		if err := os.RemoveAll(machine); err != nil {
+			return -1, err
+		}
+		l.logf("cluster: VM disk made from the installed node in %s", time.Since(t0).Round(time.Millisecond))
+	}
 	for _, c := range [][]string{
 		{"-n", LabNS, "tuntap", "add", "dev", b.Tap, "mode", "tap"},
 		{"-n", LabNS, "link", "set", b.Tap, "master", bridge, "up"},
@@ -77,20 +108,12 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error)
 		return -1, err
 	}
 	defer lock.Close()
-	cfg := vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap}
+	cfg := vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap, Disk: disk}
 	if b.AfterReboot == nil {
 		return vm.Run(ctx, cfg)
 	}
-	ddir, err := os.MkdirTemp("", "vipctl-cluster-disk-")
-	if err != nil {
-		return -1, err
-	}
-	defer os.RemoveAll(ddir)
-	cfg.Disk = filepath.Join(ddir, "disk.img")
-	if err := vm.NewDisk(ctx, cfg.Disk, DiskSize, ""); err != nil {
-		return -1, err
-	}
 	r, err := vm.Boot(ctx, cfg)
+	l.logPowerCycles(r)
 	if err != nil || !r.Reboot {
 		return r.Code, err
 	}
@@ -104,10 +127,19 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir string) error)
 	}
 	l.logf("cluster: VM reboot: booting again on its disk, with %v", b.AfterReboot)
 	r, err = vm.Boot(ctx, cfg)
+	l.logPowerCycles(r)
 	if err == nil && r.Reboot {
 		return -1, errors.New("the VM asked for a second reboot")
 	}
 	return r.Code, err
+}
+
+// logPowerCycles says when vm.Boot had to power-cycle a VM whose kernel
+// hung at boot (an emulation fault, not the node's: docs/lab.md).
+func (l *Lab) logPowerCycles(r vm.Result) {
+	if r.PowerCycles > 0 {
+		l.logf("cluster: the VM's kernel hung at boot (nothing from /init within %s) and was powered off and booted again", vm.DefaultBootDeadline)
+	}
 }
 
 // withEnv is the in-VM test binary's environment: extra, and key=1 (the
@@ -142,10 +174,11 @@ type vmNode struct {
 	Modules []string
 	// PodCIDR is the node's range for its bridge CNI config.
 	PodCIDR string
-	// Init, for a node that reboots, adds its init system (writeBootRoot)
-	// for the boots after the first.
-	Init bool
-	Log  io.Writer
+	// Machine, for a node that boots from a disk, is the folder where the
+	// node is installed (writeMachine), the disk's future / ; the share then
+	// carries neither its programs nor its modules.
+	Machine string
+	Log     io.Writer
 }
 
 // writeVMNode fills dir with what any VM node needs and records the files'
@@ -154,13 +187,15 @@ type vmNode struct {
 // /boot/config-$(uname -r)) and modules; Debian's containerd, runc and CNI
 // plugins with the kubelet, kubeadm and kubectl, laid out as the node's /
 // with the libraries they link; and the offline bundle, built as a user
-// builds it (make offline).
+// builds it (make offline). With n.Machine, the kernel's config, the
+// modules and the programs are installed there instead (writeMachine),
+// with the node's init system, and spec says so (Installed).
 func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *WorkerSpec) error {
 	log := n.Log
 	if log == nil {
 		log = io.Discard
 	}
-	spec.Root, spec.KernelConfig, spec.Bundle, spec.CNIConfig = "root", "kernel-config", "bundle.tar.gz", "10-vipctl-lab.conflist"
+	spec.Bundle, spec.CNIConfig = "bundle.tar.gz", "10-vipctl-lab.conflist"
 	spec.PauseRef = l.pauseRef()
 	if err := os.WriteFile(filepath.Join(dir, spec.CNIConfig), []byte(CNIConfig(n.PodCIDR)), 0o644); err != nil {
 		return err
@@ -173,14 +208,6 @@ func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *Worke
 			}
 			spec.Images = append(spec.Images, name)
 		}
-	}
-	kroot := filepath.Dir(filepath.Dir(n.Assets.Kernel))
-	if err := vm.LinkOrCopy(filepath.Join(kroot, "boot", "config-"+n.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
-		return err
-	}
-	var err error
-	if spec.Modules, err = copyModules(ctx, kroot, n.Assets.KVer, filepath.Join(dir, "modules"), n.Modules); err != nil {
-		return err
 	}
 	debRoot, err := FetchDebs(ctx, n.Cache, WorkerDebs, log)
 	if err != nil {
@@ -199,12 +226,21 @@ func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *Worke
 	if err != nil {
 		return err
 	}
-	if err := writeRoot(filepath.Join(dir, spec.Root), files); err != nil {
-		return err
-	}
-	if n.Init {
-		spec.BootRoot = "bootroot"
-		if err := writeBootRoot(ctx, filepath.Join(dir, spec.BootRoot), n.Cache, spec, debRoot, log); err != nil {
+	if n.Machine != "" {
+		spec.Installed = true
+		if err := writeMachine(ctx, n.Machine, n, spec, files, debRoot, log); err != nil {
+			return fmt.Errorf("install the node on its disk: %w", err)
+		}
+	} else {
+		spec.Root, spec.KernelConfig = "root", "kernel-config"
+		kroot := filepath.Dir(filepath.Dir(n.Assets.Kernel))
+		if err := vm.LinkOrCopy(filepath.Join(kroot, "boot", "config-"+n.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
+			return err
+		}
+		if spec.Modules, err = copyModules(ctx, kroot, n.Assets.KVer, filepath.Join(dir, "modules"), n.Modules); err != nil {
+			return err
+		}
+		if err := writeRoot(filepath.Join(dir, spec.Root), files); err != nil {
 			return err
 		}
 	}

@@ -43,8 +43,11 @@ func PodCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i) }
 // workerModules are the kernel modules the worker loads from the share (not
 // in the VM's initramfs): overlay for containerd's snapshotter; and with
 // kube-proxy, nf_tables and the expressions its nftables mode uses, and the
-// conntrack netlink interface it cleans up stale flows with. The VM's
-// modprobe only knows the initramfs's modules, so they are loaded up front.
+// conntrack netlink interface it cleans up stale flows with. The worker
+// has them in /lib/modules/<version>/extra on its disk (writeMachine),
+// loaded on demand as on any node; a VM master, which runs from the
+// initramfs, whose modprobe knows only the initramfs's modules, loads them
+// from the share up front.
 var (
 	workerModules    = []string{"overlay"}
 	kubeProxyModules = []string{"nf_tables", "nfnetlink", "nf_conntrack_netlink", "nft_ct", "nft_chain_nat", "nft_nat",
@@ -72,8 +75,8 @@ type WorkerVM struct {
 	// environment (the Run function sets its role's variable).
 	TestArgs []string
 	Env      map[string]string
-	// AfterReboot, when set, boots the VM on a disk and is the test
-	// binary's flags after the reboot the first boot asks for (vmBoot).
+	// AfterReboot, when set, is the test binary's flags after the reboot
+	// the first boot asks for (vmBoot).
 	AfterReboot []string
 	Console     io.Writer
 	// Memory of the VM; the Run function's default when empty.
@@ -82,19 +85,21 @@ type WorkerVM struct {
 	Log io.Writer
 }
 
-// RunWorkerVM builds the worker's share (the programs, the offline bundle,
-// the spec with the join's inputs), plugs a tap on the lab bridge and boots
-// the VM on it, under the lab lock; VIPCTL_E2E_CLUSTER=1 is always in the
-// VM's environment, and the VM gets 3G unless w.Memory says otherwise.
-// With w.AfterReboot the VM has a disk and may reboot once (vmBoot). It
-// returns the in-VM scenarios' exit code (the last boot's), as vm.Run does.
+// RunWorkerVM installs the worker on its disk (the programs, the init
+// system: writeMachine), builds its share (the offline bundle, the spec
+// with the join's inputs), plugs a tap on the lab bridge and boots the VM
+// on it, under the lab lock; VIPCTL_E2E_CLUSTER=1 is always in the VM's
+// environment, and the VM gets 3G unless w.Memory says otherwise. With
+// w.AfterReboot the VM may reboot once (vmBoot). It returns the in-VM
+// scenarios' exit code (the last boot's), as vm.Run does.
 func (l *Lab) RunWorkerVM(ctx context.Context, w WorkerVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: w.Assets, Root: w.Root, Dir: WorkerDir, TestArgs: w.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER", w.Env),
-		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap, AfterReboot: w.AfterReboot}, func(dir string) error { return l.writeWorkerShare(ctx, dir, w) })
+		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap, Disk: true, AfterReboot: w.AfterReboot}, func(dir, machine string) error { return l.writeWorkerShare(ctx, dir, machine, w) })
 }
 
-// writeWorkerShare fills dir with what the worker needs (see WorkerSpec).
-func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) error {
+// writeWorkerShare fills dir with what the worker needs (see WorkerSpec)
+// and installs the node in machine, the disk's future / (writeMachine).
+func (l *Lab) writeWorkerShare(ctx context.Context, dir, machine string, w WorkerVM) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -111,7 +116,7 @@ func (l *Lab) writeWorkerShare(ctx context.Context, dir string, w WorkerVM) erro
 		return err
 	}
 	// The node's files; kube-proxy's image and modules when it runs.
-	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: l.vmModules(), PodCIDR: PodCIDR(50), Init: w.AfterReboot != nil,
+	if err := l.writeVMNode(ctx, dir, vmNode{Assets: w.Assets, Root: w.Root, Cache: w.Cache, Log: w.Log, Modules: l.vmModules(), PodCIDR: PodCIDR(50), Machine: machine,
 		Image: func(ref string) bool { return l.KubeProxyMode != "" && strings.Contains(ref, "/kube-proxy:") }}, &spec); err != nil {
 		return err
 	}

@@ -21,9 +21,10 @@ import (
 // VIPCTL_CLUSTER_MASTERS says otherwise, so that a master's machine can be
 // cut off (its link down) while etcd keeps its quorum. The VM then runs the faults (docs/lab.md), asking the
 // host for those of a master (FaultDriver); the last is a real reboot: the
-// VM boots on a disk, and again on it after the reboot, where
-// TestClusterWorkerAfterReboot checks the node's boot and tears the worker
-// down.
+// VM boots on a disk where the host installed the node with its init
+// system (systemd, from the first boot on), and again on it after the
+// reboot, where TestClusterWorkerAfterReboot checks the node's boot and
+// tears the worker down.
 func TestClusterWorker(t *testing.T) {
 	requireLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)

@@ -4,8 +4,8 @@ package cluster
 // those of its nftables mode (kubeProxyModules): IPVS and its schedulers,
 // the ipset types it keeps its sets in, and the x_tables matches and
 // targets of its iptables rules, which Debian's iptables (the nft backend)
-// runs through nft_compat. The VM's modprobe knows only the initramfs's
-// modules, so they are loaded up front like the others.
+// runs through nft_compat. Installed on the worker's disk like the others
+// (vmModules), where the kernel and kube-proxy's modprobe load them.
 var kubeProxyIPVSModules = []string{"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh",
 	"ip_set", "ip_set_hash_ip", "ip_set_hash_ipport", "ip_set_hash_ipportip", "ip_set_hash_ipportnet",
 	"ip_set_hash_net", "ip_set_bitmap_port", "xt_set", "nft_compat", "xt_comment", "xt_mark",

@@ -35,18 +35,19 @@ type WorkerSpec struct {
 	// AdminConf is master1's admin kubeconfig (its server is
 	// apiserver.cluster.local, which the worker maps to the VIP).
 	AdminConf string `json:"adminConf"`
+	// Installed says the host installed the node on its disk (a node that
+	// reboots): its programs, modules and kernel config, and its init
+	// system, systemd, which boots it (Root, Modules and KernelConfig are
+	// then empty).
+	Installed bool `json:"installed,omitempty"`
 	// Root is laid out as the worker's / : containerd, runc, the CNI
 	// plugins, kubelet, kubeadm, kubectl and the libraries they link.
-	Root string `json:"root"`
-	// BootRoot, for a worker that reboots, is laid out over / by its first
-	// boot: its init system (systemd, kmod, kubeadm's kubelet unit,
-	// Debian's containerd unit), which boots it after the reboot.
-	BootRoot string `json:"bootRoot,omitempty"`
+	Root string `json:"root,omitempty"`
 	// Modules are kernel modules the worker loads before containerd
 	// (overlay for its snapshotter, ...), in load order, relative paths.
-	Modules []string `json:"modules"`
+	Modules []string `json:"modules,omitempty"`
 	// KernelConfig is the kernel's config, for kubeadm's SystemVerification.
-	KernelConfig string `json:"kernelConfig"`
+	KernelConfig string `json:"kernelConfig,omitempty"`
 	// Images are the image archives imported into the worker's
 	// containerd: pause, and kube-proxy when it runs; PauseRef is pause's
 	// reference (containerd's sandbox image).

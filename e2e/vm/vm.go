@@ -80,8 +80,9 @@ type Config struct {
 	NetNS string
 	Tap   string
 	// Disk, when set, is a raw ext4 image (NewDisk) given to the VM as a
-	// virtio disk that becomes its root: /init fills it from the initramfs
-	// on the first boot and keeps everything but /tmp, /run, /proc, /sys
+	// virtio disk that becomes its root: /init fills an empty one from the
+	// initramfs on its first boot, boots a filled one (NewDisk from a
+	// folder) as it is, and keeps everything but /tmp, /run, /proc, /sys
 	// and /dev from one boot to the next (init.sh). Empty (the default):
 	// the VM runs from its initramfs and keeps nothing.
 	Disk string

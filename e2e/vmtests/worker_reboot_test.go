@@ -18,12 +18,12 @@ import (
 )
 
 // The worker's real reboot (docs/lab.md, "The reboot"). The host boots the
-// VM on a disk (vm.Config.Disk): TestClusterWorker's last fault shuts the
-// node down as a machine's shutdown does and asks for a reboot
-// (vm.RebootRequest); the kernel restarts, the host boots the VM again on
-// the same disk, where systemd (installed by the first boot) boots the
-// node, and TestClusterWorkerAfterReboot, run by the lab's unit, checks
-// that the node comes back, then tears it down. The test's own memory
+// VM on a disk (vm.Config.Disk) where it installed the node, systemd
+// included: TestClusterWorker's last fault asks for a reboot
+// (vm.RebootRequest), which the node's systemd carries out once the test
+// has ended; the kernel restarts, the host boots the VM again on the same
+// disk, systemd boots the node, and TestClusterWorkerAfterReboot, run by
+// the lab's unit, checks that the node comes back, then tears it down. The test's own memory
 // across the reboot is on the disk, under stateDir.
 
 const (
@@ -67,11 +67,13 @@ func bootID(t *testing.T) string {
 	return strings.TrimSpace(string(b))
 }
 
-// requestReboot is the first half of the real reboot: the node's shutdown
-// as systemd makes it (the kubelet stopped, then containerd; what is left,
-// the shims and the containers, /init kills before it unmounts), the
-// reboot's start kept on the disk, and the reboot asked for. The test
-// binary then ends, and /init restarts the kernel.
+// requestReboot is the first half of the real reboot: the reboot's start
+// kept on the disk, and the reboot asked for. The test binary then ends,
+// and the lab's unit has the node's systemd reboot it (`systemctl start
+// reboot.target`: the kubelet and containerd stopped, what is left killed,
+// the disk unmounted), as `systemctl reboot` does. On a node without an
+// init system the harness stops the kubelet and containerd itself first,
+// and /init does the rest.
 func (w *worker) requestReboot(fr *faultRun) {
 	t := w.t
 	st := rebootState{Start: fr.start, BootID: bootID(t)}
@@ -83,15 +85,18 @@ func (w *worker) requestReboot(fr *faultRun) {
 	b, err := json.Marshal(st)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(rebootFile, b, 0o644))
-	w.stop()
-	fr.figs.dur("shutdown", time.Since(fr.start))
+	if !w.spec.Installed {
+		// No init system: the harness plays the shutdown's first steps.
+		w.stop()
+		fr.figs.dur("shutdown", time.Since(fr.start))
+	}
 	require.NoError(t, os.WriteFile(vm.RebootRequest, nil, 0o644))
-	t.Log("reboot: the kubelet and containerd stopped, the reboot asked for")
+	t.Log("reboot: asked for; the node's shutdown follows the test's end")
 }
 
 // TestClusterWorkerAfterReboot is the second boot of TestClusterWorker's
 // VM, after its real reboot: a new kernel on the same disk, booted by the
-// node's systemd (the hostname, the network, the modules of
+// node's systemd as at its first boot (the hostname, the network, the modules of
 // /etc/modules-load.d, containerd, the kubelet). It starts nothing of the
 // node and runs nothing of vipctl: the kubelet starts the watchdog from its
 // static pod, which must put the VIP back before the kubelet can reach the
@@ -121,14 +126,14 @@ func TestClusterWorkerAfterReboot(t *testing.T) {
 
 	// A real reboot: another kernel (so nothing of what lived in memory:
 	// no IPVS table, no vipctl0), booted by the machine's init system,
-	// systemd, which the first boot installed: the modules of
+	// systemd, installed on the disk by the host: the modules of
 	// /etc/modules-load.d, the network, containerd's and the kubelet's
 	// units. The harness starts nothing of the node.
 	require.NotEqual(t, st.BootID, bootID(t), "another kernel (boot_id)")
-	require.True(t, systemdBooted(), "systemd is PID 1 (the init system the first boot installed)")
+	require.True(t, systemdBooted(), "systemd is PID 1 (the init system the host installed)")
 	t.Logf("reboot: the kernel started %s after the reboot's start (±1 s: each boot reads the RTC); the test starts %.1f s after the kernel",
 		boot.Sub(st.Start).Round(100*time.Millisecond), secs)
-	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	w.setPath()
 	w.stopAtEnd()
 	w.copyPrivate(spec.AdminConf, "/tmp/admin.conf")
 	kubectl := func(a ...string) (string, error) {

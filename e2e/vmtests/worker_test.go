@@ -2,8 +2,6 @@ package vmtests
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -29,10 +27,12 @@ import (
 // the real cluster whose masters run on the host, as a user makes one:
 // Debian's containerd and runc, the offline bundle's install.sh, a real
 // kubelet, and `vipctl join` driving the real `kubeadm join` through the
-// VIP. On this first boot (the lab's initramfs, no init system) the harness
-// plays systemd for the kubelet; after the reboot systemd is real
-// (TestClusterWorkerAfterReboot). It runs only in the VM the
-// host test boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
+// VIP. The host has installed the node on the VM's disk (spec.Installed):
+// its systemd boots it and runs containerd's and the kubelet's units from
+// the first boot on. (The VM masters, which share setUp, run from the
+// lab's initramfs, with no init system: there the harness plays systemd
+// for containerd and the kubelet.) It runs only in the VM the host test
+// boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
 func TestClusterWorker(t *testing.T) {
 	needClusterLab(t, "VIPCTL_E2E_CLUSTER", "TestClusterWorker")
 	dir := filepath.Join(lab.ShareDir, cluster.WorkerDir)
@@ -91,6 +91,9 @@ func TestClusterWorker(t *testing.T) {
 		return err == nil
 	}), "node %s never registered", spec.Name)
 	w.measure("join_to_registered_s", join)
+	if spec.Installed {
+		w.kubeletUnit()
+	}
 
 	// The watchdog: its static pod's container runs in containerd, and it
 	// keeps every master in the IPVS table.
@@ -203,13 +206,14 @@ func TestClusterWorker(t *testing.T) {
 
 // setUp makes the VM a machine ready for kubeadm, as a user prepares one:
 // the machine, containerd with the spec's images, the offline bundle's
-// install.sh, the kubelet's supervisor (the harness's systemd) and the CNI
-// config. Each step is measured (containerd's as containerdFigure); the
+// install.sh, the CNI config and, on a node without an init system, the
+// kubelet's supervisor (the harness's systemd; an installed node's systemd
+// runs kubeadm's kubelet unit). Each step is measured (containerd's as containerdFigure); the
 // kubelet and containerd are stopped when the test ends, and their logs
 // shown if it failed.
 func (w *worker) setUp(containerdFigure string) {
 	t, spec := w.t, w.spec
-	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	w.setPath()
 	w.stopAtEnd()
 
 	t0 := time.Now()
@@ -225,11 +229,27 @@ func (w *worker) setUp(containerdFigure string) {
 	t.Logf("install.sh:\n%s", out)
 	w.measure("install_sh_s", t0)
 
-	w.superviseKubelet()
+	if !spec.Installed {
+		// Without an init system, the harness plays kubelet.service.
+		w.superviseKubelet()
+	}
 	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
 	cni, err := os.ReadFile(w.share(spec.CNIConfig))
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
+}
+
+// setPath gives the test's commands the node's PATH: on a node the host
+// installed, Debian's for root (the sbin folders first: kmod's
+// /sbin/modprobe, not busybox's /bin/modprobe, which lacks -n), then the
+// share's binaries; on the initramfs, /usr/local/bin first (the bundle's
+// vipctl) before busybox's applets.
+func (w *worker) setPath() {
+	if w.spec.Installed {
+		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/tmp/bin")
+		return
+	}
+	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
 }
 
 // stopAtEnd stops the kubelet and containerd when the test ends, and
@@ -426,68 +446,35 @@ func (w *worker) sh(script string) string {
 // machine makes the VM a machine a kubelet runs on: its name, its address
 // on the lab bridge (the masters reachable), the programs and libraries
 // laid out in /, the kernel's config and modules, cgroup v2 with its
-// controllers, and the folders the node's programs write.
+// controllers, and the folders the node's programs write. A node the host
+// installed on its disk (spec.Installed) is one already, booted by its
+// systemd: this checks that it is.
 func (w *worker) machine() {
 	t, s := w.t, w.spec
-	id := make([]byte, 16)
-	_, _ = rand.Read(id)
-	for p, c := range map[string]string{
-		"/etc/hostname": s.Name + "\n",
-		"/etc/hosts":    "127.0.0.1 localhost\n" + strings.Split(s.NodeIP, "/")[0] + " " + s.Name + "\n",
-		// The kubelet reads the users and groups (its user-namespace
-		// mappings); a machine has at least root.
-		"/etc/passwd":      "root:x:0:0:root:/root:/bin/sh\n",
-		"/etc/group":       "root:x:0:\n",
-		"/etc/machine-id":  hex.EncodeToString(id) + "\n",
-		"/etc/resolv.conf": "",
-		"/etc/os-release":  "PRETTY_NAME=\"vipctl lab VM (busybox initramfs)\"\nID=vipctl-lab\n",
-	} {
+	if s.Installed {
+		require.True(t, systemdBooted(), "systemd is PID 1 on the node the host installed")
+		name, err := os.Hostname()
+		require.NoError(t, err)
+		require.Equal(t, s.Name, name, "the hostname systemd set from /etc/hostname")
+		// lab-network.service gives eth0 its address and the route.
+		w.reachMasters()
+		return
+	}
+	for p, c := range cluster.MachineFiles(s, "vipctl lab VM (busybox initramfs)") {
 		require.NoError(t, os.WriteFile(p, []byte(c), 0o644))
 	}
 	w.sh("hostname " + s.Name)
-	w.network()
+	w.sh(fmt.Sprintf("ip addr add %s dev eth0 && ip link set eth0 up && ip route add default via %s && sysctl -qw net.ipv4.ip_forward=1", s.NodeIP, s.Gateway))
+	w.reachMasters()
 	w.sh("cp -a " + w.share(s.Root) + "/. /")
 	w.shareModules()
-	if rootOnDisk() {
-		// The bundle's install.sh checks the IPVS modules with `modprobe
-		// -n`, which busybox's modprobe lacks: they are loaded now, as the
-		// initramfs loads them on a VM without a disk. After the reboot
-		// only /etc/modules-load.d loads them.
-		w.sh("for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh; do modprobe $m; done")
-	}
 	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
-	if rootOnDisk() && s.BootRoot != "" {
-		w.installInit()
-	}
 	w.cgroups()
-	if rootOnDisk() {
-		return // the machine's disk: cAdvisor measures it
-	}
 	// containerd's and the kubelet's state on tmpfs: the initramfs's root
 	// is not a filesystem cAdvisor can measure.
 	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
 		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
 	}
-}
-
-// installInit installs the machine's init system for the boots after this
-// one (spec.BootRoot, laid out by the cluster package: systemd, kmod,
-// kubeadm's kubelet unit, Debian's containerd unit, the network, the
-// lab's unit), and puts the share's modules where a kernel package puts
-// them, /lib/modules/$(uname -r), indexed by kmod's depmod: after the
-// reboot, systemd-modules-load, containerd's unit (modprobe overlay) and
-// the kernel's own module requests find them there. This boot stays the
-// harness's (see superviseKubelet).
-func (w *worker) installInit() {
-	s := w.spec
-	w.sh("cp -af " + w.share(s.BootRoot) + "/. /")
-	mods := make([]string, len(s.Modules))
-	for i, m := range s.Modules {
-		mods[i] = w.share(m)
-	}
-	extra := "/lib/modules/$(uname -r)/extra"
-	w.sh("mkdir -p " + extra + " && cp " + strings.Join(mods, " ") + " " + extra + "/ && /sbin/depmod -a")
-	w.t.Logf("the init system installed for the next boot: %s", strings.TrimSpace(w.sh("/lib/systemd/systemd --version | head -n 1")))
 }
 
 // systemdBooted reports whether systemd is this boot's init (PID 1).
@@ -496,13 +483,10 @@ func systemdBooted() bool {
 	return err == nil && strings.TrimSpace(string(b)) == "systemd"
 }
 
-// network gives the VM its address on the lab bridge and its default
-// route, with IP forwarding, and waits for every master to answer.
-func (w *worker) network() {
-	t, s := w.t, w.spec
-	w.sh(fmt.Sprintf("ip addr add %s dev eth0 && ip link set eth0 up && ip route add default via %s && sysctl -qw net.ipv4.ip_forward=1", s.NodeIP, s.Gateway))
-	for _, m := range s.Masters {
-		require.NoError(t, lab.Poll(30*time.Second, func() bool {
+// reachMasters waits for every master to answer from the VM.
+func (w *worker) reachMasters() {
+	for _, m := range w.spec.Masters {
+		require.NoError(w.t, lab.Poll(60*time.Second, func() bool {
 			c, err := net.DialTimeout("tcp", m, 2*time.Second)
 			if err == nil {
 				c.Close()
@@ -542,17 +526,22 @@ func (w *worker) cgroups() {
 }
 
 // startContainerd starts Debian's containerd with the lab's node config
-// and, with images, imports the pause image kubeadm asks for (and
-// kube-proxy's); a reboot finds them in /var/lib/containerd.
+// (on a node systemd booted, restarts its unit with it, as a user does
+// after writing it) and, with images, imports the pause image kubeadm asks
+// for (and kube-proxy's); a reboot finds them in /var/lib/containerd.
 func (w *worker) startContainerd(images bool) {
 	t := w.t
 	require.NoError(t, os.MkdirAll("/etc/containerd", 0o755))
 	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.WorkerContainerdConfig(w.spec.PauseRef)), 0o644))
-	logf, err := os.Create("/tmp/containerd.log")
-	require.NoError(t, err)
-	w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
-	w.containerd.Stdout, w.containerd.Stderr = logf, logf
-	require.NoError(t, w.containerd.Start())
+	if w.spec.Installed {
+		w.sh("systemctl restart containerd")
+	} else {
+		logf, err := os.Create("/tmp/containerd.log")
+		require.NoError(t, err)
+		w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
+		w.containerd.Stdout, w.containerd.Stderr = logf, logf
+		require.NoError(t, w.containerd.Start())
+	}
 	require.NoError(t, pollProc(60*time.Second, func() bool {
 		return exec.Command("/usr/bin/ctr", "version").Run() == nil
 	}), "containerd never answered")
@@ -589,6 +578,28 @@ func (w *worker) superviseKubelet() {
 			w.mu.Unlock()
 		})
 	}()
+}
+
+// kubeletUnit checks that the node's systemd runs the kubelet as kubeadm
+// join left it: kubeadm's unit active (its kubelet-start phase restarted it
+// through systemd), its main process the kubelet with the drop-in's
+// arguments and kubeadm's flags.
+func (w *worker) kubeletUnit() {
+	t := w.t
+	props := map[string]string{}
+	for _, l := range strings.Split(w.sh("systemctl show -p ActiveState -p MainPID -p NRestarts kubelet"), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			props[k] = v
+		}
+	}
+	require.Equal(t, "active", props["ActiveState"], "kubelet.service (%v)", props)
+	cmdline, err := os.ReadFile("/proc/" + props["MainPID"] + "/cmdline")
+	require.NoError(t, err, "kubelet.service's main process %q", props["MainPID"])
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	env, err := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
+	require.NoError(t, err)
+	require.Equal(t, append([]string{"/usr/local/bin/kubelet"}, cluster.KubeletArgs(env)...), args, "the kubelet systemd runs")
+	t.Logf("kubelet.service runs the kubelet kubeadm join configured (pid %s, %s restarts of the unit before the join wrote its configuration)", props["MainPID"], props["NRestarts"])
 }
 
 // stop ends the kubelet and containerd (the VM powers off afterwards).
