@@ -147,17 +147,19 @@ type InitVM struct {
 	Secrets *Secrets
 }
 
-// RunInitVM builds the first master's share (the node's programs and
-// images, kubeadm's control-plane images included, the offline bundle,
-// the spec) and boots the VM on the lab bridge, under the lab lock. It
-// returns the in-VM scenario's exit code, as vm.Run does.
+// RunInitVM installs the first master on its disk (the node's programs
+// and init system: writeMachine), builds its share (the images, kubeadm's
+// control-plane images included, the offline bundle, the spec) and boots
+// the VM on the lab bridge, under the lab lock. It returns the in-VM
+// scenario's exit code, as vm.Run does.
 func (l *Lab) RunInitVM(ctx context.Context, v InitVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: v.Assets, Root: v.Root, Dir: InitDir, TestArgs: v.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER_INIT", v.Env),
-		Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: InitTap}, func(dir, _ string) error { return l.writeInitShare(ctx, dir, v) })
+		Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: InitTap, Disk: true}, func(dir, machine string) error { return l.writeInitShare(ctx, dir, machine, v) })
 }
 
-// writeInitShare fills dir with what the first master needs (see InitSpec).
-func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
+// writeInitShare fills dir with what the first master needs (see InitSpec)
+// and installs the node in machine, the disk's future / (writeMachine).
+func (l *Lab) writeInitShare(ctx context.Context, dir, machine string, v InitVM) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -176,7 +178,7 @@ func (l *Lab) writeInitShare(ctx context.Context, dir string, v InitVM) error {
 		return err
 	}
 	if err := l.writeVMNode(ctx, dir, vmNode{Assets: v.Assets, Root: v.Root, Cache: v.Cache, Log: v.Log, Modules: l.vmModules(),
-		PodCIDR: PodCIDR(50), Image: l.controlPlaneImage}, &s.Node); err != nil {
+		PodCIDR: PodCIDR(50), Image: l.controlPlaneImage, Machine: machine}, &s.Node); err != nil {
 		return err
 	}
 	s.Node.KubeProxyMode = l.KubeProxyMode

@@ -90,23 +90,25 @@ timeouts:
 `, name, InitControlPlaneTimeout)
 }
 
-// RunMasterJoinVM builds the joining master's share (the node's programs,
-// every control-plane image, the offline bundle, the join's secrets in
-// 0600 files, the spec) and boots the VM on the lab bridge, under the lab
-// lock. v.FaultMaster is the master the host's kill fault hits;
+// RunMasterJoinVM installs the joining master on its disk (the node's
+// programs and init system: writeMachine), builds its share (every
+// control-plane image, the offline bundle, the join's secrets in 0600
+// files, the spec) and boots the VM on the lab bridge, under the lab lock.
+// v.FaultMaster is the master the host's kill fault hits;
 // VIPCTL_E2E_CLUSTER_CPJOIN=1 is always in the VM's environment, and the
-// VM gets 6G unless v.Memory says otherwise (etcd, the control plane,
-// containerd's images and the programs all live in its RAM). It returns
-// the in-VM scenario's exit code, as vm.Run does.
+// VM gets 6G unless v.Memory says otherwise (containerd's images and the
+// page cache of the disk etcd writes). It returns the in-VM scenario's
+// exit code, as vm.Run does.
 func (l *Lab) RunMasterJoinVM(ctx context.Context, v WorkerVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: v.Assets, Root: v.Root, Dir: MasterJoinDir, TestArgs: v.TestArgs,
-		Env: withEnv("VIPCTL_E2E_CLUSTER_CPJOIN", v.Env), Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: MasterJoinTap},
-		func(dir, _ string) error { return l.writeMasterJoinShare(ctx, dir, v) })
+		Env: withEnv("VIPCTL_E2E_CLUSTER_CPJOIN", v.Env), Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: MasterJoinTap, Disk: true},
+		func(dir, machine string) error { return l.writeMasterJoinShare(ctx, dir, machine, v) })
 }
 
 // writeMasterJoinShare fills dir with what the joining master needs (see
-// MasterJoinSpec).
-func (l *Lab) writeMasterJoinShare(ctx context.Context, dir string, v WorkerVM) error {
+// MasterJoinSpec), and installs the node in machine, the disk's future /
+// (writeMachine).
+func (l *Lab) writeMasterJoinShare(ctx context.Context, dir, machine string, v WorkerVM) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -125,7 +127,7 @@ func (l *Lab) writeMasterJoinShare(ctx context.Context, dir string, v WorkerVM) 
 		return err
 	}
 	if err := l.writeVMNode(ctx, dir, vmNode{Assets: v.Assets, Root: v.Root, Cache: v.Cache, Log: v.Log, Modules: l.vmModules(),
-		PodCIDR: PodCIDR(50), Image: l.controlPlaneImage}, &s.Node); err != nil {
+		PodCIDR: PodCIDR(50), Image: l.controlPlaneImage, Machine: machine}, &s.Node); err != nil {
 		return err
 	}
 	return WriteMasterJoinSpec(dir, s)

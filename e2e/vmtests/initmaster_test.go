@@ -73,6 +73,9 @@ func TestClusterInit(t *testing.T) {
 	t.Logf("vipctl init (%s):\n%s", time.Since(initStart).Round(time.Millisecond), b)
 	require.NoError(t, err, "vipctl init")
 	measure("vipctl_init_s", initStart)
+	if w.spec.Installed {
+		w.kubeletUnit()
+	}
 	initOut := string(b)
 	assert.Contains(t, initOut, "vipctl join --control-plane", "init prints the other masters' join line")
 	for _, f := range []string{"/etc/kubernetes/vipctl-join/token", "/etc/kubernetes/vipctl-join/certificate-key"} {

@@ -80,6 +80,9 @@ func TestClusterMasterJoin(t *testing.T) {
 	t.Logf("vipctl join --control-plane (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
 	require.NoError(t, err, "vipctl join --control-plane")
 	w.measure("vipctl_join_s", join)
+	if w.spec.Installed {
+		w.kubeletUnit()
+	}
 	w.reportCPU("join", joinCPU)
 	afterJoinCPU := takeCPUSnap()
 	out := string(b)

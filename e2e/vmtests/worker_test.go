@@ -457,6 +457,11 @@ func (w *worker) machine() {
 		require.NoError(t, err)
 		require.Equal(t, s.Name, name, "the hostname systemd set from /etc/hostname")
 		// lab-network.service gives eth0 its address and the route.
+		ip := strings.Split(s.NodeIP, "/")[0]
+		require.NoError(t, lab.Poll(60*time.Second, func() bool {
+			out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "eth0").Output()
+			return strings.Contains(string(out), " "+ip+"/")
+		}), "eth0 never got %s (lab-network.service)", s.NodeIP)
 		w.reachMasters()
 		return
 	}
