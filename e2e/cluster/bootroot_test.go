@@ -81,10 +81,10 @@ func TestWriteRootReplacesWithoutWritingThrough(t *testing.T) {
 // its own each time.
 func TestMachineFilesNameTheNode(t *testing.T) {
 	spec := WorkerSpec{Name: "worker1", NodeIP: "10.31.0.50/24"}
-	a, b := MachineFiles(spec, "lab"), MachineFiles(spec, "lab")
+	a, b := MachineFiles(spec), MachineFiles(spec)
 	assert.Equal(t, "worker1\n", a["/etc/hostname"])
 	assert.Contains(t, a["/etc/hosts"], "10.31.0.50 worker1\n")
-	assert.Contains(t, a["/etc/os-release"], `PRETTY_NAME="lab"`)
+	assert.Contains(t, a["/etc/os-release"], "PRETTY_NAME=\""+InstalledOS+"\"")
 	assert.Len(t, strings.TrimSpace(a["/etc/machine-id"]), 32)
 	assert.NotEqual(t, a["/etc/machine-id"], b["/etc/machine-id"])
 }

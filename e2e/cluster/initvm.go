@@ -154,7 +154,7 @@ type InitVM struct {
 // scenario's exit code, as vm.Run does.
 func (l *Lab) RunInitVM(ctx context.Context, v InitVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: v.Assets, Root: v.Root, Dir: InitDir, TestArgs: v.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER_INIT", v.Env),
-		Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: InitTap, Disk: true}, func(dir, machine string) error { return l.writeInitShare(ctx, dir, machine, v) })
+		Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: InitTap}, func(dir, machine string) error { return l.writeInitShare(ctx, dir, machine, v) })
 }
 
 // writeInitShare fills dir with what the first master needs (see InitSpec)

@@ -19,8 +19,8 @@ import (
 // in /etc/passwd and /etc/group (the kubelet reads the users and groups for
 // its user-namespace mappings), a machine ID of its own, an empty
 // resolv.conf (no DNS: nothing outside the lab) and an os-release naming
-// osName.
-func MachineFiles(spec WorkerSpec, osName string) map[string]string {
+// InstalledOS.
+func MachineFiles(spec WorkerSpec) map[string]string {
 	id := make([]byte, 16)
 	_, _ = rand.Read(id)
 	return map[string]string{
@@ -30,12 +30,11 @@ func MachineFiles(spec WorkerSpec, osName string) map[string]string {
 		"/etc/group":       "root:x:0:\n",
 		"/etc/machine-id":  hex.EncodeToString(id) + "\n",
 		"/etc/resolv.conf": "",
-		"/etc/os-release":  fmt.Sprintf("PRETTY_NAME=%q\nID=vipctl-lab\n", osName),
+		"/etc/os-release":  fmt.Sprintf("PRETTY_NAME=%q\nID=vipctl-lab\n", InstalledOS),
 	}
 }
 
-// InstalledOS is the os-release name of a VM node the host installed on
-// its disk (writeMachine).
+// InstalledOS is the os-release name of a VM node (writeMachine).
 const InstalledOS = "vipctl lab node (busybox, Debian 12's systemd)"
 
 // writeMachine lays out in root, which becomes the VM node's disk
@@ -64,7 +63,7 @@ func writeMachine(ctx context.Context, root string, n vmNode, spec *WorkerSpec, 
 	if err := writeRoot(root, append(files, boot...)); err != nil {
 		return err
 	}
-	for p, c := range MachineFiles(*spec, InstalledOS) {
+	for p, c := range MachineFiles(*spec) {
 		gen[p] = c
 	}
 	if err := writeContents(root, gen); err != nil {

@@ -101,7 +101,7 @@ timeouts:
 // exit code, as vm.Run does.
 func (l *Lab) RunMasterJoinVM(ctx context.Context, v WorkerVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: v.Assets, Root: v.Root, Dir: MasterJoinDir, TestArgs: v.TestArgs,
-		Env: withEnv("VIPCTL_E2E_CLUSTER_CPJOIN", v.Env), Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: MasterJoinTap, Disk: true},
+		Env: withEnv("VIPCTL_E2E_CLUSTER_CPJOIN", v.Env), Console: v.Console, Memory: orDefault(v.Memory, "6G"), Tap: MasterJoinTap},
 		func(dir, machine string) error { return l.writeMasterJoinShare(ctx, dir, machine, v) })
 }
 

@@ -34,11 +34,7 @@ type vmBoot struct {
 	Memory   string
 	// Tap is the tap device in LabNS on the bridge, behind the VM's NIC.
 	Tap string
-	// Disk gives the VM a disk (vm.Config.Disk, DiskSize) whose file
-	// system is made from the folder fill's machine argument names, where
-	// fill installs the node (writeMachine): a machine systemd boots.
-	Disk bool
-	// AfterReboot, with Disk, is the in-VM test binary's flags after a
+	// AfterReboot is the in-VM test binary's flags after a
 	// reboot: when the first boot asks for one (vm.RebootRequest), the VM
 	// boots again on the same disk and tap, its run.sh rewritten to run
 	// them. One reboot at most; none when AfterReboot is nil.
@@ -50,30 +46,26 @@ type vmBoot struct {
 const DiskSize = 8 << 30
 
 // bootVM builds the share (vipctl, the test binary, then fill's node
-// folder; with b.Disk, fill also installs the node in machine, the disk's
-// future /, which is "" otherwise), plugs the tap on the lab bridge and
-// boots the VM on it, under the lab lock. It returns the in-VM scenarios'
-// exit code, as vm.Run does (with b.AfterReboot, the last boot's).
+// folder) and the VM's disk (vm.Config.Disk, DiskSize), whose file system
+// is made from the folder machine, where fill installs the node
+// (writeMachine): a machine systemd boots. It plugs the tap on the lab
+// bridge and boots the VM on it, under the lab lock, and returns the
+// in-VM scenarios' exit code, as vm.Run does (with b.AfterReboot, the
+// last boot's).
 func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine string) error) (int, error) {
 	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
 	if err != nil {
 		return -1, err
 	}
 	defer os.RemoveAll(share)
-	var machine, disk string
-	if b.AfterReboot != nil && !b.Disk {
-		return -1, errors.New("VM boot: AfterReboot needs a Disk")
+	ddir, err := os.MkdirTemp("", "vipctl-cluster-disk-")
+	if err != nil {
+		return -1, err
 	}
-	if b.Disk {
-		ddir, err := os.MkdirTemp("", "vipctl-cluster-disk-")
-		if err != nil {
-			return -1, err
-		}
-		defer os.RemoveAll(ddir)
-		machine, disk = filepath.Join(ddir, "root"), filepath.Join(ddir, "disk.img")
-		if err := os.Mkdir(machine, 0o755); err != nil {
-			return -1, err
-		}
+	defer os.RemoveAll(ddir)
+	machine, disk := filepath.Join(ddir, "root"), filepath.Join(ddir, "disk.img")
+	if err := os.Mkdir(machine, 0o755); err != nil {
+		return -1, err
 	}
 	t0 := time.Now()
 	if err := vm.BuildShare(ctx, b.Root, share, b.TestArgs, b.Env); err != nil {
@@ -83,17 +75,15 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine strin
 		return -1, err
 	}
 	l.logf("cluster: VM share %s built in %s", b.Dir, time.Since(t0).Round(time.Millisecond))
-	if disk != "" {
-		t0 = time.Now()
-		if err := vm.NewDisk(ctx, disk, DiskSize, machine); err != nil {
-			return -1, err
-		}
-		// The image holds it now: the folder's hard links into the cache go.
-		if err := os.RemoveAll(machine); err != nil {
-			return -1, err
-		}
-		l.logf("cluster: VM disk made from the installed node in %s", time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
+	if err := vm.NewDisk(ctx, disk, DiskSize, machine); err != nil {
+		return -1, err
 	}
+	// The image holds it now: the folder's hard links into the cache go.
+	if err := os.RemoveAll(machine); err != nil {
+		return -1, err
+	}
+	l.logf("cluster: VM disk made from the installed node in %s", time.Since(t0).Round(time.Millisecond))
 	for _, c := range [][]string{
 		{"-n", LabNS, "tuntap", "add", "dev", b.Tap, "mode", "tap"},
 		{"-n", LabNS, "link", "set", b.Tap, "master", bridge, "up"},
@@ -174,22 +164,19 @@ type vmNode struct {
 	Modules []string
 	// PodCIDR is the node's range for its bridge CNI config.
 	PodCIDR string
-	// Machine, for a node that boots from a disk, is the folder where the
-	// node is installed (writeMachine), the disk's future / ; the share then
-	// carries neither its programs nor its modules.
+	// Machine is the folder where the node is installed (writeMachine),
+	// the disk's future / .
 	Machine string
 	Log     io.Writer
 }
 
 // writeVMNode fills dir with what any VM node needs and records the files'
-// names in spec (relative to dir): the CNI config; the image archives n.Image
-// picks; the kernel's config (kubeadm's SystemVerification reads
-// /boot/config-$(uname -r)) and modules; Debian's containerd, runc and CNI
-// plugins with the kubelet, kubeadm and kubectl, laid out as the node's /
-// with the libraries they link; and the offline bundle, built as a user
-// builds it (make offline). With n.Machine, the kernel's config, the
-// modules and the programs are installed there instead (writeMachine),
-// with the node's init system, and spec says so (Installed).
+// names in spec (relative to dir): the CNI config, the image archives
+// n.Image picks and the offline bundle, built as a user builds it (make
+// offline). It installs the node in n.Machine (writeMachine): Debian's
+// containerd, runc and CNI plugins with the kubelet, kubeadm and kubectl
+// and the libraries they link, the kernel's config and modules, the init
+// system.
 func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *WorkerSpec) error {
 	log := n.Log
 	if log == nil {
@@ -226,23 +213,8 @@ func (l *Lab) writeVMNode(ctx context.Context, dir string, n vmNode, spec *Worke
 	if err != nil {
 		return err
 	}
-	if n.Machine != "" {
-		spec.Installed = true
-		if err := writeMachine(ctx, n.Machine, n, spec, files, debRoot, log); err != nil {
-			return fmt.Errorf("install the node on its disk: %w", err)
-		}
-	} else {
-		spec.Root, spec.KernelConfig = "root", "kernel-config"
-		kroot := filepath.Dir(filepath.Dir(n.Assets.Kernel))
-		if err := vm.LinkOrCopy(filepath.Join(kroot, "boot", "config-"+n.Assets.KVer), filepath.Join(dir, spec.KernelConfig)); err != nil {
-			return err
-		}
-		if spec.Modules, err = copyModules(ctx, kroot, n.Assets.KVer, filepath.Join(dir, "modules"), n.Modules); err != nil {
-			return err
-		}
-		if err := writeRoot(filepath.Join(dir, spec.Root), files); err != nil {
-			return err
-		}
+	if err := writeMachine(ctx, n.Machine, n, spec, files, debRoot, log); err != nil {
+		return fmt.Errorf("install the node on its disk: %w", err)
 	}
 	dist := filepath.Join(dir, "dist")
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(n.Root, "scripts", "offline.sh"))

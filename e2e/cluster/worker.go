@@ -40,14 +40,12 @@ var WorkerIP = netip.MustParseAddr("10.31.0.50")
 // PodCIDR is node i's pod range for the bridge CNI (the VM worker is 50).
 func PodCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i) }
 
-// workerModules are the kernel modules the worker loads from the share (not
-// in the VM's initramfs): overlay for containerd's snapshotter; and with
-// kube-proxy, nf_tables and the expressions its nftables mode uses, and the
-// conntrack netlink interface it cleans up stale flows with. The worker
-// has them in /lib/modules/<version>/extra on its disk (writeMachine),
-// loaded on demand as on any node; a VM master, which runs from the
-// initramfs, whose modprobe knows only the initramfs's modules, loads them
-// from the share up front.
+// workerModules are the kernel modules a VM node needs beyond the
+// initramfs's: overlay for containerd's snapshotter; and with kube-proxy,
+// nf_tables and the expressions its nftables mode uses, and the conntrack
+// netlink interface it cleans up stale flows with. The node has them in
+// /lib/modules/<version>/extra on its disk (writeMachine), loaded on
+// demand as on any node.
 var (
 	workerModules    = []string{"overlay"}
 	kubeProxyModules = []string{"nf_tables", "nfnetlink", "nf_conntrack_netlink", "nft_ct", "nft_chain_nat", "nft_nat",
@@ -94,7 +92,7 @@ type WorkerVM struct {
 // scenarios' exit code (the last boot's), as vm.Run does.
 func (l *Lab) RunWorkerVM(ctx context.Context, w WorkerVM) (int, error) {
 	return l.bootVM(ctx, vmBoot{Assets: w.Assets, Root: w.Root, Dir: WorkerDir, TestArgs: w.TestArgs, Env: withEnv("VIPCTL_E2E_CLUSTER", w.Env),
-		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap, Disk: true, AfterReboot: w.AfterReboot}, func(dir, machine string) error { return l.writeWorkerShare(ctx, dir, machine, w) })
+		Console: w.Console, Memory: orDefault(w.Memory, "3G"), Tap: WorkerTap, AfterReboot: w.AfterReboot}, func(dir, machine string) error { return l.writeWorkerShare(ctx, dir, machine, w) })
 }
 
 // writeWorkerShare fills dir with what the worker needs (see WorkerSpec)

@@ -35,19 +35,6 @@ type WorkerSpec struct {
 	// AdminConf is master1's admin kubeconfig (its server is
 	// apiserver.cluster.local, which the worker maps to the VIP).
 	AdminConf string `json:"adminConf"`
-	// Installed says the host installed the node on its disk (a node that
-	// reboots): its programs, modules and kernel config, and its init
-	// system, systemd, which boots it (Root, Modules and KernelConfig are
-	// then empty).
-	Installed bool `json:"installed,omitempty"`
-	// Root is laid out as the worker's / : containerd, runc, the CNI
-	// plugins, kubelet, kubeadm, kubectl and the libraries they link.
-	Root string `json:"root,omitempty"`
-	// Modules are kernel modules the worker loads before containerd
-	// (overlay for its snapshotter, ...), in load order, relative paths.
-	Modules []string `json:"modules,omitempty"`
-	// KernelConfig is the kernel's config, for kubeadm's SystemVerification.
-	KernelConfig string `json:"kernelConfig,omitempty"`
 	// Images are the image archives imported into the worker's
 	// containerd: pause, and kube-proxy when it runs; PauseRef is pause's
 	// reference (containerd's sandbox image).
@@ -101,19 +88,14 @@ func readSpec(p, what string, s any) error {
 	return nil
 }
 
-// WorkerContainerdConfig is the VM worker's containerd configuration: the
-// masters' (see containerdConfig) plus runc's NoPivotRoot. The VM runs from
-// its initramfs, whose root (rootfs) cannot be pivot_root'ed away ("error
-// jailing process inside rootfs: pivot_root .: invalid argument"); runc then
-// enters the container's root with MS_MOVE and chroot instead, as it does on
-// any initramfs-only machine. A machine with a root filesystem needs none of
-// it.
+// WorkerContainerdConfig is a VM node's containerd configuration: the
+// masters' (see containerdConfig). The node's root is its disk, so runc
+// pivot_roots into each container as on any machine. (While the VM ran
+// from its initramfs, whose rootfs cannot be pivot_root'ed away, runc
+// needed NoPivotRoot: "error jailing process inside rootfs: pivot_root .:
+// invalid argument".)
 func WorkerContainerdConfig(pause string) string {
-	return containerdConfig(pause) + `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      NoPivotRoot = true
-`
+	return containerdConfig(pause)
 }
 
 // CNIConfig is a node's CNI configuration: a bridge (cni0) with host-local

@@ -32,8 +32,8 @@ import (
 // (docs/lab.md, "The first master by vipctl init"): the VM becomes the
 // first master of a new cluster as a user makes one: Debian's containerd
 // and runc, the offline bundle's install.sh, a real kubelet, and `vipctl
-// init` driving the real `kubeadm init`. The harness plays systemd for the
-// kubelet. It runs only in the VM the host test boots
+// init` driving the real `kubeadm init`, on the machine the host installed
+// and its systemd runs (e2e/cluster writeMachine). It runs only in the VM the host test boots
 // (VIPCTL_E2E_CLUSTER_INIT=1); TestVM skips it.
 func TestClusterInit(t *testing.T) {
 	needClusterLab(t, "VIPCTL_E2E_CLUSTER_INIT", "TestClusterInit")
@@ -73,9 +73,7 @@ func TestClusterInit(t *testing.T) {
 	t.Logf("vipctl init (%s):\n%s", time.Since(initStart).Round(time.Millisecond), b)
 	require.NoError(t, err, "vipctl init")
 	measure("vipctl_init_s", initStart)
-	if w.spec.Installed {
-		w.kubeletUnit()
-	}
+	w.kubeletUnit()
 	initOut := string(b)
 	assert.Contains(t, initOut, "vipctl join --control-plane", "init prints the other masters' join line")
 	for _, f := range []string{"/etc/kubernetes/vipctl-join/token", "/etc/kubernetes/vipctl-join/certificate-key"} {

@@ -35,7 +35,8 @@ import (
 // containerd and runc, the offline bundle's install.sh, a real kubelet, and
 // `vipctl join --control-plane` driving the real `kubeadm join
 // --control-plane` (stacked etcd; the token and the certificate key from
-// files). The harness plays systemd for the kubelet. Then one fault: the
+// files), on the machine the host installed and its systemd runs (e2e/cluster
+// writeMachine). Then one fault: the
 // host kills master2's kube-apiserver. It runs only in the VM the host test
 // boots (VIPCTL_E2E_CLUSTER_CPJOIN=1); TestVM skips it.
 func TestClusterMasterJoin(t *testing.T) {
@@ -80,9 +81,7 @@ func TestClusterMasterJoin(t *testing.T) {
 	t.Logf("vipctl join --control-plane (%s):\n%s", time.Since(join).Round(time.Millisecond), b)
 	require.NoError(t, err, "vipctl join --control-plane")
 	w.measure("vipctl_join_s", join)
-	if w.spec.Installed {
-		w.kubeletUnit()
-	}
+	w.kubeletUnit()
 	w.reportCPU("join", joinCPU)
 	afterJoinCPU := takeCPUSnap()
 	out := string(b)

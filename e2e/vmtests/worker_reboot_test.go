@@ -71,9 +71,7 @@ func bootID(t *testing.T) string {
 // kept on the disk, and the reboot asked for. The test binary then ends,
 // and the lab's unit has the node's systemd reboot it (`systemctl start
 // reboot.target`: the kubelet and containerd stopped, what is left killed,
-// the disk unmounted), as `systemctl reboot` does. On a node without an
-// init system the harness stops the kubelet and containerd itself first,
-// and /init does the rest.
+// the disk unmounted), as `systemctl reboot` does.
 func (w *worker) requestReboot(fr *faultRun) {
 	t := w.t
 	st := rebootState{Start: fr.start, BootID: bootID(t)}
@@ -85,11 +83,6 @@ func (w *worker) requestReboot(fr *faultRun) {
 	b, err := json.Marshal(st)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(rebootFile, b, 0o644))
-	if !w.spec.Installed {
-		// No init system: the harness plays the shutdown's first steps.
-		w.stop()
-		fr.figs.dur("shutdown", time.Since(fr.start))
-	}
 	require.NoError(t, os.WriteFile(vm.RebootRequest, nil, 0o644))
 	t.Log("reboot: asked for; the node's shutdown follows the test's end")
 }
@@ -134,7 +127,7 @@ func TestClusterWorkerAfterReboot(t *testing.T) {
 	t.Logf("reboot: the kernel started %s after the reboot's start (±1 s: each boot reads the RTC); the test starts %.1f s after the kernel",
 		boot.Sub(st.Start).Round(100*time.Millisecond), secs)
 	w.setPath()
-	w.stopAtEnd()
+	w.logsAtEnd()
 	w.copyPrivate(spec.AdminConf, "/tmp/admin.conf")
 	kubectl := func(a ...string) (string, error) {
 		c := exec.Command("/usr/local/bin/kubectl", append([]string{"--kubeconfig", "/tmp/admin.conf", "--request-timeout", "20s"}, a...)...)

@@ -32,10 +32,6 @@ func (w *worker) teardown(hostsBefore []byte) {
 	o, err := exec.Command("/usr/local/bin/vipctl", "reset").CombinedOutput()
 	t.Logf("vipctl reset:\n%s", o)
 	require.NoError(t, err, "vipctl reset")
-	if !systemdBooted() {
-		w.stopKubelet()
-		<-w.kubeletDone
-	}
 	o, err = exec.Command("/usr/local/bin/kubeadm", "reset", "-f").CombinedOutput()
 	t.Logf("kubeadm reset -f:\n%s", o)
 	require.NoError(t, err, "kubeadm reset -f")

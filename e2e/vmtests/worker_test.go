@@ -1,7 +1,6 @@
 package vmtests
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,12 +25,10 @@ import (
 // the real cluster whose masters run on the host, as a user makes one:
 // Debian's containerd and runc, the offline bundle's install.sh, a real
 // kubelet, and `vipctl join` driving the real `kubeadm join` through the
-// VIP. The host has installed the node on the VM's disk (spec.Installed):
-// its systemd boots it and runs containerd's and the kubelet's units from
-// the first boot on. (The VM masters, which share setUp, run from the
-// lab's initramfs, with no init system: there the harness plays systemd
-// for containerd and the kubelet.) It runs only in the VM the host test
-// boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
+// VIP. The host has installed the node on the VM's disk (e2e/cluster
+// writeMachine): its systemd boots it and runs containerd's and the
+// kubelet's units from the first boot on. It runs only in the VM the host
+// test boots (VIPCTL_E2E_CLUSTER=1); TestVM skips it.
 func TestClusterWorker(t *testing.T) {
 	needClusterLab(t, "VIPCTL_E2E_CLUSTER", "TestClusterWorker")
 	dir := filepath.Join(lab.ShareDir, cluster.WorkerDir)
@@ -91,9 +87,7 @@ func TestClusterWorker(t *testing.T) {
 		return err == nil
 	}), "node %s never registered", spec.Name)
 	w.measure("join_to_registered_s", join)
-	if spec.Installed {
-		w.kubeletUnit()
-	}
+	w.kubeletUnit()
 
 	// The watchdog: its static pod's container runs in containerd, and it
 	// keeps every master in the IPVS table.
@@ -204,17 +198,16 @@ func TestClusterWorker(t *testing.T) {
 	})
 }
 
-// setUp makes the VM a machine ready for kubeadm, as a user prepares one:
-// the machine, containerd with the spec's images, the offline bundle's
-// install.sh, the CNI config and, on a node without an init system, the
-// kubelet's supervisor (the harness's systemd; an installed node's systemd
-// runs kubeadm's kubelet unit). Each step is measured (containerd's as containerdFigure); the
-// kubelet and containerd are stopped when the test ends, and their logs
-// shown if it failed.
+// setUp makes the VM a machine ready for kubeadm, as a user prepares one
+// on a machine the host installed and systemd booted: the machine checked,
+// containerd with the node's configuration and the spec's images, the
+// offline bundle's install.sh, the CNI config (systemd runs kubeadm's
+// kubelet unit). Each step is measured (containerd's as containerdFigure);
+// the kubelet's and containerd's logs are shown if the test fails.
 func (w *worker) setUp(containerdFigure string) {
 	t, spec := w.t, w.spec
 	w.setPath()
-	w.stopAtEnd()
+	w.logsAtEnd()
 
 	t0 := time.Now()
 	w.machine()
@@ -229,40 +222,26 @@ func (w *worker) setUp(containerdFigure string) {
 	t.Logf("install.sh:\n%s", out)
 	w.measure("install_sh_s", t0)
 
-	if !spec.Installed {
-		// Without an init system, the harness plays kubelet.service.
-		w.superviseKubelet()
-	}
 	require.NoError(t, os.MkdirAll("/etc/cni/net.d", 0o755))
 	cni, err := os.ReadFile(w.share(spec.CNIConfig))
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile("/etc/cni/net.d/"+spec.CNIConfig, cni, 0o644))
 }
 
-// setPath gives the test's commands the node's PATH: on a node the host
-// installed, Debian's for root (the sbin folders first: kmod's
-// /sbin/modprobe, not busybox's /bin/modprobe, which lacks -n), then the
-// share's binaries; on the initramfs, /usr/local/bin first (the bundle's
-// vipctl) before busybox's applets.
+// setPath gives the test's commands the node's PATH, Debian's for root
+// (the sbin folders first: kmod's /sbin/modprobe, not busybox's
+// /bin/modprobe, which lacks -n), then the share's binaries.
 func (w *worker) setPath() {
-	if w.spec.Installed {
-		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/tmp/bin")
-		return
-	}
-	os.Setenv("PATH", "/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:"+os.Getenv("PATH"))
+	os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/tmp/bin")
 }
 
-// stopAtEnd stops the kubelet and containerd when the test ends, and
-// shows their logs if it failed.
-func (w *worker) stopAtEnd() {
+// logsAtEnd shows the kubelet's and containerd's logs (their units'
+// journal), the containers and the watchdog's log when the test fails.
+func (w *worker) logsAtEnd() {
 	t := w.t
-	t.Cleanup(w.stop)
 	t.Cleanup(func() {
 		if t.Failed() {
-			if systemdBooted() {
-				// The units' output is in the journal.
-				_ = exec.Command("sh", "-c", "journalctl -u kubelet -o cat --no-pager > /tmp/kubelet.log; journalctl -u containerd -o cat --no-pager > /tmp/containerd.log").Run()
-			}
+			_ = exec.Command("sh", "-c", "journalctl -u kubelet -o cat --no-pager > /tmp/kubelet.log; journalctl -u containerd -o cat --no-pager > /tmp/containerd.log").Run()
 			for _, f := range []string{"/tmp/kubelet.log", "/tmp/containerd.log"} {
 				t.Logf("errors and last lines of %s:\n%s", f, logErrors(f, 60, 15))
 			}
@@ -409,12 +388,6 @@ type worker struct {
 	dir  string
 	// name is the scenario's name in its MEASURE lines (scenario()).
 	name string
-
-	containerd  *exec.Cmd
-	stopKubelet context.CancelFunc
-	kubeletDone chan struct{}
-	mu          sync.Mutex
-	starts      int
 }
 
 func (w *worker) share(p string) string { return filepath.Join(w.dir, p) }
@@ -443,43 +416,22 @@ func (w *worker) sh(script string) string {
 	return string(out)
 }
 
-// machine makes the VM a machine a kubelet runs on: its name, its address
-// on the lab bridge (the masters reachable), the programs and libraries
-// laid out in /, the kernel's config and modules, cgroup v2 with its
-// controllers, and the folders the node's programs write. A node the host
-// installed on its disk (spec.Installed) is one already, booted by its
-// systemd: this checks that it is.
+// machine checks that the VM is the machine the host installed, booted
+// by its systemd: PID 1, its name, its address on the lab bridge
+// (lab-network.service), and waits for every master to answer.
 func (w *worker) machine() {
 	t, s := w.t, w.spec
-	if s.Installed {
-		require.True(t, systemdBooted(), "systemd is PID 1 on the node the host installed")
-		name, err := os.Hostname()
-		require.NoError(t, err)
-		require.Equal(t, s.Name, name, "the hostname systemd set from /etc/hostname")
-		// lab-network.service gives eth0 its address and the route.
-		ip := strings.Split(s.NodeIP, "/")[0]
-		require.NoError(t, lab.Poll(60*time.Second, func() bool {
-			out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "eth0").Output()
-			return strings.Contains(string(out), " "+ip+"/")
-		}), "eth0 never got %s (lab-network.service)", s.NodeIP)
-		w.reachMasters()
-		return
-	}
-	for p, c := range cluster.MachineFiles(s, "vipctl lab VM (busybox initramfs)") {
-		require.NoError(t, os.WriteFile(p, []byte(c), 0o644))
-	}
-	w.sh("hostname " + s.Name)
-	w.sh(fmt.Sprintf("ip addr add %s dev eth0 && ip link set eth0 up && ip route add default via %s && sysctl -qw net.ipv4.ip_forward=1", s.NodeIP, s.Gateway))
+	require.True(t, systemdBooted(), "systemd is PID 1 on the node the host installed")
+	name, err := os.Hostname()
+	require.NoError(t, err)
+	require.Equal(t, s.Name, name, "the hostname systemd set from /etc/hostname")
+	// lab-network.service gives eth0 its address and the route.
+	ip := strings.Split(s.NodeIP, "/")[0]
+	require.NoError(t, lab.Poll(60*time.Second, func() bool {
+		out, _ := exec.Command("ip", "-o", "addr", "show", "dev", "eth0").Output()
+		return strings.Contains(string(out), " "+ip+"/")
+	}), "eth0 never got %s (lab-network.service)", s.NodeIP)
 	w.reachMasters()
-	w.sh("cp -a " + w.share(s.Root) + "/. /")
-	w.shareModules()
-	w.sh("mkdir -p /boot && cp " + w.share(s.KernelConfig) + " /boot/config-$(uname -r)")
-	w.cgroups()
-	// containerd's and the kubelet's state on tmpfs: the initramfs's root
-	// is not a filesystem cAdvisor can measure.
-	for _, d := range []string{"/var/lib/containerd", "/var/lib/kubelet"} {
-		w.sh("mkdir -p " + d + " && mount -t tmpfs tmpfs " + d)
-	}
 }
 
 // systemdBooted reports whether systemd is this boot's init (PID 1).
@@ -501,52 +453,15 @@ func (w *worker) reachMasters() {
 	}
 }
 
-// shareModules loads the modules of the spec from the share (the VM's
-// modprobe knows only the initramfs's).
-func (w *worker) shareModules() {
-	for _, m := range w.spec.Modules {
-		name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(m), ".ko"), "-", "_")
-		if _, err := os.Stat("/sys/module/" + name); err == nil {
-			continue
-		}
-		// A module the CPU cannot use (crc32c-intel without SSE4.2) fails
-		// harmlessly; one that matters fails the step that needs it.
-		if out, err := exec.Command("insmod", w.share(m)).CombinedOutput(); err != nil {
-			w.t.Logf("insmod %s: %v: %s", m, err, out)
-		}
-	}
-}
-
-// cgroups mounts cgroup v2 and enables its controllers for the children.
-func (w *worker) cgroups() {
-	t := w.t
-	w.sh("grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup")
-	ctl, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
-	require.NoError(t, err)
-	var enable []string
-	for _, c := range strings.Fields(string(ctl)) {
-		enable = append(enable, "+"+c)
-	}
-	require.NoError(t, os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(strings.Join(enable, " ")), 0o644))
-}
-
-// startContainerd starts Debian's containerd with the lab's node config
-// (on a node systemd booted, restarts its unit with it, as a user does
-// after writing it) and, with images, imports the pause image kubeadm asks
-// for (and kube-proxy's); a reboot finds them in /var/lib/containerd.
+// startContainerd writes containerd's configuration for the node and
+// restarts its unit with it, as a user does, and, with images, imports
+// the pause image kubeadm asks for (and kube-proxy's); a reboot finds them
+// in /var/lib/containerd.
 func (w *worker) startContainerd(images bool) {
 	t := w.t
 	require.NoError(t, os.MkdirAll("/etc/containerd", 0o755))
 	require.NoError(t, os.WriteFile("/etc/containerd/config.toml", []byte(cluster.WorkerContainerdConfig(w.spec.PauseRef)), 0o644))
-	if w.spec.Installed {
-		w.sh("systemctl restart containerd")
-	} else {
-		logf, err := os.Create("/tmp/containerd.log")
-		require.NoError(t, err)
-		w.containerd = exec.Command("/usr/bin/containerd", "--config", "/etc/containerd/config.toml")
-		w.containerd.Stdout, w.containerd.Stderr = logf, logf
-		require.NoError(t, w.containerd.Start())
-	}
+	w.sh("systemctl restart containerd")
 	require.NoError(t, pollProc(60*time.Second, func() bool {
 		return exec.Command("/usr/bin/ctr", "version").Run() == nil
 	}), "containerd never answered")
@@ -556,33 +471,6 @@ func (w *worker) startContainerd(images bool) {
 		}
 		w.sh("ctr -n k8s.io images import " + w.share(img))
 	}
-}
-
-// superviseKubelet plays systemd's kubelet.service with kubeadm's drop-in,
-// as cluster.Node.SuperviseKubelet does on the masters: once kubeadm join
-// has written /var/lib/kubelet/config.yaml and kubeadm-flags.env, the
-// kubelet runs with the drop-in's arguments and is restarted a second after
-// each exit.
-func (w *worker) superviseKubelet() {
-	ctx, cancel := context.WithCancel(context.Background())
-	w.stopKubelet, w.kubeletDone = cancel, make(chan struct{})
-	go func() {
-		defer close(w.kubeletDone)
-		cluster.Supervise(ctx, "/tmp/kubelet.log", func() (*exec.Cmd, error) {
-			if _, err := os.Stat("/var/lib/kubelet/config.yaml"); err != nil {
-				return nil, err
-			}
-			env, err := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
-			if err != nil {
-				return nil, err
-			}
-			return exec.Command("/usr/local/bin/kubelet", cluster.KubeletArgs(env)...), nil
-		}, func(*exec.Cmd) {
-			w.mu.Lock()
-			w.starts++
-			w.mu.Unlock()
-		})
-	}()
 }
 
 // kubeletUnit checks that the node's systemd runs the kubelet as kubeadm
@@ -605,21 +493,6 @@ func (w *worker) kubeletUnit() {
 	require.NoError(t, err)
 	require.Equal(t, append([]string{"/usr/local/bin/kubelet"}, cluster.KubeletArgs(env)...), args, "the kubelet systemd runs")
 	t.Logf("kubelet.service runs the kubelet kubeadm join configured (pid %s, %s restarts of the unit before the join wrote its configuration)", props["MainPID"], props["NRestarts"])
-}
-
-// stop ends the kubelet and containerd (the VM powers off afterwards).
-func (w *worker) stop() {
-	if w.stopKubelet != nil {
-		w.stopKubelet()
-		<-w.kubeletDone
-		w.mu.Lock()
-		w.t.Logf("the kubelet was started %d times", w.starts)
-		w.mu.Unlock()
-	}
-	if w.containerd != nil && w.containerd.Process != nil {
-		_ = w.containerd.Process.Signal(syscall.SIGTERM)
-		_ = w.containerd.Wait()
-	}
 }
 
 // watchdogRunning reports whether a container of the vipctl image has a
