@@ -351,7 +351,7 @@ func (w *worker) faultWatchdog(clients *lab.Real, nw *nodeWatch, kubectl func(..
 // boot. The node's clients die with it: they start again once the boot has
 // put the VIP back, and must then see no failure.
 func (w *worker) faultReboot(clients *lab.Real, nw *nodeWatch, kubectl func(...string) (string, error)) *faultFigures {
-	require.True(w.t, rootOnDisk(), "the worker's reboot needs the VM on a disk (e2e/cluster vmBoot.Disk)")
+	require.True(w.t, rootOnDisk(), "the worker's reboot needs the VM on a disk (e2e/cluster bootVM)")
 	fr := w.begin("reboot", nw, nil, "", false)
 	w.requestReboot(fr)
 	return fr.figs

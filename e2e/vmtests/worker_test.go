@@ -474,9 +474,9 @@ func (w *worker) startContainerd(images bool) {
 }
 
 // kubeletUnit checks that the node's systemd runs the kubelet as kubeadm
-// join left it: kubeadm's unit active (its kubelet-start phase restarted it
-// through systemd), its main process the kubelet with the drop-in's
-// arguments and kubeadm's flags.
+// init or join left it: kubeadm's unit active (its kubelet-start phase
+// restarted it through systemd), its main process the kubelet with the
+// drop-in's arguments and kubeadm's flags.
 func (w *worker) kubeletUnit() {
 	t := w.t
 	props := map[string]string{}
@@ -492,7 +492,7 @@ func (w *worker) kubeletUnit() {
 	env, err := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
 	require.NoError(t, err)
 	require.Equal(t, append([]string{"/usr/local/bin/kubelet"}, cluster.KubeletArgs(env)...), args, "the kubelet systemd runs")
-	t.Logf("kubelet.service runs the kubelet kubeadm join configured (pid %s, %s restarts of the unit before the join wrote its configuration)", props["MainPID"], props["NRestarts"])
+	t.Logf("kubelet.service runs the kubelet kubeadm configured (pid %s, %s restarts of the unit before kubeadm wrote its configuration)", props["MainPID"], props["NRestarts"])
 }
 
 // watchdogRunning reports whether a container of the vipctl image has a
