@@ -60,17 +60,15 @@ func writeMachine(ctx context.Context, root string, n vmNode, spec *WorkerSpec, 
 	if err != nil {
 		return err
 	}
-	if err := writeRoot(root, append(files, boot...)); err != nil {
+	kroot, kver := filepath.Dir(filepath.Dir(n.Assets.Kernel)), n.Assets.KVer
+	kconfig := k8simage.File{Dst: "/boot/config-" + kver, Src: filepath.Join(kroot, "boot", "config-"+kver)}
+	if err := writeRoot(root, append(append(files, boot...), kconfig)); err != nil {
 		return err
 	}
 	for p, c := range MachineFiles(*spec) {
 		gen[p] = c
 	}
 	if err := writeContents(root, gen); err != nil {
-		return err
-	}
-	kroot, kver := filepath.Dir(filepath.Dir(n.Assets.Kernel)), n.Assets.KVer
-	if err := writeRoot(root, []k8simage.File{{Dst: "/boot/config-" + kver, Src: filepath.Join(kroot, "boot", "config-"+kver)}}); err != nil {
 		return err
 	}
 	if _, err := copyModules(ctx, kroot, kver, filepath.Join(root, "lib", "modules", kver, "extra"), n.Modules); err != nil {

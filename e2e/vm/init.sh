@@ -16,8 +16,9 @@
 # the host boots it again on the same disk).
 #
 # A disk whose machine has an init system installed (systemd, as
-# /lib/systemd/systemd: the host installs it on the cluster worker's disk,
-# /init included, so that disk is never filled here) boots with it: this script loads the initramfs's modules, as an initramfs
+# /lib/systemd/systemd: the host installs it on the cluster lab's VM
+# disks, /init included, so those are never filled here) boots with it:
+# this script loads the initramfs's modules, as an initramfs
 # would, and hands over to systemd. The machine's unit vipctl-lab.service
 # then runs "init lab": the share's run.sh, its exit reported as above,
 # then systemd's poweroff (or reboot when asked).
