@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -51,7 +52,7 @@ const DiskSize = 8 << 30
 // (writeMachine): a machine systemd boots. It plugs the tap on the lab
 // bridge and boots the VM on it, under the lab lock, and returns the
 // in-VM scenarios' exit code, as vm.Run does (with b.AfterReboot, the
-// last boot's).
+// last boot's). Each boot's share of the host's CPU is logged (logBoot).
 func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine string) error) (int, error) {
 	share, err := os.MkdirTemp("", "vipctl-cluster-share-")
 	if err != nil {
@@ -99,11 +100,14 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine strin
 	}
 	defer lock.Close()
 	cfg := vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap, Disk: disk}
-	if b.AfterReboot == nil {
-		return vm.Run(ctx, cfg)
-	}
 	r, err := vm.Boot(ctx, cfg)
-	l.logPowerCycles(r)
+	l.logBoot(r)
+	if b.AfterReboot == nil {
+		if err == nil && r.Reboot {
+			return -1, errors.New("the VM asked for a reboot, and this scenario has none")
+		}
+		return r.Code, err
+	}
 	if err != nil || !r.Reboot {
 		return r.Code, err
 	}
@@ -117,16 +121,22 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine strin
 	}
 	l.logf("cluster: VM reboot: booting again on its disk, with %v", b.AfterReboot)
 	r, err = vm.Boot(ctx, cfg)
-	l.logPowerCycles(r)
+	l.logBoot(r)
 	if err == nil && r.Reboot {
 		return -1, errors.New("the VM asked for a second reboot")
 	}
 	return r.Code, err
 }
 
-// logPowerCycles says when vm.Boot had to power-cycle a VM whose kernel
-// hung at boot (an emulation fault, not the node's: docs/lab.md).
-func (l *Lab) logPowerCycles(r vm.Result) {
+// logBoot says how much of the host the VM took (qemu's CPU time against
+// its wall time: docs/lab.md, the two-core budget of the emulated nodes),
+// and when vm.Boot had to power-cycle a VM whose kernel hung at boot (an
+// emulation fault, not the node's).
+func (l *Lab) logBoot(r vm.Result) {
+	if r.Wall > 0 {
+		l.logf("cluster: the VM's qemu used %s of host CPU in %s: %.0f %% of one host core (the host has %d)",
+			r.CPU.Round(100*time.Millisecond), r.Wall.Round(100*time.Millisecond), 100*r.CPU.Seconds()/r.Wall.Seconds(), runtime.NumCPU())
+	}
 	if r.PowerCycles > 0 {
 		l.logf("cluster: the VM's kernel hung at boot (nothing from /init within %s) and was powered off and booted again", vm.DefaultBootDeadline)
 	}

@@ -139,6 +139,11 @@ type Result struct {
 	// PowerCycles counts the boots whose kernel hung before /init and
 	// that Boot powered off and booted again (0 or 1).
 	PowerCycles int
+	// Wall is how long qemu ran, and CPU the host CPU time it used (user
+	// and system, its threads together: under TCG each vCPU is a host
+	// thread), over every qemu Boot started. CPU/Wall above 1 means the VM
+	// took more than one of the host's cores.
+	Wall, CPU time.Duration
 }
 
 // Boot boots the VM once, as Run does, and reports how it ended: with run.sh's
@@ -161,8 +166,11 @@ func Boot(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Console != nil {
 		fmt.Fprintf(cfg.Console, "LAB HARNESS: no line from /init %s after qemu's start: the kernel hung at boot; powering the VM off and booting it again\n", bootDeadline(cfg))
 	}
+	first := r
 	r, err = bootOnce(ctx, cfg)
 	r.PowerCycles = 1
+	r.Wall += first.Wall
+	r.CPU += first.CPU
 	return r, err
 }
 
@@ -234,6 +242,7 @@ func bootOnce(ctx context.Context, cfg Config) (Result, error) {
 	cmd.WaitDelay = 5 * time.Second
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
+	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return res, fmt.Errorf("start qemu: %w", err)
 	}
@@ -275,6 +284,10 @@ func bootOnce(ctx context.Context, cfg Config) (Result, error) {
 		io.Copy(io.Discard, pr)
 	}()
 	werr := cmd.Wait()
+	res.Wall = time.Since(started)
+	if st := cmd.ProcessState; st != nil {
+		res.CPU = st.UserTime() + st.SystemTime()
+	}
 	pw.Close()
 	<-scanDone
 	res.Code = code

@@ -53,7 +53,7 @@ mkdir -p /var/lib && echo kept > /var/lib/lab-kept
 echo gone > /tmp/lab-gone
 echo gone > /run/lab-gone
 touch ` + RebootRequest + "\n")
-	assert.Equal(t, Result{Code: 0, Reboot: true}, r, "the first boot asked for a reboot")
+	assert.Equal(t, Result{Code: 0, Reboot: true}, outcome(r), "the first boot asked for a reboot")
 
 	r, console := boot(`echo "LAB-TEST root=$(awk '$2=="/"{print $3}' /proc/mounts)"
 echo "LAB-TEST kept=$(cat /var/lib/lab-kept)"
@@ -64,7 +64,7 @@ echo "LAB-TEST ipvs=$(test -e /proc/net/ip_vs && echo loaded)"
 modprobe ip_vs
 echo "LAB-TEST modprobe=$(test -e /proc/net/ip_vs && echo loaded)"
 `)
-	assert.Equal(t, Result{Code: 0}, r, "the second boot ended its run.sh with 0")
+	assert.Equal(t, Result{Code: 0}, outcome(r), "the second boot ended its run.sh with 0")
 	got := map[string]string{}
 	for _, l := range strings.Split(console, "\n") {
 		if kv, ok := strings.CutPrefix(strings.TrimSpace(l), "LAB-TEST "); ok {
@@ -162,7 +162,7 @@ echo "LAB EXIT 0"
 	t.Setenv("FAKE_QEMU_HANG", "")
 	r, err := Boot(ctx, cfg)
 	require.NoError(t, err)
-	assert.Equal(t, Result{Code: 0}, r, "a boot that reaches /init")
+	assert.Equal(t, Result{Code: 0}, outcome(r), "a boot that reaches /init")
 	assert.Equal(t, "1", boots())
 
 	require.NoError(t, os.Remove(count))
@@ -171,7 +171,8 @@ echo "LAB EXIT 0"
 	cfg.Console = &console
 	r, err = Boot(ctx, cfg)
 	require.NoError(t, err)
-	assert.Equal(t, Result{Code: 0, PowerCycles: 1}, r, "hung once: booted again")
+	assert.Equal(t, Result{Code: 0, PowerCycles: 1}, outcome(r), "hung once: booted again")
+	assert.GreaterOrEqual(t, r.Wall, cfg.BootDeadline, "the hung boot's time counted")
 	assert.Equal(t, "2", boots())
 	assert.Contains(t, console.String(), "the kernel hung at boot; powering the VM off and booting it again")
 
@@ -180,4 +181,31 @@ echo "LAB EXIT 0"
 	_, err = Boot(ctx, cfg)
 	assert.ErrorIs(t, err, ErrBootHung, "hung twice")
 	assert.Equal(t, "2", boots(), "booted twice, no more")
+}
+
+// outcome is r without its times.
+func outcome(r Result) Result {
+	r.Wall, r.CPU = 0, 0
+	return r
+}
+
+func TestBootReportsQemusHostCPU(t *testing.T) {
+	bin, share := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(share, "run.sh"), []byte("#!/bin/sh\n"), 0o755))
+	// A stand-in qemu that computes for a while, as a vCPU thread does,
+	// then sleeps, as an idle guest does.
+	fake := `#!/bin/sh
+echo "LAB: modules loaded at 3.1s"
+i=0
+while [ $i -lt 300000 ]; do i=$((i+1)); done
+sleep 0.3
+echo "LAB EXIT 0"
+`
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "qemu-system-x86_64"), []byte(fake), 0o755))
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	r, err := Boot(context.Background(), Config{Share: share})
+	require.NoError(t, err)
+	assert.Equal(t, 0, r.Code)
+	assert.Positive(t, r.CPU, "the computing is counted")
+	assert.GreaterOrEqual(t, r.Wall, r.CPU+300*time.Millisecond, "one thread: its CPU and its sleep fit in the wall time")
 }
