@@ -102,14 +102,11 @@ func (l *Lab) bootVM(ctx context.Context, b vmBoot, fill func(dir, machine strin
 	cfg := vm.Config{Assets: b.Assets, Share: share, Console: b.Console, Memory: b.Memory, NetNS: LabNS, Tap: b.Tap, Disk: disk}
 	r, err := vm.Boot(ctx, cfg)
 	l.logBoot(r)
-	if b.AfterReboot == nil {
-		if err == nil && r.Reboot {
-			return -1, errors.New("the VM asked for a reboot, and this scenario has none")
-		}
-		return r.Code, err
-	}
 	if err != nil || !r.Reboot {
 		return r.Code, err
+	}
+	if b.AfterReboot == nil {
+		return -1, errors.New("the VM asked for a reboot, and this scenario has none")
 	}
 	// The reboot: qemu has exited; the tap stays on the bridge, the
 	// masters run on. The next boot runs the scenarios after the reboot.
